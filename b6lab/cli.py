@@ -1,0 +1,58 @@
+"""The `b6lab` command line. Each command's work lives in its own module; this file only parses.
+
+A user's mistake (a bad key, an unknown plugin, a missing file) ends in one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from b6lab.errors import UsageError
+
+# Each module has `add_arguments(parser)` and `run(args) -> int`; its docstring's first line is the help.
+COMMANDS = {
+    "train": "b6lab.commands.train",
+    "plugins": "b6lab.commands.plugins",
+    "generate": "b6lab.commands.generate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import b6lab
+
+    parser = argparse.ArgumentParser(prog="b6lab", description="Train B6 language models and run experiments over their parts.")
+    parser.add_argument("--version", action="version", version=f"b6lab {b6lab.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        sub = commands.add_parser(name, help=summary, description=(module.__doc__ or "").strip())
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # DataLoader workers fork after the tokenizer has been used; rust-side threads would warn.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except UsageError as exc:
+        print(f"b6lab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nb6lab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

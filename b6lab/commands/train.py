@@ -1,0 +1,57 @@
+"""Train one model: with no arguments, the embedded default on this machine's CPU or GPU."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from b6lab.commands.common import add_config_arguments, config_from_args
+from b6lab.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint")
+
+
+def run(args: argparse.Namespace) -> int:
+    from b6lab.train.trainer import Trainer
+
+    cfg = config_from_args(args)
+    out_dir = choose_out_dir(cfg.train.out_dir, cfg.name, args.resume)
+    trainer = Trainer(cfg, out_dir, resume=args.resume)
+    summary = trainer.run()
+    best = summary["best_val_loss"]
+    print(f"b6lab: {summary['status']} after {summary['steps']} steps, {summary['tokens']:,} tokens, "
+          f"{summary['tokens_per_sec'] or 0:,.0f} tokens/s; best val loss {best:.4f}" if best is not None else
+          f"b6lab: {summary['status']} after {summary['steps']} steps")
+    if summary.get("reason"):
+        print(f"  {summary['reason']}")
+    print(f"results: {out_dir}/ (metrics.jsonl, summary.json, checkpoints/best)")
+    print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt 'def '")
+    return 0 if summary["status"] == "completed" else 1
+
+
+def holds_run(folder: Path) -> bool:
+    return (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists()
+
+
+def choose_out_dir(out_dir: str | None, name: str, resume: bool) -> Path:
+    """An explicit out_dir is used as given; by default runs/<name>, then runs/<name>-2, ... so
+    that a new run never overwrites an old one, and --resume takes the newest of them."""
+    if out_dir:
+        folder = Path(out_dir)
+        if holds_run(folder) and not resume:
+            raise UsageError(f"{folder} already holds a run; pass --resume to continue it, or set train.out_dir")
+        return folder
+    base = Path("runs") / name
+    existing = [base] if holds_run(base) else []
+    n = 2
+    while holds_run(base.with_name(f"{name}-{n}")):
+        existing.append(base.with_name(f"{name}-{n}"))
+        n += 1
+    if resume:
+        if not existing:
+            raise UsageError(f"nothing to resume: no run in {base} (set train.out_dir to the run's folder)")
+        return existing[-1]
+    return base if not existing else base.with_name(f"{name}-{n}")

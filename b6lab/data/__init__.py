@@ -1,0 +1,1 @@
+"""Documents in, token batches out: splitting, tokenizing, packing, shuffling, resuming."""

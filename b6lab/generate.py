@@ -1,0 +1,67 @@
+"""Sampling text from a trained model, one token at a time with a KV cache."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from b6lab import parts
+from b6lab.attention import AttentionContext
+from b6lab.config import config_from_dict
+from b6lab.errors import UsageError
+from b6lab.model import B6, KVCache
+from b6lab.train import checkpoint
+from b6lab.train.checkpoint import TOKENIZER_FILE
+
+
+def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, object, str]:
+    """(model, tokenizer, note) from a checkpoint folder, or from a run folder (its best checkpoint)."""
+    folder = Path(path)
+    if (folder / "checkpoints").is_dir():
+        folder = checkpoint.find(folder / "checkpoints" / "best") or checkpoint.find(folder / "checkpoints" / "last") or folder
+    if checkpoint.find(folder) is None:
+        raise UsageError(f"{path} is not a checkpoint (a folder with model.pt) nor a run folder with checkpoints/")
+    model_state, _, config = checkpoint.load(folder)
+    cfg = config_from_dict(config)
+    tokenizer_path = checkpoint.find(folder) / TOKENIZER_FILE
+    if tokenizer_path.exists():
+        with open(tokenizer_path, "rb") as f:
+            tokenizer = pickle.load(f)
+    else:
+        tokenizer = parts.build_tokenizer(cfg.data, parts.build_source(cfg.data))
+    model_cfg = replace(cfg.model, vocab_size=config["run"]["resolved"]["vocab_size"], dropout=0.0, gradient_checkpointing=False)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    context = AttentionContext(dev, torch.float32, model_cfg.head_dim, 0.0)
+    note = ""
+    reason = parts.registry.get("attention", model_cfg.attention).why_unavailable(**context.as_kwargs())
+    if reason:
+        note = f"attention {model_cfg.attention} cannot run here ({reason}); sampling with auto"
+        model_cfg = replace(model_cfg, attention="auto")
+    model, _ = parts.build_model(model_cfg, context)
+    model.load_state_dict(model_state)
+    return model.to(dev).eval(), tokenizer, note
+
+
+@torch.no_grad()
+def sample(model: B6, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.8,
+           top_k: int | None = 50, eos_id: int | None = None, generator: torch.Generator | None = None):
+    """Yield new token ids: the prompt fills the cache once, then each token costs one position."""
+    device = next(model.parameters()).device
+    cache = KVCache(len(model.blocks))
+    logits = model(torch.tensor([prompt_ids], device=device), cache=cache)[:, -1]
+    for _ in range(max_new_tokens):
+        if temperature <= 0:
+            token = logits.argmax(dim=-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            token = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator)
+        if eos_id is not None and token.item() == eos_id:
+            return
+        yield token.item()
+        logits = model(token, cache=cache)[:, -1]

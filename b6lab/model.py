@@ -1,0 +1,190 @@
+"""The B6 model: a GPT-style decoder with rotary position embeddings.
+
+token embedding -> n_layers x Block(attention, feed-forward) -> final norm -> LM head.
+Two parts come from plugins and are passed in already built: the attention backend (how
+softmax(q k^T) v is computed) and the norm placement (how each block wires its norms and
+residual connections around attention and the feed-forward). Everything else is here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from b6lab.attention import Documents
+from b6lab.config import ModelConfig
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al. 2021): rotate each pair of query/key dimensions by an angle proportional
+    to the position, so that q_m . k_n depends only on m - n. The cos/sin tables are cached and
+    grown when a longer sequence (or a generation past max_seq_len) asks for more."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max_seq_len)
+
+    def _build(self, length: int) -> None:
+        positions = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
+        angles = torch.outer(positions, self.inv_freq)  # (length, head_dim / 2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, seq_len: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        if offset + seq_len > self.cos.size(0):
+            self._build(max(offset + seq_len, 2 * self.cos.size(0)))
+        return self.cos[offset : offset + seq_len], self.sin[offset : offset + seq_len]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (batch, seq, heads, head_dim) by the angles of its positions (half-split pairing)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # broadcast over heads
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for generating one token at a time."""
+
+    def __init__(self, n_layers: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.layers[0] is None else self.layers[0][0].size(2)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.layers[layer] is not None:
+            past_k, past_v = self.layers[layer]
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: Callable, layer: int):
+        super().__init__()
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.attn_bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attn_bias)
+        self.proj.residual_projection = True  # scaled at init, as GPT-2
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.backend = backend
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.scale = cfg.softmax_scale or self.head_dim**-0.5
+        self.dropout = cfg.dropout
+        self.layer = layer
+
+    def forward(self, x, rope, docs: Documents | None = None, cache: KVCache | None = None):
+        B, S, C = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, self.head_dim).unbind(dim=2)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, S, head_dim)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        # With a cache, a single new token attends to everything before it: no mask needed.
+        causal = q.size(2) > 1
+        dropout = self.dropout if self.training else 0.0
+        y = self.backend(q, k, v, causal=causal, docs=docs, dropout_p=dropout, scale=self.scale)
+        y = y.transpose(1, 2).reshape(B, S, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.ff_dim, bias=cfg.bias)
+        self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
+        self.down.residual_projection = True
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Attention then feed-forward; the norm placement plugin decides where norms and residuals go."""
+
+    def __init__(self, cfg: ModelConfig, backend: Callable, norm_placement: Callable, layer: int):
+        super().__init__()
+        self.attn = CausalSelfAttention(cfg, backend, layer)
+        self.ffn = FeedForward(cfg)
+        self.wiring = norm_placement(cfg.d_model, cfg.n_layers)
+
+    def forward(self, x, rope, docs=None, cache=None):
+        return self.wiring(x, lambda h: self.attn(h, rope, docs, cache), self.ffn)
+
+
+class B6(nn.Module):
+    def __init__(self, cfg: ModelConfig, attention_backend: Callable, norm_placement: Callable):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("model.vocab_size must be resolved (from the tokenizer) before building the model")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.blocks = nn.ModuleList(Block(cfg, attention_backend, norm_placement, i) for i in range(cfg.n_layers))
+        # Post-LN style placements already end each block with a norm; the others need a final one.
+        self.final_norm = nn.LayerNorm(cfg.d_model) if self.blocks[0].wiring.final_norm else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.apply(self._init_weights)
+        for block in self.blocks:
+            if hasattr(block.wiring, "init_residual"):
+                block.wiring.init_residual(block.attn, block.ffn)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2: N(0, 0.02), with the projections that add into the residual stream scaled by
+        # 1/sqrt(2 * n_layers) so the stream's variance does not grow with depth.
+        if isinstance(module, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layers) if getattr(module, "residual_projection", False) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden_states(self, idx, docs: Documents | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        offset = cache.length if cache is not None else 0
+        rope = self.rope(idx.size(1), offset)
+        x = self.dropout(self.tok_emb(idx))
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                # Keep only each block's input; recompute its insides during backward.
+                x = checkpoint(block, x, rope, docs, use_reentrant=False)
+            else:
+                x = block(x, rope, docs, cache)
+        return self.final_norm(x)
+
+    def forward(self, idx, targets=None, docs: Documents | None = None, cache: KVCache | None = None):
+        """Logits (B, S, vocab) without targets; the mean next-token cross-entropy with them."""
+        h = self.hidden_states(idx, docs, cache)
+        if targets is None:
+            return self.lm_head(h)
+        return lm_loss(h, self.lm_head.weight, targets)
+
+
+def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the LM head's logits h @ weight^T against targets (-1 is ignored)."""
+    logits = F.linear(h, weight)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+
+def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:
+    """Training FLOPs per token, as nanoGPT's estimate_mfu (PaLM appendix B):
+    6N for the matmuls of forward and backward, plus 12 * layers * d_model * seq_len for the
+    attention scores and their weighted sum. N counts the (tied) embedding once, since it is
+    also the LM head's matmul; there are no position embeddings to leave out."""
+    return 6 * num_params + 12 * cfg.n_layers * cfg.d_model * seq_len

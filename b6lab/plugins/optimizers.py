@@ -1,0 +1,94 @@
+"""Built-in optimizers: Lion (implemented here) and torch's AdamW.
+
+A factory gets the model's parameter groups: the first decays (weight matrices), the second
+has weight_decay 0.0 already set (norms, biases); the factory's `weight_decay` fills in the rest.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import b6lab
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"):
+
+        c = b1 * m + (1 - b1) * g           # interpolate momentum and gradient
+        p = p - lr * (sign(c) + wd * p)     # sign update, decoupled weight decay
+        m = b2 * m + (1 - b2) * g           # momentum tracks the gradient more slowly
+
+    Every coordinate moves by exactly lr (plus decay), so lr wants to be 3-10x smaller than
+    AdamW's and weight decay 3-10x larger. One state tensor per parameter (AdamW keeps two).
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0, foreach: bool | None = None):
+        if lr <= 0:
+            raise ValueError(f"Lion lr must be positive, got {lr}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Lion betas must be in [0, 1), got {betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            momenta = [self._momentum(p) for p in params]
+            foreach = group["foreach"]
+            if foreach is None:  # torch's own rule: foreach when every tensor is on a GPU
+                foreach = all(p.is_cuda for p in params)
+            update = _lion_foreach if foreach else _lion_single
+            update(params, grads, momenta, group["lr"], *group["betas"], group["weight_decay"])
+        return loss
+
+    def _momentum(self, p):
+        state = self.state[p]
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state["exp_avg"]
+
+
+def _lion_single(params, grads, momenta, lr, beta1, beta2, weight_decay):
+    for p, g, m in zip(params, grads, momenta):
+        if weight_decay:
+            p.mul_(1 - lr * weight_decay)
+        p.add_(torch.lerp(m, g, 1 - beta1).sign_(), alpha=-lr)
+        m.lerp_(g, 1 - beta2)
+
+
+def _lion_foreach(params, grads, momenta, lr, beta1, beta2, weight_decay):
+    # The same three lines as _lion_single, one kernel per line for all parameters at once.
+    if weight_decay:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    updates = torch._foreach_lerp(momenta, grads, 1 - beta1)
+    torch._foreach_sign_(updates)
+    torch._foreach_add_(params, updates, alpha=-lr)
+    torch._foreach_lerp_(momenta, grads, 1 - beta2)
+
+
+def lion(param_groups, *, lr: float = 3e-4, weight_decay: float = 0.3, betas: tuple[float, float] = (0.9, 0.99), foreach: bool | None = None):
+    """Lion, sign-of-momentum updates (Chen et al. 2023); lr and wd set ~3x from AdamW's."""
+    return Lion(param_groups, lr=lr, betas=betas, weight_decay=weight_decay, foreach=foreach)
+
+
+def adamw(param_groups, *, lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, fused: bool | None = None):
+    """torch.optim.AdamW, fused into one kernel where this torch supports it (CUDA and CPU)."""
+    if fused is None:
+        fused = True  # torch >= 2.4 fuses AdamW on CUDA and on CPU; it raises on other devices
+    try:
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+    except RuntimeError:
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
+
+
+@b6lab.hookimpl
+def b6lab_register_optimizer(register):
+    register("lion", lion)
+    register("adamw", adamw)

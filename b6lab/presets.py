@@ -1,0 +1,40 @@
+"""Named starting points for a run's config (`--preset NAME`), as partial configs.
+
+The config's own defaults (see `b6lab.config`) are the laptop default that `b6lab train` runs
+with no arguments on a CPU; with a GPU and no preset, it starts from `GPU_DEFAULT_PRESET`.
+"""
+
+PRESETS: dict[str, dict] = {
+    # Trains on a CPU in seconds: for tests and for trying a plugin.
+    "tiny": {
+        "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256, "max_seq_len": 64},
+        "data": {"tokenizer": "byte", "num_workers": 0, "shuffle_buffer": 64},
+        "train": {"batch_size": 8, "max_steps": 50, "eval_interval": 25, "eval_steps": 4, "log_interval": 5},
+    },
+    # The CPU benchmark workload of benchmarks/README.md.
+    "cpu-small": {
+        "model": {"d_model": 384, "n_layers": 6, "n_heads": 6, "d_ff": 1536, "max_seq_len": 256},
+        "data": {"tokenizer": "bpe", "bpe_vocab_size": 8192},
+        "train": {"batch_size": 8, "max_steps": 2000, "eval_interval": 200, "eval_steps": 20},
+    },
+    # GPT-2 small (124M) and medium (350M, the original B6 default), GPT-2 vocabulary.
+    "gpt2-small": {
+        "model": {"vocab_size": 50304, "d_model": 768, "n_layers": 12, "n_heads": 12, "d_ff": 3072, "max_seq_len": 1024},
+        "data": {"tokenizer": "gpt2", "num_workers": 4},
+        "train": {"batch_size": 16, "grad_accum_steps": 2, "max_steps": 5000, "eval_interval": 250, "eval_steps": 40},
+    },
+    "gpt2-medium": {
+        "model": {"vocab_size": 50304, "d_model": 1024, "n_layers": 24, "n_heads": 16, "d_ff": 4096, "max_seq_len": 1024},
+        "data": {"tokenizer": "gpt2", "num_workers": 4},
+        "train": {"batch_size": 16, "grad_accum_steps": 4, "max_steps": 5000, "eval_interval": 250, "eval_steps": 40},
+    },
+}
+
+# `b6lab train` with no arguments on a GPU: GPT-2 small on the embedded corpus, with a BPE
+# vocabulary trained on that corpus (no download needed).
+GPU_DEFAULT = {
+    **PRESETS["gpt2-small"],
+    "data": {"tokenizer": "bpe", "bpe_vocab_size": 16384, "num_workers": 4},
+    "model": {**PRESETS["gpt2-small"]["model"], "vocab_size": None},
+    "train": {**PRESETS["gpt2-small"]["train"], "max_steps": 3000},
+}

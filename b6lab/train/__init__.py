@@ -1,0 +1,1 @@
+"""Training: the trainer, its checkpoints, its records, and the hardware plan."""

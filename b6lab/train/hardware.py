@@ -1,0 +1,130 @@
+"""Hardware-aware choices: device, precision, micro-batch and gradient checkpointing.
+
+With train.device=auto and train.precision=auto (the defaults), the detected device decides:
+bf16 on GPUs that have it (Ampere and newer), fp16 with a gradient scaler on older GPUs, fp32
+on CPUs (bf16 where the CPU has AMX). On a GPU the model's estimated memory decides whether
+gradient checkpointing is needed and how large a micro-batch fits; accumulation grows so the
+effective batch stays the same. The plan is printed at start and stored in config.yaml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from b6lab.config import RunConfig
+from b6lab.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Plan:
+    device: str  # "cpu", "cuda:0", ...
+    device_name: str
+    precision: str  # fp32 | bf16 | fp16
+    batch_size: int
+    grad_accum_steps: int
+    gradient_checkpointing: bool
+    memory_gb: float | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+    @property
+    def device_type(self) -> str:
+        return torch.device(self.device).type
+
+    def record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "notes"} | {"notes": list(self.notes)}
+
+    def describe(self) -> str:
+        memory = f", {self.memory_gb:.0f} GB" if self.memory_gb else ""
+        checkpointing = ", gradient checkpointing" if self.gradient_checkpointing else ""
+        return (
+            f"{self.device} ({self.device_name}{memory}), {self.precision}, micro-batch {self.batch_size} "
+            f"x {self.grad_accum_steps} accumulation{checkpointing}"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("asks for a CUDA GPU but torch sees none (use train.device=auto or cpu)", key="train.device")
+    return device
+
+
+def cpu_has_amx() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise ConfigError("fp16 needs a GPU (use bf16 or fp32 on a CPU)", key="train.precision")
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("this GPU has no bf16 (use fp16 or auto)", key="train.precision")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_amx() else "fp32"
+
+
+def plan(cfg: RunConfig, num_params: int) -> Plan:
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    batch, accum, checkpointing = cfg.train.batch_size, cfg.train.grad_accum_steps, cfg.model.gradient_checkpointing
+    notes: list[str] = []
+    if device.type == "cpu":
+        return Plan(str(device), _cpu_name(), precision, batch, accum, checkpointing)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    total_gb = props.total_memory / 2**30
+    automatic = cfg.train.device == "auto" and cfg.train.precision == "auto"
+    if automatic:
+        budget = 0.85 * props.total_memory - model_state_bytes(cfg, num_params)
+        if not checkpointing and batch * activation_bytes(cfg, precision, False) > budget:
+            checkpointing = True
+            notes.append("gradient checkpointing on: the micro-batch's activations would not fit")
+        while batch > 1 and batch * activation_bytes(cfg, precision, checkpointing) > budget:
+            batch, accum = batch // 2, accum * 2
+        if batch != cfg.train.batch_size:
+            notes.append(f"micro-batch {cfg.train.batch_size} -> {batch} to fit {total_gb:.0f} GB, accumulation x{accum // cfg.train.grad_accum_steps}")
+    return Plan(f"cuda:{index}", props.name, precision, batch, accum, checkpointing, total_gb, tuple(notes))
+
+
+def model_state_bytes(cfg: RunConfig, num_params: int) -> float:
+    """fp32 weights and gradients, plus the optimizer's state (AdamW two tensors, Lion one)."""
+    states = 2 if cfg.optim.name == "adamw" else 1
+    return num_params * 4 * (2 + states)
+
+
+def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool) -> float:
+    """Activation memory of one sequence, after Korthikanti et al. 2022 (flash attention: no S^2 term),
+    plus the logits of the LM head in fp32."""
+    S, d, L, V = cfg.seq_len, cfg.model.d_model, cfg.model.n_layers, cfg.model.vocab_size or 50304
+    width = 2 if precision != "fp32" else 4
+    per_layer = S * d * (34 if width == 2 else 68) * (1 + cfg.model.ff_dim / (4 * d)) / 2
+    layers = L * (S * d * width if checkpointing else per_layer) + (per_layer if checkpointing else 0)
+    return layers + S * V * (width + 8)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "CPU"

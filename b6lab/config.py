@@ -477,7 +477,7 @@ def _validate_whole(cfg: RunConfig, layers: Layers) -> None:
 
 def _unknown(value, choices, what: str) -> str:
     closest = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    hint = f"; did you mean {closest[0]!r}?" if closest else ""
+    hint = f"; did you mean {closest[0]!r}?" if closest else "."
     return f"unknown {what} {value!r}{hint} Known: {', '.join(str(c) for c in choices)}"
 
 

@@ -8,6 +8,7 @@ in its `plugins:` list. Each plugin's hooks call `register(name, factory, unavai
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 import pluggy
 
+import b6lab
 from b6lab import hookspecs
 from b6lab.errors import PluginError
 
@@ -37,8 +39,10 @@ BUILTIN_PLUGINS = (
 pm = pluggy.PluginManager("b6lab")
 pm.add_hookspecs(hookspecs)
 
-# Where each registered plugin came from, by pluggy plugin name, for messages and `b6lab plugins`.
+# Where each registered plugin came from, and its version, by pluggy plugin name: for messages,
+# `b6lab plugins`, and the record in each run's config.yaml.
 _sources: dict[str, str] = {}
+_versions: dict[str, str] = {}
 _loaded = False
 
 
@@ -52,6 +56,7 @@ class Registration:
     source: str
     unavailable: Callable[..., str | None] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    version: str = "unknown"
 
     def why_unavailable(self, **context) -> str | None:
         """None if this part can run in `context` (device, dtype, head_dim), else the reason."""
@@ -89,8 +94,7 @@ def load_plugins() -> None:
     for module_name in BUILTIN_PLUGINS:
         module = importlib.import_module(module_name)
         if not pm.is_registered(module):
-            pm.register(module, name=module_name)
-            _sources[module_name] = f"built-in ({module_name})"
+            register_plugin(module, module_name, f"built-in ({module_name})", b6lab.__version__)
     if os.environ.get("B6LAB_LOAD_ENTRYPOINTS", "1") != "0":
         before = {name for name, _ in pm.list_name_plugin()}
         pm.load_setuptools_entrypoints("b6lab")
@@ -100,12 +104,14 @@ def load_plugins() -> None:
                 dist = dists.get(name)
                 where = f"{dist.metadata['name']} {dist.version}" if dist else "installed package"
                 _sources[name] = f"package {where} (entry point {name})"
+                _versions[name] = dist.version if dist else "unknown"
 
 
-def register_plugin(plugin: object, name: str, source: str) -> None:
+def register_plugin(plugin: object, name: str, source: str, version: str = "unknown") -> None:
     """Register a plugin object (a module or instance with hooks) under `name`."""
     pm.register(plugin, name=name)
     _sources[name] = source
+    _versions[name] = version
 
 
 def unregister_plugin(name: str) -> None:
@@ -113,6 +119,7 @@ def unregister_plugin(name: str) -> None:
     if plugin is not None:
         pm.unregister(plugin)
     _sources.pop(name, None)
+    _versions.pop(name, None)
 
 
 def load_plugin_path(spec: str, base_dir: str | Path | None = None) -> str:
@@ -143,7 +150,8 @@ def load_plugin_path(spec: str, base_dir: str | Path | None = None) -> str:
         except Exception as exc:
             del sys.modules[module_name]
             raise PluginError(f"plugin file {path} failed to load: {type(exc).__name__}: {exc}") from exc
-        register_plugin(module, name, f"file {path}")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        register_plugin(module, name, f"file {path}", f"sha256:{digest}")
         return name
     name = f"module:{spec}"
     if pm.get_plugin(name) is None:
@@ -151,7 +159,7 @@ def load_plugin_path(spec: str, base_dir: str | Path | None = None) -> str:
             module = importlib.import_module(spec)
         except ImportError as exc:
             raise PluginError(f"plugin module {spec!r} cannot be imported: {exc}") from exc
-        register_plugin(module, name, f"module {spec}")
+        register_plugin(module, name, f"module {spec}", getattr(module, "__version__", "unknown"))
     return name
 
 
@@ -165,13 +173,14 @@ def registrations(kind: str) -> dict[str, Registration]:
     # Call each implementation on its own, so every name is tied to the plugin that made it.
     for impl in reversed(hook.get_hookimpls()):
         source = _sources.get(impl.plugin_name, impl.plugin_name)
+        version = _versions.get(impl.plugin_name, "unknown")
 
-        def register(name, factory, unavailable=None, _source=source):
+        def register(name, factory, unavailable=None, _source=source, _version=version):
             if name in found:
                 raise PluginError(
                     f"{kind} plugin {name!r} is registered twice: by {found[name].source} and by {_source}"
                 )
-            found[name] = Registration(kind, name, factory, _source, unavailable, plugin_options(factory))
+            found[name] = Registration(kind, name, factory, _source, unavailable, plugin_options(factory), _version)
 
         impl.function(register=register)
     return found

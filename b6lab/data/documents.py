@@ -43,6 +43,20 @@ def split_text(text: str, split: str, val_fraction: float) -> str:
     return text[:cut] if split == "train" else text[cut:]
 
 
+def text_pieces(text: str, max_chars: int) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `max_chars`, each ending at a line break where it can.
+
+    Joined back together the pieces are `text` exactly."""
+    start = 0
+    while start < len(text):
+        end = min(start + max_chars, len(text))
+        if end < len(text):
+            newline = text.rfind("\n", start, end)
+            end = newline + 1 if newline != -1 else end
+        yield text[start:end]
+        start = end
+
+
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from b6lab.errors import DataError
+from b6lab.errors import DataError, UsageError
 
 
 @dataclass
@@ -56,9 +56,26 @@ class WorkerStream:
         self.spec, self.worker = spec, worker
         self.position = copy.deepcopy(position)
         self._last_doc: tuple[int, np.ndarray] | None = None  # a long document spans chunks
+        self._open: Iterator[tuple[int, str]] | None = None  # the source, read up to and including...
+        self._last_read: tuple[int, int, str] | None = None  # ...this (epoch, index, text)
 
-    def _documents(self, start_doc: int):
-        """(global index, text) of this worker's documents from `start_doc` on, in this epoch."""
+    def _documents(self, start_doc: int, epoch: int = 0):
+        """(global index, text) of this worker's documents from `start_doc` on, in this epoch.
+
+        A chunk begins at the document where the one before it stopped. That document is kept
+        and the open source goes on after it: opening the source again would read (or, from
+        the Hub, download) every document before it once more, for every chunk.
+        """
+        if self._last_read is not None and self._last_read[:2] == (epoch, start_doc):
+            yield self._last_read[1:]
+            stream = self._open
+        else:
+            stream = self._open = self._read_from(start_doc)
+        for index, text in stream:
+            self._last_read = (epoch, index, text)
+            yield index, text
+
+    def _read_from(self, start_doc: int) -> Iterator[tuple[int, str]]:
         docs = self.spec.source.documents(self.spec.split, start=start_doc)
         for index, text in enumerate(docs, start=start_doc):
             if index % self.spec.num_workers == self.worker:
@@ -81,7 +98,7 @@ class WorkerStream:
         blocks: list[np.ndarray] = []
         while True:
             pass_start, read = doc, False
-            for index, text in self._documents(doc):
+            for index, text in self._documents(doc, epoch):
                 read = True
                 full = self._tokens(index, text)
                 tokens, offset = full[offset:], 0
@@ -130,9 +147,16 @@ class PackedStream(IterableDataset):
         info = get_worker_info()
         process = info.id if info is not None else 0
         logical = (process + self.rotation) % self.spec.num_workers
-        for blocks, position in WorkerStream(self.spec, logical, self.positions[logical]):
-            tokens = torch.from_numpy(blocks)
-            yield {"x": tokens[:, :-1], "y": tokens[:, 1:], "worker": logical, "position": position}
+        try:
+            for blocks, position in WorkerStream(self.spec, logical, self.positions[logical]):
+                tokens = torch.from_numpy(blocks)
+                yield {"x": tokens[:, :-1], "y": tokens[:, 1:], "worker": logical, "position": position}
+        except UsageError as exc:
+            if info is None:
+                raise
+            # Raised in a worker, the DataLoader would re-raise it wrapped in the worker's
+            # traceback; the user needs only the one-line message, so it travels as data.
+            yield {"error": exc}
 
 
 class TrainBatches:
@@ -158,7 +182,10 @@ class TrainBatches:
     def _start(self):
         rotation = self.consumed % self.spec.num_workers
         dataset = PackedStream(self.spec, self.positions, rotation)
-        self._loader = DataLoader(dataset, batch_size=None, **self.loader_options)
+        # Its own generator: a DataLoader otherwise draws a seed from the global RNG when it starts,
+        # which would shift the dropout masks of a resumed run.
+        generator = torch.Generator().manual_seed(self.spec.seed)
+        self._loader = DataLoader(dataset, batch_size=None, generator=generator, **self.loader_options)
         self._iterator = iter(self._loader)
 
     def __iter__(self):
@@ -168,6 +195,9 @@ class TrainBatches:
         if self._iterator is None:
             self._start()
         batch = next(self._iterator)
+        if "error" in batch:
+            self.close()
+            raise batch["error"]
         self.positions[batch["worker"]] = batch["position"]
         self.consumed += 1
         return batch["x"], batch["y"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 import sysconfig
 from pathlib import Path
 
 import b6lab
-from b6lab.data.documents import check_split, split_documents
+from b6lab.data.documents import check_split, in_split
+from b6lab.data.hub import HubCall
+from b6lab.data.sources import HubDataset, LocalFiles, datasets_missing
+from b6lab.errors import ConfigError
 
 
 class PythonStdlib:
@@ -34,15 +38,11 @@ class PythonStdlib:
 
     def documents(self, split: str, start: int = 0):
         check_split(split)
-        return split_documents(self._texts(), split, self.val_fraction, start)
-
-    def _texts(self):
+        # Choose before reading, so the `start` documents a resumed stream skips are never read.
+        chosen = (item for i, item in enumerate(self.items) if in_split(i, split, self.val_fraction))
         topics = _doc_topics()
-        for kind, name in self.items:
-            if kind == "topic":
-                yield topics[name]
-            else:
-                yield Path(name).read_text(encoding="utf-8", errors="replace")
+        for kind, name in itertools.islice(chosen, start, None):
+            yield topics[name] if kind == "topic" else Path(name).read_text(encoding="utf-8", errors="replace")
 
 
 def _doc_topics() -> dict[str, str]:
@@ -58,6 +58,69 @@ def python_stdlib(val_fraction: float):
     return PythonStdlib(val_fraction)
 
 
+def text(val_fraction: float, *, path: str | list[str] | None = None, text_field: str = "text"):
+    """Local files, folders or globs (data.path) of .txt, .jsonl, .json, .parquet; text and JSON also .gz or .zst.
+
+    Each JSON/Parquet record's `text_field` is a document, and so is each .txt file; a single
+    .txt file is split by position instead (its last val_fraction validates).
+    """
+    if path is None:
+        raise ConfigError(
+            "data.source=text reads local files: set data.path to files, folders or globs (e.g. corpus/*.jsonl.zst)",
+            key="data.path",
+        )
+    return LocalFiles(path, val_fraction, text_field)
+
+
+def hf(val_fraction: float, *, hf_path: str | None = None, hf_name: str | None = None, hf_split: str = "train",
+       hf_val_split: str | None = None, data_dir: str | None = None,
+       data_files: str | list[str] | dict | None = None, text_field: str = "text"):
+    """Any Hugging Face Hub dataset, streamed: data.hf_path (id), hf_name (config), hf_split, text_field.
+
+    hf_val_split names the dataset's validation split; without it the training split is divided
+    by document. data_files (globs inside the repository, or a mapping of split -> globs) reads
+    the files directly with a packaged builder: the way to read repositories that only have a
+    loading script, which datasets >= 4 no longer runs.
+    """
+    if not hf_path:
+        raise ConfigError("data.source=hf needs the dataset's Hub id, e.g. data.hf_path=allenai/c4", key="data.hf_path")
+    if hf_name and data_files is not None:
+        raise ConfigError(
+            "picks one of the repository's configs, but data.data_files reads files directly; give one or the other",
+            key="data.hf_name",
+        )
+
+    def call(split: str) -> HubCall:
+        return HubCall(hf_path, split, hf_name, data_dir, _files_of_split(data_files, split, hf_val_split))
+
+    train = call(hf_split)
+    val = call(hf_val_split) if hf_val_split else None
+    for each in (train, val) if val else (train,):
+        each.load_dataset_kwargs()  # an unreadable data_files format fails now, not in a DataLoader worker
+    return HubDataset(train, val_fraction, text_field, val)
+
+
+def _files_of_split(data_files, split: str, val_split: str | None) -> tuple[str, ...]:
+    """The data_files globs that hold `split`: all of them, or the mapping's entry for `split`."""
+    if data_files is None:
+        return ()
+    if isinstance(data_files, dict):
+        if split not in data_files:
+            raise ConfigError(
+                f"has no files for split {split!r} (it maps {', '.join(map(repr, data_files))})", key="data.data_files"
+            )
+        data_files = data_files[split]
+    elif val_split:
+        raise ConfigError(
+            f"with data.hf_val_split={val_split!r}, give data_files as a mapping of split -> globs "
+            "(e.g. {train: 'en/train-*.json.gz', validation: 'en/val-*.json.gz'})",
+            key="data.data_files",
+        )
+    return (data_files,) if isinstance(data_files, str) else tuple(data_files)
+
+
 @b6lab.hookimpl
 def b6lab_register_dataset(register):
     register("python-stdlib", python_stdlib)
+    register("text", text, unavailable=datasets_missing)
+    register("hf", hf, unavailable=datasets_missing)

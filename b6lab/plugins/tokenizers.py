@@ -11,9 +11,13 @@ import os
 from pathlib import Path
 
 import b6lab
-from b6lab.errors import DataError
+from b6lab.data.hub import hub_offline
+from b6lab.errors import ConfigError, DataError
 
 EOS_TOKEN = "<|endoftext|>"
+# GPT-2's tokenizer on the Hub, under its current id and the short one older caches keep it under.
+GPT2_REPOS = ("openai-community/gpt2", "gpt2")
+GPT2_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"]
 
 
 class ByteTokenizer:
@@ -30,14 +34,23 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A `tokenizers.Tokenizer` (rust, fast) with an end-of-text token."""
+    """A `tokenizers.Tokenizer` (rust, fast) with an end-of-text token.
 
-    def __init__(self, tokenizer, eos_token: str = EOS_TOKEN):
+    A document that contains the text "<|endoftext|>" is encoded as that text, not as the
+    end-of-text id (like tiktoken's encode_ordinary): only the packer ends documents.
+    """
+
+    def __init__(self, tokenizer, eos_token: str = EOS_TOKEN, where: str = "the tokenizer"):
         self.tokenizer = tokenizer
+        self.tokenizer.encode_special_tokens = True
         self.eos_id = tokenizer.token_to_id(eos_token)
         if self.eos_id is None:
-            raise DataError(f"the tokenizer has no {eos_token} token")
+            raise DataError(f"{where} has no {eos_token} token, which b6lab puts between documents")
         self.vocab_size = tokenizer.get_vocab_size()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.tokenizer.encode_special_tokens = True  # a setting that the tokenizer's pickle forgets
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
@@ -56,8 +69,6 @@ def bpe(corpus, *, bpe_vocab_size: int = 4096, bpe_train_mb: float = 8.0):
     from tokenizers import Tokenizer
 
     if bpe_vocab_size < 257:
-        from b6lab.errors import ConfigError
-
         raise ConfigError(f"must be at least 257 (256 bytes + end of text), got {bpe_vocab_size}", key="data.bpe_vocab_size")
     key = hashlib.sha1(f"{corpus.source.fingerprint}|{bpe_vocab_size}|{bpe_train_mb}".encode()).hexdigest()[:16]
     path = Path(corpus.cache_dir) / "tokenizers" / f"bpe-{bpe_vocab_size}-{key}.json"
@@ -88,27 +99,62 @@ def train_bpe(texts, vocab_size: int):
 
 
 def gpt2(corpus, *, tokenizer_path: str | None = None):
-    """GPT-2's BPE (50257 ids) via transformers, from tokenizer_path or the local Hugging Face cache."""
-    from transformers import AutoTokenizer
+    """GPT-2's byte-level BPE (50257 ids) via transformers, from data.tokenizer_path or the Hugging Face cache.
 
-    source = tokenizer_path or "gpt2"
+    With neither, and the Hub reachable, it is downloaded once into the cache.
+    """
+    from transformers import GPT2TokenizerFast
+
+    folder = _gpt2_files(tokenizer_path)
+    where = f"the GPT-2 tokenizer in {folder}"
     try:
-        loaded = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError):
-        if tokenizer_path:
+        loaded = GPT2TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise DataError(f"{where} cannot be loaded ({type(exc).__name__}: {reason})") from exc
+    tokenizer = HFTokenizer(loaded.backend_tokenizer, where=where)
+    # transformers builds an empty tokenizer from a folder without vocabulary files, rather than failing.
+    if tokenizer.vocab_size <= 256:
+        raise DataError(f"{where} has only {tokenizer.vocab_size} tokens; its vocab.json/merges.txt are missing or empty")
+    return tokenizer
+
+
+def _gpt2_files(tokenizer_path: str | None) -> Path:
+    """The folder holding GPT-2's tokenizer files: data.tokenizer_path, the HF cache, or a new download."""
+    if tokenizer_path:
+        folder = Path(tokenizer_path).expanduser()
+        if not _has_gpt2_files(folder):
             raise DataError(
-                f"data.tokenizer_path {tokenizer_path} holds no GPT-2 tokenizer files "
-                "(vocab.json + merges.txt, or tokenizer.json)"
-            ) from None
+                f"data.tokenizer_path {folder} holds no GPT-2 tokenizer files (vocab.json and merges.txt, or tokenizer.json)"
+            )
+        return folder
+    from huggingface_hub import snapshot_download
+
+    for repo in GPT2_REPOS:
         try:
-            loaded = AutoTokenizer.from_pretrained("gpt2")
-        except Exception:
-            raise DataError(
-                "the gpt2 tokenizer is not in the local Hugging Face cache and the Hub cannot be reached; "
-                "run once with network access, or set data.tokenizer_path to a folder with vocab.json and "
-                "merges.txt, or use data.tokenizer=bpe (trained locally)"
-            ) from None
-    return HFTokenizer(loaded.backend_tokenizer)
+            folder = Path(snapshot_download(repo, allow_patterns=GPT2_FILES, local_files_only=True))
+        except Exception:  # not in the cache under this id
+            continue
+        if _has_gpt2_files(folder):
+            return folder
+    why = "HF_HUB_OFFLINE=1 forbids downloading it"
+    if not hub_offline():
+        try:
+            folder = Path(snapshot_download(GPT2_REPOS[0], allow_patterns=GPT2_FILES))
+            if _has_gpt2_files(folder):
+                return folder
+            why = f"{GPT2_REPOS[0]} on the Hub has no tokenizer files"
+        except Exception as exc:
+            why = f"downloading it failed ({type(exc).__name__})"
+    raise DataError(
+        f"the gpt2 tokenizer is not in the Hugging Face cache and {why}; run once with network access "
+        "(later runs use the cache offline), or set data.tokenizer_path to a folder with GPT-2's vocab.json and "
+        "merges.txt, or use data.tokenizer=bpe (trained on your corpus, no download)"
+    )
+
+
+def _has_gpt2_files(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
 
 
 @b6lab.hookimpl

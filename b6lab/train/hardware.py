@@ -92,14 +92,23 @@ def plan(cfg: RunConfig, num_params: int) -> Plan:
     automatic = cfg.train.device == "auto" and cfg.train.precision == "auto"
     if automatic:
         budget = 0.85 * props.total_memory - model_state_bytes(cfg, num_params)
-        if not checkpointing and batch * activation_bytes(cfg, precision, False) > budget:
-            checkpointing = True
-            notes.append("gradient checkpointing on: the micro-batch's activations would not fit")
-        while batch > 1 and batch * activation_bytes(cfg, precision, checkpointing) > budget:
-            batch, accum = batch // 2, accum * 2
-        if batch != cfg.train.batch_size:
-            notes.append(f"micro-batch {cfg.train.batch_size} -> {batch} to fit {total_gb:.0f} GB, accumulation x{accum // cfg.train.grad_accum_steps}")
+        batch, accum, checkpointing, notes = fit_micro_batch(cfg, precision, budget, f"{total_gb:.0f} GB")
     return Plan(f"cuda:{index}", props.name, precision, batch, accum, checkpointing, total_gb, tuple(notes))
+
+
+def fit_micro_batch(cfg: RunConfig, precision: str, budget: float, memory: str = "memory") -> tuple[int, int, bool, list[str]]:
+    """Turn on gradient checkpointing, then halve the micro-batch (doubling accumulation), until the
+    activations fit `budget` bytes. Returns (micro-batch, accumulation, checkpointing, notes)."""
+    batch, accum, checkpointing = cfg.train.batch_size, cfg.train.grad_accum_steps, cfg.model.gradient_checkpointing
+    notes = []
+    if not checkpointing and batch * activation_bytes(cfg, precision, False) > budget:
+        checkpointing = True
+        notes.append("gradient checkpointing on: the micro-batch's activations would not fit")
+    while batch > 1 and batch * activation_bytes(cfg, precision, checkpointing) > budget:
+        batch, accum = batch // 2, accum * 2
+    if batch != cfg.train.batch_size:
+        notes.append(f"micro-batch {cfg.train.batch_size} -> {batch}, accumulation x{accum // cfg.train.grad_accum_steps} to fit {memory}")
+    return batch, accum, checkpointing, notes
 
 
 def model_state_bytes(cfg: RunConfig, num_params: int) -> float:

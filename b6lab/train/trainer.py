@@ -90,8 +90,10 @@ class Trainer:
             prefetch_factor=cfg.data.prefetch_factor, pin_memory=self.device.type == "cuda",
             state=state["data"] if state else None,
         )
+        # eval_steps effective batches, in micro-batches: the same sequences whatever the accumulation.
         self.val_batches = validation_batches(
-            self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size, max_batches=cfg.train.eval_steps
+            self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
+            max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps,
         )
         self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.params = self.model.num_params()
@@ -116,7 +118,8 @@ class Trainer:
         }
         plugins = {}
         for kind, (name, resolved) in chosen.items():
-            plugins[kind] = {"name": name, "source": registry.get(kind, name).source}
+            reg = registry.get(kind, name)
+            plugins[kind] = {"name": name, "source": reg.source, "version": reg.version}
             if resolved and resolved != name:
                 plugins[kind]["chose"] = resolved
         return {
@@ -167,7 +170,7 @@ class Trainer:
             multiplier = self.schedule(self.step)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * multiplier
-            loss, grad_norm = self._optimizer_step()
+            loss, grad_norm = self.train_step()
             self.step += 1
             step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.cfg.seq_len
             self.tokens += step_tokens
@@ -197,8 +200,10 @@ class Trainer:
             elif self.step % checkpoint_interval == 0:
                 self._save("last")
 
-    def _optimizer_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step over grad_accum_steps micro-batches; halves the micro-batch on OOM."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over grad_accum_steps micro-batches: (mean loss, grad norm), as tensors.
+
+        On out-of-memory it halves the micro-batch, doubles accumulation and tries again."""
         while True:
             try:
                 return self._accumulate_and_step()

@@ -1,0 +1,97 @@
+"""Reading text records through `datasets` streaming, for local files and Hub datasets alike.
+
+Nothing is downloaded or converted ahead: records are decoded a batch at a time as the
+training loop asks for documents. Failures become DataErrors that name the file (or the Hub
+dataset) and say what was wrong, instead of a traceback from deep inside pyarrow or zstandard.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Iterator
+
+from b6lab.data.files import builder_for
+from b6lab.errors import DataError, UsageError
+
+# Records decoded per step: arrow batches are far faster than one row at a time.
+BATCH_RECORDS = 256
+
+_DESCRIPTIONS = {"text": "UTF-8 text", "json": "JSON lines", "parquet": "Parquet"}
+
+
+def load_stream(load_dataset_kwargs: dict):
+    """`datasets.load_dataset(**kwargs)`; imported here because `datasets` takes seconds to import."""
+    import datasets
+
+    return datasets.load_dataset(**load_dataset_kwargs)
+
+
+def texts_of(stream, text_field: str, where: str) -> Iterator[str]:
+    """The non-empty strings in column `text_field` of a streamed dataset, in order."""
+    # .iter() rather than plain iteration: inside a DataLoader worker, plain iteration would
+    # quietly hand each worker only some of the files, and every worker here reads all of them.
+    for batch in stream.iter(batch_size=BATCH_RECORDS):
+        if text_field not in batch:
+            raise DataError(
+                f"{where} has no field {text_field!r} (its fields: {', '.join(batch)}); set data.text_field to one of them"
+            )
+        for text in batch[text_field]:
+            if isinstance(text, str):
+                if text:
+                    yield text
+            elif text is not None:
+                raise DataError(
+                    f"field {text_field!r} of {where} holds {type(text).__name__} values, not text; "
+                    "set data.text_field to a text field"
+                )
+
+
+def local_load_kwargs(builder: str, files: list[Path]) -> dict:
+    """The `load_dataset` call that streams `files` (all read by `builder`) in order."""
+    kwargs = {"path": builder, "data_files": [str(f) for f in files], "split": "train", "streaming": True}
+    if builder == "text":
+        kwargs["sample_by"] = "document"  # a text file is one document, not one per line
+    return kwargs
+
+
+def read_local_files(files: list[Path], text_field: str) -> Iterator[str]:
+    """The documents of local files in order: each record of JSON/Parquet, each whole text file."""
+    for builder, run in itertools.groupby(files, key=lambda f: builder_for(f.name)):
+        run = list(run)
+        # Text files all have one column, "text", so a run of them is one call (a folder of 100k
+        # books opens quickly). JSON and Parquet shards often differ in their other columns, which
+        # one call would have to reconcile (and fails to), so each of those is read on its own.
+        for group in [run] if builder == "text" else [[file] for file in run]:
+            yield from _read_group(builder, group, text_field)
+
+
+def _read_group(builder: str, group: list[Path], text_field: str) -> Iterator[str]:
+    field = "text" if builder == "text" else text_field  # the text builder names its column "text"
+    try:
+        # datasets reads the first file here, to learn its columns.
+        stream = load_stream(local_load_kwargs(builder, group))
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise unreadable(group[0], builder, exc) from exc
+    for i, file in enumerate(group):
+        # The packaged builders stream each file as one shard, in the order given: reading a
+        # shard at a time lets an error name its file.
+        shard = stream.shard(num_shards=len(group), index=i, contiguous=True) if len(group) > 1 else stream
+        try:
+            yield from texts_of(shard, field, str(file))
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise unreadable(file, builder, exc) from exc
+
+
+def unreadable(file: Path, builder: str, exc: Exception) -> DataError:
+    """A corrupt or mislabelled file: which one, what it should have been, and what went wrong."""
+    compression = {".gz": "gzip-compressed ", ".zst": "zstd-compressed "}.get(file.suffix.lower(), "")
+    message = (str(exc).strip().splitlines() or [""])[0][:300]
+    return DataError(
+        f"{file} cannot be read as {compression}{_DESCRIPTIONS[builder]} ({type(exc).__name__}: {message}); "
+        "fix or remove the file, or narrow data.path"
+    )

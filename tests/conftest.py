@@ -1,0 +1,50 @@
+"""Shared test set-up: no installed entry-point plugins, a private cache, offline wandb.
+
+Fake plugins are registered through the `register_plugin` fixture and unregistered after the
+test, so no test's plugins leak into another's.
+"""
+
+import os
+import tempfile
+
+# Before b6lab loads any plugin: what happens to be installed must not change test results.
+os.environ["B6LAB_LOAD_ENTRYPOINTS"] = "0"
+os.environ.setdefault("B6LAB_CACHE", tempfile.mkdtemp(prefix="b6lab-test-cache-"))
+os.environ["WANDB_MODE"] = "offline"
+os.environ["HF_HUB_OFFLINE"] = "1"
+# datasets leaves a lock file per load_dataset call in its cache: keep them out of the user's.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="b6lab-test-datasets-"))
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+
+from b6lab import registry  # noqa: E402
+
+
+@pytest.fixture
+def register_plugin():
+    """register_plugin(obj, name="test-plugin") registers a plugin object for this test only."""
+    names = []
+
+    def register(plugin, name="test-plugin", source="test fixture"):
+        registry.load_plugins()
+        registry.register_plugin(plugin, name, source)
+        names.append(name)
+        return plugin
+
+    yield register
+    for name in names:
+        registry.unregister_plugin(name)
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path):
+    """Overrides that make a `tiny` run take a few seconds and write into tmp_path."""
+    return [
+        "logging.progress=false",
+        "train.max_steps=12",
+        "train.eval_interval=6",
+        "train.eval_steps=2",
+        "train.log_interval=2",
+        f"train.out_dir={tmp_path / 'run'}",
+    ]

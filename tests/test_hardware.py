@@ -1,0 +1,49 @@
+"""Hardware-aware choices: precision by device, and fitting the micro-batch into memory."""
+
+import pytest
+import torch
+
+from b6lab.config import load_config
+from b6lab.errors import ConfigError
+from b6lab.train import hardware
+
+
+def test_cpu_defaults_to_fp32_unless_it_has_amx(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    assert hardware.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    assert hardware.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert hardware.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ConfigError, match="train.precision.*fp16 needs a GPU"):
+        hardware.resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="train.device.*torch sees none"):
+        hardware.resolve_device("cuda")
+
+
+def test_cpu_plan_keeps_the_configured_batch():
+    cfg = load_config(preset="tiny", overrides=["train.device=cpu", "train.batch_size=6", "train.grad_accum_steps=2"])
+    plan = hardware.plan(cfg, num_params=1000)
+    assert (plan.device, plan.batch_size, plan.grad_accum_steps) == ("cpu", 6, 2)
+    assert plan.precision in ("fp32", "bf16") and "micro-batch 6 x 2" in plan.describe()
+
+
+def test_fitting_turns_on_checkpointing_then_halves_the_micro_batch():
+    cfg = load_config(preset="gpt2-medium", overrides=["train.batch_size=16", "train.grad_accum_steps=4"])
+    plenty = hardware.fit_micro_batch(cfg, "bf16", budget=1e15)
+    assert plenty == (16, 4, False, [])
+    per_sequence = hardware.activation_bytes(cfg, "bf16", checkpointing=False)
+    batch, accum, checkpointing, notes = hardware.fit_micro_batch(cfg, "bf16", budget=8 * per_sequence)
+    assert checkpointing and batch * accum == 16 * 4
+    assert batch * hardware.activation_bytes(cfg, "bf16", checkpointing=True) <= 8 * per_sequence
+    assert notes[0].startswith("gradient checkpointing on")
+    tight = hardware.fit_micro_batch(cfg, "bf16", budget=1.0)
+    assert tight[:2] == (1, 64) and "micro-batch 16 -> 1" in tight[3][-1]
+
+
+def test_checkpointing_needs_less_activation_memory():
+    cfg = load_config(preset="gpt2-medium")  # 24 layers: the layers' activations outweigh the logits
+    assert hardware.activation_bytes(cfg, "bf16", True) < 0.5 * hardware.activation_bytes(cfg, "bf16", False)

@@ -272,16 +272,17 @@ def _leaf_paths(data: dict, prefix: str):
         yield f"{prefix}{key}"
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, kind: str = "config file", holds: str = "sections") -> dict:
+    """The mapping a YAML file holds; a missing file, bad YAML or a non-mapping is a one-line error."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {path} not found")
+        raise UsageError(f"{kind} {path} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}".replace("\n", " "), file=str(path)) from exc
+        raise ConfigError(f"not valid YAML: {exc}".replace("\n", " "), file=str(path)) from None
     if not isinstance(data, dict):
-        raise ConfigError("a config file must hold a mapping of sections", file=str(path))
+        raise ConfigError(f"a {kind} must hold a mapping of {holds}", file=str(path))
     return data
 
 

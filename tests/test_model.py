@@ -8,7 +8,7 @@ import torch
 from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.config import load_config
-from b6lab.model import B6, KVCache, RotaryEmbedding, apply_rope
+from b6lab.model import KVCache, RotaryEmbedding, apply_rope
 
 CPU32 = AttentionContext(torch.device("cpu"), torch.float32, head_dim=16)
 

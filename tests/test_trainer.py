@@ -219,6 +219,15 @@ def test_cli_train_runs_and_says_where_the_results_are(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 2 and "already holds a run; pass --resume" in again.stderr
+    # --resume continues the run as configured (tiny), though no preset is given this time
+    resumed = subprocess.run(
+        [sys.executable, "-m", "b6lab.cli", "train", "--resume", "--set", f"train.out_dir={out}",
+         "--set", "train.max_steps=8", "--set", "logging.progress=false"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 6" in resumed.stdout
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8
 
 
 def test_default_out_dirs_never_overwrite_and_resume_takes_the_newest(tmp_path, monkeypatch):

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
+
 from b6lab.commands.common import add_config_arguments, config_from_args
+from b6lab.config import load_config
 from b6lab.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in train.out_dir (default: the newest runs/<name>*) from its last "
+                             "checkpoint, with the config it was started with plus any --set")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,6 +24,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out_dir = choose_out_dir(cfg.train.out_dir, cfg.name, args.resume)
+    if args.resume and (out_dir / "config.yaml").exists():
+        # The run continues as it was configured (the same model, the same data); only what --set
+        # says changes, e.g. a longer train.max_steps.
+        saved = yaml.safe_load((out_dir / "config.yaml").read_text())
+        cfg = load_config(data={k: v for k, v in saved.items() if k != "run"}, overrides=args.overrides)
     trainer = Trainer(cfg, out_dir, resume=args.resume)
     summary = trainer.run()
     best = summary["best_val_loss"]

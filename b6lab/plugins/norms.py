@@ -5,8 +5,6 @@ A placement is an nn.Module built as `factory(d_model, n_layers)` and called as
 needs a norm after the last block (it does unless the block already ends with one).
 """
 
-import math
-
 import torch.nn as nn
 
 import b6lab

@@ -58,8 +58,8 @@ def _jsonable(record: dict) -> dict:
 class Progress:
     """A tqdm bar over the steps showing loss, lr and tokens/s; its ETA comes from tqdm."""
 
-    def __init__(self, enabled: bool, total: int, initial: int, description: str):
-        self.bar = None
+    def __init__(self, enabled: bool, total: int, initial: int, description: str, say=print):
+        self.bar, self.say = None, say
         if enabled:
             from tqdm.auto import tqdm
 
@@ -75,7 +75,7 @@ class Progress:
         if self.bar is not None:
             self.bar.write(message)
         else:
-            print(message, flush=True)
+            self.say(message)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -127,7 +127,7 @@ class Trainer:
             "torch_version": str(torch.__version__),
             "plugins": plugins,
             "resolved": {"vocab_size": self.model_cfg.vocab_size, "attention": self.attention, **self.plan.record()},
-            "params": self.model.num_params(),
+            "params": self.params,
         }
 
     # -----------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class Trainer:
             self.wandb = WandbRun(cfg.logging.wandb, self.out_dir, cfg.to_dict() | {"run": self.record}, self.wandb_id)
             self.wandb_id = self.wandb.id
         self._announce(resuming)
-        progress = Progress(cfg.logging.progress, train.max_steps, self.step, self.out_dir.name)
+        progress = Progress(cfg.logging.progress, train.max_steps, self.step, self.out_dir.name, self.say)
         status, reason = "completed", None
         start_wall, start_seconds = time.perf_counter(), self.train_seconds
         try:

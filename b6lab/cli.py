@@ -16,7 +16,10 @@ from b6lab.errors import UsageError
 # Each module has `add_arguments(parser)` and `run(args) -> int`; its docstring's first line is the help.
 COMMANDS = {
     "train": "b6lab.commands.train",
+    "sweep": "b6lab.commands.sweep",
+    "compare": "b6lab.commands.compare",
     "plugins": "b6lab.commands.plugins",
+    "bench": "b6lab.commands.bench",
     "generate": "b6lab.commands.generate",
 }
 

@@ -1,0 +1,78 @@
+"""Run a grid of training runs on Ray Tune: every trial a full `b6lab train`; then a results table and plots.
+
+Every trial's config is resolved and checked before the first one starts. The sweep's folder
+(default runs/sweeps/<name>) holds each trial's run folder under trials/, Ray's state under ray/,
+and at the end results.csv, val_loss_vs_tokens.png and final_val_loss_by_key.png.
+
+  b6lab sweep experiments/norm_ablation.yaml --dry-run   the trials it would run; starts nothing
+  b6lab sweep experiments/norm_ablation.yaml             run it on a local Ray (or $RAY_ADDRESS)
+  b6lab sweep experiments/norm_ablation.yaml --resume    continue an interrupted sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from b6lab.errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("experiment", help="a sweep file (YAML): name, base, grid, seeds, resources, ...")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every trial (grid values, seed, plugins, parameters, tokens) and start nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep in its folder, running only the trials that did not finish")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="with --resume, also run the trials that failed again (from their last checkpoint)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="join the Ray cluster at ADDR (default: $RAY_ADDRESS, else start Ray on this machine)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from b6lab.sweep import folders, report
+    from b6lab.sweep.experiment import load_experiment
+    from b6lab.sweep.trials import resolve_trials
+
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed goes with --resume")
+    exp = load_experiment(args.experiment)
+    trials = resolve_trials(exp)
+    print(report.sweep_header(exp, trials))
+    print(report.text_table(report.trial_rows(trials, exp)))
+    skipped = [t for t in trials if t.skip_reason]
+    for trial in skipped:
+        print(f"  skipped {trial.name}: {trial.skip_reason}")
+    if args.dry_run:
+        print("\ndry run: nothing started")
+        return 0
+
+    if args.resume:
+        folders.check_same_sweep(exp, trials)
+    elif folders.read_sweep_record(exp.storage) is not None:
+        raise UsageError(f"{exp.storage} already holds the sweep {exp.name}; pass --resume to continue it, "
+                         f"or give it another name or storage: in {exp.file.name}")
+
+    import ray
+
+    from b6lab.sweep.tune_runner import check_resources, count_unfinished, run_tuner, start_ray
+
+    print()
+    joined_cluster = start_ray(args.address)
+    try:
+        check_resources(exp, joined_cluster)
+        folders.write_sweep_record(exp, trials)
+        run_tuner(exp, trials, resume=args.resume, retry_failed=args.retry_failed)
+        unfinished = count_unfinished(exp)
+    finally:
+        ray.shutdown()
+
+    runs, keys = folders.read_sweep(exp.storage)
+    print("\n" + report.terminal_report(runs, keys, show_names=False))
+    written = report.write_results(runs, keys, exp.storage, exp.name)
+    print(f"\nresults: {', '.join(str(path) for path in written)}")
+    if unfinished:
+        print(f"interrupted: {unfinished} trial{'s' if unfinished > 1 else ''} did not finish; "
+              f"`b6lab sweep {args.experiment} --resume` continues")
+        return 130
+    return 1 if any(run.status == "failed" for run in runs) else 0

@@ -1,0 +1,199 @@
+"""The grid expanded into trials, and every trial's config resolved and checked before anything runs.
+
+A trial's config is the base config with its grid values and seed laid over it, exactly as
+`b6lab train --set` would lay them: so a typo or an impossible value in the fifth grid point is
+the same one-line error `b6lab train` gives, reported before the first trial starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from b6lab import parts, registry
+from b6lab.attention import AttentionContext
+from b6lab.config import RunConfig, load_config
+from b6lab.errors import ConfigError, PluginError, UsageError
+from b6lab.sweep.experiment import SEED_KEY, Experiment, point_key
+from b6lab.train import hardware
+
+
+@dataclass
+class Trial:
+    index: int  # 1-based position in the grid
+    name: str  # its run folder's name: the grid values and the seed
+    point: dict  # its Ray config: grid key -> value, and the seed
+    grid: dict[str, str]  # grid key -> the value's label
+    seed: int
+    config: dict  # the resolved run config, as RunConfig.to_dict(): what the worker rebuilds
+    run_dir: Path
+    plugins: dict[str, str]  # kind -> the plugin that will run (what `auto` chooses, where known)
+    params: int | None  # None where the vocabulary can't be known before the run
+    tokens: int  # tokens the trial trains on
+    skip_reason: str | None = None  # set when skip_unavailable drops it
+
+    @property
+    def key(self) -> str:
+        return point_key(self.point)
+
+    @property
+    def max_steps(self) -> int:
+        return self.config["train"]["max_steps"]
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolve_trials(exp: Experiment) -> list[Trial]:
+    """Every trial of the sweep, each config loaded and its cheap parts built once; raises on the first mistake."""
+    for spec in exp.plugins:
+        try:
+            registry.load_plugin_path(spec)
+        except UsageError as exc:
+            raise ConfigError(str(exc), key="plugins", file=str(exp.file)) from None
+    # Each trial loads the base config's plugins and the sweep's, wherever its worker runs.
+    plugins = list(dict.fromkeys(_load(exp, [], None, "the base config").plugins + exp.plugins))
+    points = exp.points()
+    names = [trial_name(exp, point) for point in points]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"two grid points share the folder name {name}; give their values distinct labels",
+                              key="grid", file=str(exp.file))
+    sizes = ModelSizes()
+    return [_resolve(exp, index, point, name, f"trial {index} of {len(points)}: {name}", plugins, sizes)
+            for index, (point, name) in enumerate(zip(points, names), 1)]
+
+
+def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, plugins: list[str],
+             sizes: ModelSizes) -> Trial:
+    run_dir = exp.trials_dir / name
+    overrides = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(point[axis.key]).items()]
+    overrides += [_assign("train.seed", point[SEED_KEY]), _assign("train.out_dir", str(run_dir)),
+                  "logging.progress=false", _assign("name", exp.name), _assign("plugins", plugins)]
+    cfg = _load(exp, overrides, point, where)
+    try:
+        context = trial_context(cfg, exp.gpus)
+        reason = why_unavailable(cfg, context) if context else None
+        if reason and not exp.skip_unavailable:
+            raise PluginError(f"{reason} (set skip_unavailable: true to skip such grid points)")
+        chosen = cfg.model.attention
+        if context and not reason:
+            parts.check_plugins(cfg, context)
+            chosen = parts.build_attention(cfg.model, context)[1]
+        params = sizes.count(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} ({where})", key=exc.key, file=_origin(exc.file, exc.key, exp, point)) from None
+    except UsageError as exc:
+        raise UsageError(f"{exp.file}, {where}: {exc}") from None
+    return Trial(
+        index=index, name=name, point=point, grid={axis.key: axis.label(point[axis.key]) for axis in exp.grid},
+        seed=point[SEED_KEY], config=cfg.to_dict(), run_dir=run_dir,
+        plugins={"attention": chosen, "norm": cfg.model.norm, "optimizer": cfg.optim.name,
+                 "schedule": cfg.schedule.name, "data": f"{cfg.data.source}/{cfg.data.tokenizer}"},
+        params=params, tokens=cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.seq_len,
+        skip_reason=reason,
+    )
+
+
+def trial_name(exp: Experiment, point: dict) -> str:
+    """norm=post,warmup_steps=0,seed=1: readable in `ls`, safe as a folder name."""
+    words = [f"{axis.short}={axis.label(point[axis.key])}" for axis in exp.grid] + [f"seed={point[SEED_KEY]}"]
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(words))
+    if len(name) > 120:  # folder names have limits; keep the start readable and the whole unique
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name
+
+
+def _assign(key: str, value) -> str:
+    """key=value as `--set` reads it: the value written as YAML, so that it reads back the same."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return f"{key}={text.removesuffix('...').strip()}"
+
+
+def _load(exp: Experiment, overrides: list[str], point: dict | None, where: str) -> RunConfig:
+    base = exp.base
+    base_overrides = [_assign(k, v) for k, v in base.overrides.items()]
+    try:
+        return load_config(base.file, preset=base.preset, overrides=base_overrides + overrides,
+                           data=None if base.file else base.inline)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message} ({where})", key=exc.key, file=_origin(exc.file, exc.key, exp, point)) from None
+    except UsageError as exc:
+        raise UsageError(f"{exp.file}, {where}: {exc}") from None
+
+
+def _origin(origin: str | None, key: str | None, exp: Experiment, point: dict | None) -> str:
+    """Where a bad value came from, in the sweep file's terms rather than `--set`'s."""
+    if origin and origin != "<config>" and not origin.startswith("--set "):
+        return origin  # a preset, or the base's config file
+    if origin and origin.startswith("--set "):
+        key = origin.removeprefix("--set ")
+    grid_keys = {k for axis in exp.grid for k in axis.overrides(point[axis.key])} if point else set()
+    if key in grid_keys:
+        return f"grid of {exp.file}"
+    if key in exp.base.overrides:
+        return f"base.set of {exp.file}"
+    return f"base of {exp.file}" if origin == "<config>" else str(exp.file)
+
+
+def trial_context(cfg: RunConfig, gpus: float) -> AttentionContext | None:
+    """What the trial's attention will run on, judged here; None when it runs on a GPU this machine lacks."""
+    device_name = cfg.train.device
+    if device_name == "auto":
+        device_name = "cuda" if gpus > 0 else "cpu"
+    elif device_name.startswith("cuda") and gpus == 0:
+        raise ConfigError("asks for a GPU, but resources.gpu gives each trial none", key="train.device")
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return None  # a cluster's GPU: each trial checks its own parts when it starts
+    precision = hardware.resolve_precision(cfg.train.precision, device)
+    return AttentionContext(device, hardware.DTYPES[precision], cfg.model.head_dim, cfg.model.dropout)
+
+
+def why_unavailable(cfg: RunConfig, context: AttentionContext) -> str | None:
+    choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("optimizer", cfg.optim.name),
+               ("scheduler", cfg.schedule.name), ("dataset", cfg.data.source), ("tokenizer", cfg.data.tokenizer)]
+    for kind, name in choices:
+        reason = registry.get(kind, name).why_unavailable(**context.as_kwargs())
+        if reason:
+            return f"{kind} plugin {name!r} cannot run here: {reason}"
+    return None
+
+
+class ModelSizes:
+    """Parameter counts without building weights (on the meta device), the vocabulary from the
+    run's tokenizer. Building the tokenizer here also warms its cache, so that trials starting
+    together don't each train the same BPE."""
+
+    def __init__(self):
+        self.tokenizers: dict[str, object] = {}
+
+    def count(self, cfg: RunConfig) -> int | None:
+        model_cfg = cfg.model
+        if model_cfg.vocab_size is None:
+            tokenizer = self._tokenizer(cfg)
+            if tokenizer is None:
+                return None
+            model_cfg = parts.resolve_vocab(model_cfg, tokenizer)
+        # Attention backends hold no weights; eager builds anywhere, whatever the trial will use.
+        model_cfg = replace(model_cfg, attention="eager")
+        context = AttentionContext(torch.device("cpu"), torch.float32, model_cfg.head_dim, model_cfg.dropout)
+        with torch.device("meta"):
+            model, _ = parts.build_model(model_cfg, context)
+        return model.num_params()
+
+    def _tokenizer(self, cfg: RunConfig):
+        key = json.dumps([cfg.data.source, cfg.data.tokenizer, cfg.data.options], sort_keys=True, default=str)
+        if key not in self.tokenizers:
+            try:
+                self.tokenizers[key] = parts.build_tokenizer(cfg.data, parts.build_source(cfg.data))
+            except UsageError:
+                self.tokenizers[key] = None  # e.g. a Hub corpus this machine can't reach; the trial will say
+        return self.tokenizers[key]

@@ -1,0 +1,77 @@
+"""Every shipped experiment validates (as `b6lab sweep --dry-run` does) and asks what its comment says."""
+
+from pathlib import Path
+
+import pytest
+
+from b6lab import registry
+from b6lab.cli import main
+from b6lab.sweep.experiment import load_experiment
+from b6lab.sweep.trials import resolve_trials
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+
+
+@pytest.fixture
+def unload_new_plugins():
+    """Resolving a sweep loads its plugin files; unregister them afterwards so no test sees them."""
+    before = {name for name, _ in registry.pm.list_name_plugin()}
+    yield
+    for name, _ in registry.pm.list_name_plugin():
+        if name not in before:
+            registry.unregister_plugin(name)
+
+
+def trials_of(name: str):
+    return resolve_trials(load_experiment(Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"))
+
+
+def test_the_four_experiments_are_shipped():
+    assert {p.stem for p in EXPERIMENTS} >= {"norm_ablation", "attention_backends", "optimizer_ablation", "example_plugins"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_dry_runs(path, capsys, unload_new_plugins):
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing started" in out
+    assert "runs/sweeps/" in out  # the default storage
+
+
+def test_norm_ablation_is_pre_post_sandwich_with_and_without_warmup_at_two_lrs_over_two_seeds():
+    trials = trials_of("norm_ablation")
+    assert len(trials) == 24
+    assert {t.config["model"]["norm"] for t in trials} == {"pre", "post", "sandwich"}
+    warmups = {t.config["schedule"]["warmup_steps"] for t in trials}
+    assert 0 in warmups and len(warmups) == 2
+    assert len({t.config["optim"]["lr"] for t in trials}) == 2
+    assert {t.seed for t in trials} == {0, 1}
+    assert all(t.skip_reason is None for t in trials)
+
+
+def test_attention_backends_skips_only_what_cannot_run_here():
+    trials = trials_of("attention_backends")
+    assert [t.config["model"]["attention"] for t in trials] == ["auto", "sdpa", "eager", "flash-v2"]
+    for trial in trials:
+        reg = registry.get("attention", trial.config["model"]["attention"])
+        runs_here = reg.why_unavailable(device="cpu", dtype=None, head_dim=32) is None
+        assert (trial.skip_reason is None) == runs_here, trial.skip_reason
+
+
+def test_optimizer_ablation_gives_lion_a_smaller_lr_and_a_larger_weight_decay_than_adamw():
+    trials = trials_of("optimizer_ablation")
+    adamw = next(t.config["optim"] for t in trials if t.config["optim"]["name"] == "adamw")
+    lions = [t.config["optim"] for t in trials if t.config["optim"]["name"] == "lion"]
+    assert lions
+    for lion in lions:
+        assert 3 <= round(adamw["lr"] / lion["lr"], 6) <= 10
+        assert 3 <= round(lion["weight_decay"] / adamw["weight_decay"], 6) <= 10
+
+
+def test_example_plugins_experiment_uses_both_example_plugins(unload_new_plugins):
+    trials = trials_of("example_plugins")
+    assert {t.config["model"]["attention"] for t in trials} == {"sdpa", "sliding-window"}
+    assert {t.config["optim"]["name"] for t in trials} == {"lion", "sgd"}
+    plugin_files = {Path(p).name for p in trials[0].config["plugins"]}
+    assert plugin_files == {"sliding_window.py", "sgd_momentum.py"}
+    assert all(Path(p).is_absolute() for p in trials[0].config["plugins"])

@@ -126,9 +126,9 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 16  # sequences per micro-batch
+    batch_size: int = 8  # sequences per micro-batch
     grad_accum_steps: int = 1
-    max_steps: int = 600
+    max_steps: int = 400
     eval_interval: int = 100
     eval_steps: int = 10
     log_interval: int = 10
@@ -233,8 +233,11 @@ class Layers:
     def __init__(self):
         self.values: dict = {}
         self.origin: dict[str, str] = {}
+        self.builtin: set[str] = set()  # origins that are b6lab's own presets, not the user's words
 
-    def merge(self, data: dict, origin: str, prefix: str = "") -> None:
+    def merge(self, data: dict, origin: str, prefix: str = "", builtin: bool = False) -> None:
+        if builtin:
+            self.builtin.add(origin)
         if not isinstance(data, dict):
             raise ConfigError(f"expected a mapping of keys, got {type(data).__name__}", file=origin)
         self._merge_into(self.values, data, origin, prefix)
@@ -263,6 +266,9 @@ class Layers:
 
     def where(self, key: str) -> str | None:
         return self.origin.get(key)
+
+    def from_preset(self, key: str) -> bool:
+        return self.origin.get(key) in self.builtin
 
 
 def _leaf_paths(data: dict, prefix: str):
@@ -321,9 +327,9 @@ def load_config(
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(_unknown(preset, PRESETS, "preset"), key="preset", file=file_label if path else None)
-        layers.merge(PRESETS[preset], f"preset {preset}")
+        layers.merge(PRESETS[preset], f"preset {preset}", builtin=True)
     elif not path and data is None and _gpu_expected(parsed_overrides):
-        layers.merge(GPU_DEFAULT, "the GPU default")
+        layers.merge(GPU_DEFAULT, "the GPU default", builtin=True)
     if path or data is not None:
         layers.merge(file_data, file_label)
     for key, value in parsed_overrides:
@@ -438,7 +444,9 @@ def _plugin_options(obj, plugin_keys: dict, extra: dict, fields: dict, prefix: s
                 where = f"{prefix}.{option}"
                 options[option] = _check_type(extra[option], hints.get(option, _type_of(reg.options[option])), where, layers.where(where))
     for key in extra:
-        if key not in declared:
+        # A preset's option for the plugin it names (data.bpe_vocab_size beside tokenizer: bpe) is
+        # dropped when the user picks another plugin; the user's own stray keys are errors.
+        if key not in declared and not layers.from_preset(f"{prefix}.{key}"):
             plugins = ", ".join(f"{k}={getattr(obj, k)}" for k in plugin_keys)
             known = sorted(list(fields) + list(declared))
             raise ConfigError(

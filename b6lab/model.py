@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from b6lab.attention import Documents
 from b6lab.config import ModelConfig
+from b6lab.lm_loss import lm_loss
 
 
 class RotaryEmbedding(nn.Module):
@@ -44,10 +45,37 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (batch, seq, heads, head_dim) by the angles of its positions (half-split pairing)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # broadcast over heads
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    """Rotate x (batch, seq, ..., head_dim) by the angles of its positions (half-split pairing):
+    x1' = x1 cos - x2 sin, x2' = x1 sin + x2 cos, with x1, x2 the two halves of head_dim."""
+    shape = (cos.size(0),) + (1,) * (x.dim() - 3) + (cos.size(-1),)  # broadcast over heads (and q/k)
+    cos, sin = cos.view(shape).to(x.dtype), sin.view(shape).to(x.dtype)
+    if torch.compiler.is_compiling():  # the compiler fuses the plain expression into one kernel itself
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return _Rotation.apply(x, cos, sin)
+
+
+class _Rotation(torch.autograd.Function):
+    """RoPE in eager mode as four kernels writing straight into one output (the plain expression
+    takes seven, and as many temporaries); its gradient is the rotation by the opposite angle."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
+def _rotate(x, cos, sin):
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    (x1, x2), (out1, out2) = x.chunk(2, dim=-1), out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)
+    torch.mul(x1, sin, out=out2).addcmul_(x2, cos)
+    return out
 
 
 class KVCache:
@@ -83,8 +111,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope, docs: Documents | None = None, cache: KVCache | None = None):
         B, S, C = x.shape
-        q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, self.head_dim).unbind(dim=2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = self.qkv(x).view(B, S, 3, self.n_heads, self.head_dim)
+        q, k = apply_rope(qkv[:, :, :2], *rope).unbind(dim=2)  # queries and keys in one pass
+        v = qkv[:, :, 2]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, S, head_dim)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
@@ -174,12 +203,6 @@ class B6(nn.Module):
         if targets is None:
             return self.lm_head(h)
         return lm_loss(h, self.lm_head.weight, targets)
-
-
-def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the LM head's logits h @ weight^T against targets (-1 is ignored)."""
-    logits = F.linear(h, weight)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
 
 def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:

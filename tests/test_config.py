@@ -97,6 +97,15 @@ def test_plugin_option_types_come_from_the_factory():
         load_config(overrides=["schedule.warmup=5"])
 
 
+def test_a_presets_plugin_option_gives_way_when_the_user_picks_another_plugin():
+    """cpu-small sets data.bpe_vocab_size for its bpe tokenizer; choosing the byte tokenizer drops it,
+    while the same key written by the user for a plugin that has no such option is an error."""
+    cfg = load_config(preset="cpu-small", overrides=["data.tokenizer=byte"])
+    assert cfg.data.tokenizer == "byte" and "bpe_vocab_size" not in cfg.data.options
+    with pytest.raises(ConfigError, match="data.bpe_vocab_size.*--set data.bpe_vocab_size"):
+        load_config(preset="cpu-small", overrides=["data.tokenizer=byte", "data.bpe_vocab_size=512"])
+
+
 def test_cli_prints_one_line_and_exits_2_for_a_user_mistake(tmp_path):
     path = write(tmp_path, "model: {n_head: 4}\n")
     result = subprocess.run([sys.executable, "-m", "b6lab.cli", "train", str(path)], capture_output=True, text=True)

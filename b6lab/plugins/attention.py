@@ -53,6 +53,13 @@ def sdpa(context: AttentionContext, *, sdpa_kernel: str = "auto"):
         with kernel():
             if docs is None and (not causal or q.size(-2) == k.size(-2)):
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+            if sdpa_kernel == "flash":  # torch's own message would be a list of kernel warnings
+                raise ConfigError(
+                    "torch's flash kernel takes no attention mask, and this call needs one (packed-document "
+                    "boundaries from data.doc_masking, or a causal mask offset by a KV cache); use "
+                    "sdpa_kernel=auto, or attention flash-v2/flash-v3 for packed documents",
+                    key="model.sdpa_kernel",
+                )
             mask = attention_mask(q.size(-2), k.size(-2), causal, docs, q.device)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 

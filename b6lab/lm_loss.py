@@ -1,0 +1,107 @@
+"""The LM head and its loss, fused.
+
+With a 50k vocabulary the logits are the largest tensor of a step (tokens x vocab x 4 bytes:
+400 MB for 8 x 256 tokens) and the LM head is most of its FLOPs. The plain route writes the
+logits, then their log-softmax, then the gradient of each, all that size. Here the head and
+the loss go a chunk of tokens at a time, and since the loss is the end of the graph, each
+chunk's gradient (softmax - one-hot) is multiplied into dh and dW right away, in forward.
+Same FLOPs as the plain route; only one chunk of logits ever exists.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+LOSS_CHUNK_ELEMENTS = 2**26  # logits per chunk at most (256 MB in fp32)
+
+
+def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the LM head's logits h @ weight^T against targets (-1 is ignored)."""
+    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    # As few chunks as the budget allows, of equal size: chunks of 256 to 2048 tokens time
+    # alike (benchmarks/README.md), so the budget, not speed, sets their number.
+    chunks = max(1, -(-h.size(0) * weight.size(0) // LOSS_CHUNK_ELEMENTS))
+    chunk = max(1, -(-h.size(0) // chunks))
+    # (autograd.Function's forward always runs without grad mode, so whether gradients are wanted
+    # at all, under torch.no_grad() say, has to be read here)
+    return LinearCrossEntropy.apply(h, weight, targets, chunk, torch.is_grad_enabled())
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """cross_entropy(h @ weight^T, targets, ignore_index=-1), chunk by chunk, gradients in forward."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk: int, grad_enabled: bool):
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        want_dh, want_dw = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
+        with torch.autocast(device, enabled=False):  # the casts are explicit below
+            w = weight.to(dtype)
+            valid = targets != -1
+            count = valid.sum()
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            dh = torch.empty_like(h) if want_dh else None
+            dw = None  # written by the first chunk, accumulated into by the others
+            for start in range(0, h.size(0), chunk):
+                rows = slice(start, start + chunk)
+                h_c, valid_c = h[rows].to(dtype), valid[rows]
+                t_c = targets[rows].clamp(min=0).unsqueeze(1)
+                logits = _logits(h_c, w)
+                # log-sum-exp by hand, so that exp(logits - max) stays for the gradient
+                picked = logits.gather(1, t_c).squeeze(1)
+                top = logits.amax(dim=1, keepdim=True)
+                probs = logits.sub_(top).exp_()  # in place: the chunk's logits are not needed again
+                sums = probs.sum(dim=1)
+                total += torch.where(valid_c, top.squeeze(1) + sums.log() - picked, 0.0).sum()
+                if not (want_dh or want_dw):
+                    continue
+                # d(mean loss)/d(logits) = (softmax - one_hot) / count, on valid rows only
+                row_weight = valid_c.float() / count
+                probs.mul_((row_weight / sums).unsqueeze(1)).scatter_add_(1, t_c, -row_weight.unsqueeze(1))
+                grad = probs
+                if dtype != torch.float32:  # the gradient matmuls run in the autocast dtype, as the plain route's
+                    grad = _workspace(probs.shape, dtype, h.device, "half").copy_(probs)
+                if want_dh:
+                    dh[rows] = grad @ w
+                if want_dw and dw is None:
+                    dw = (grad.t() @ h_c).to(weight.dtype)
+                elif want_dw and dw.dtype == dtype:
+                    dw.addmm_(grad.t(), h_c)
+                elif want_dw:
+                    dw += grad.t() @ h_c
+        ctx.save_for_backward(dh, dw)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        dh, dw = ctx.saved_tensors
+        return (dh * grad_loss if dh is not None else None, dw * grad_loss if dw is not None else None, None, None, None)
+
+
+def _logits(h_c, w):
+    """h_c @ w^T as fp32, written into the reused workspace."""
+    out = _workspace((h_c.size(0), w.size(0)), torch.float32, h_c.device, "logits")
+    if w.dtype == torch.float32:
+        return torch.mm(h_c, w.t(), out=out)
+    half = torch.mm(h_c, w.t(), out=_workspace(out.shape, w.dtype, h_c.device, "half"))
+    return out.copy_(half)
+
+
+def _workspace(shape, dtype, device, name: str) -> torch.Tensor:
+    """A buffer for the loss's chunks, kept from one step to the next (one per thread). On a CPU
+    a fresh tensor of 100+ MB is fresh pages from the OS at every step, and faulting them in made
+    the matmul that fills them 1.7x slower (benchmarks/README.md). CUDA's caching allocator and a
+    compiled graph plan their own memory: there this is a plain allocation."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return torch.empty(shape, dtype=dtype, device=device)
+    buffers = _buffers.__dict__
+    numel = math.prod(shape)
+    if (name, dtype) not in buffers or buffers[(name, dtype)].numel() < numel:
+        buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
+    return buffers[(name, dtype)][:numel].view(shape)
+
+
+_buffers = threading.local()

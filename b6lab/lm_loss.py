@@ -38,8 +38,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         want_dh, want_dw = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
+        # The gradient matmuls run in the autocast dtype, as the plain route's do, except in fp16:
+        # there the gradient is made here, before backward brings the GradScaler's scale, and
+        # values of ~1 / (tokens x vocab) would flush to zero, so they stay in fp32.
+        grad_dtype = torch.float32 if dtype == torch.float16 else dtype
         with torch.autocast(device, enabled=False):  # the casts are explicit below
             w = weight.to(dtype)
+            w_grad = w if grad_dtype == dtype else weight.to(grad_dtype)
             valid = targets != -1
             count = valid.sum()
             total = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -48,6 +53,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             for start in range(0, h.size(0), chunk):
                 rows = slice(start, start + chunk)
                 h_c, valid_c = h[rows].to(dtype), valid[rows]
+                h_grad = h_c if grad_dtype == dtype else h[rows].to(grad_dtype)
                 t_c = targets[rows].clamp(min=0).unsqueeze(1)
                 logits = _logits(h_c, w)
                 # log-sum-exp by hand, so that exp(logits - max) stays for the gradient
@@ -62,16 +68,16 @@ class LinearCrossEntropy(torch.autograd.Function):
                 row_weight = valid_c.float() / count
                 probs.mul_((row_weight / sums).unsqueeze(1)).scatter_add_(1, t_c, -row_weight.unsqueeze(1))
                 grad = probs
-                if dtype != torch.float32:  # the gradient matmuls run in the autocast dtype, as the plain route's
-                    grad = _workspace(probs.shape, dtype, h.device, "half").copy_(probs)
+                if grad_dtype != torch.float32:
+                    grad = _workspace(probs.shape, grad_dtype, h.device, "half").copy_(probs)
                 if want_dh:
-                    dh[rows] = grad @ w
+                    dh[rows] = grad @ w_grad
                 if want_dw and dw is None:
-                    dw = (grad.t() @ h_c).to(weight.dtype)
-                elif want_dw and dw.dtype == dtype:
-                    dw.addmm_(grad.t(), h_c)
+                    dw = (grad.t() @ h_grad).to(weight.dtype)
+                elif want_dw and dw.dtype == grad_dtype:
+                    dw.addmm_(grad.t(), h_grad)
                 elif want_dw:
-                    dw += grad.t() @ h_c
+                    dw += grad.t() @ h_grad
         ctx.save_for_backward(dh, dw)
         return total / count
 

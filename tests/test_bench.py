@@ -107,6 +107,21 @@ def test_fused_loss_under_bf16_autocast_is_close(head_inputs):
         assert a.dtype == torch.float32  # gradients come back in the parameters' dtype
 
 
+def test_fused_loss_under_fp16_autocast_keeps_its_tiny_gradients():
+    """fp16 gradients are made in forward, before the GradScaler's scale arrives in backward:
+    at ~1 / (tokens x vocab) each, fp16 would flush them to zero."""
+    torch.manual_seed(0)
+    h, weight = torch.randn(2048, 16), torch.randn(4096, 16) * 0.3
+    targets = torch.randint(0, 4096, (2048,))
+    expected = loss_and_grads(plain_loss, h, weight, targets)
+    h, weight = h.clone().requires_grad_(), weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = lm_loss(h, weight, targets)
+    (3.0 * loss).backward()
+    for got, want in zip((h.grad, weight.grad), expected[1:]):
+        torch.testing.assert_close(got, want, atol=2e-3 * want.abs().max().item(), rtol=2e-2)
+
+
 def test_fused_loss_without_grad_mode_computes_no_gradients(head_inputs):
     h, weight, targets = head_inputs
     weight = weight.clone().requires_grad_()

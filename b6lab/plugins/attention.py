@@ -50,8 +50,6 @@ def sdpa(context: AttentionContext, *, sdpa_kernel: str = "auto"):
     kernel = _kernel_context(sdpa_kernel)
 
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
-        if causal and docs is None and q.size(-2) == 1:  # one new token, KV-cache decoding: it sees every key
-            causal = False
         with kernel():
             if docs is None and (not causal or q.size(-2) == k.size(-2)):
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)

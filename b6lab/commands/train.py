@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 from b6lab.commands.common import add_config_arguments, config_from_args
 from b6lab.config import load_config
 from b6lab.errors import UsageError
@@ -27,8 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (out_dir / "config.yaml").exists():
         # The run continues as it was configured (the same model, the same data); only what --set
         # says changes, e.g. a longer train.max_steps.
-        saved = yaml.safe_load((out_dir / "config.yaml").read_text())
-        cfg = load_config(data={k: v for k, v in saved.items() if k != "run"}, overrides=args.overrides)
+        cfg = load_config(out_dir / "config.yaml", overrides=args.overrides)
     trainer = Trainer(cfg, out_dir, resume=args.resume)
     summary = trainer.run()
     best = summary["best_val_loss"]

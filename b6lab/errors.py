@@ -29,3 +29,9 @@ class PluginError(UsageError):
 
 class DataError(UsageError):
     """A data source that cannot be read: a missing or corrupt file, a gated or offline corpus."""
+
+
+def exception_line(exc: BaseException, limit: int | None = 300) -> str:
+    """`TypeName: first line of its message` (cut to `limit` characters): a library's error in one line."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:limit]}"

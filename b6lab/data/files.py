@@ -30,6 +30,14 @@ def builder_for(name: str) -> str | None:
     return BUILDERS.get(suffixes[-1]) if suffixes else None
 
 
+def packaged_load_kwargs(builder: str, data_files: list[str] | dict[str, list[str]], split: str = "train") -> dict:
+    """The streaming `datasets.load_dataset` call that reads `data_files` with a packaged builder."""
+    kwargs = {"path": builder, "data_files": data_files, "split": split, "streaming": True}
+    if builder == "text":
+        kwargs["sample_by"] = "document"  # a text file is one document, not one per line
+    return kwargs
+
+
 def find_files(path: str | list[str], key: str = "data.path") -> list[Path]:
     """Every readable file that `path` names: files, folders (searched recursively) and globs.
 

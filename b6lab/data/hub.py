@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from b6lab.data.files import READABLE, builder_for
-from b6lab.errors import DataError
+from b6lab.data.files import READABLE, builder_for, packaged_load_kwargs
+from b6lab.errors import DataError, exception_line
 
 LOGIN = "log in with `hf auth login` (`huggingface-cli login` before huggingface_hub 1.0) or set HF_TOKEN"
 
@@ -27,6 +27,10 @@ class HubCall:
     data_files: tuple[str, ...] = ()  # globs inside the repository (inside data_dir, if set), read by a packaged builder
     gated: bool = False  # the repository asks users to accept its terms before downloading
 
+    def __post_init__(self):
+        if self.data_files:
+            self.builder  # data files of no one readable format fail here, not in a DataLoader worker
+
     @property
     def url(self) -> str:
         return f"https://huggingface.co/datasets/{self.repo}"
@@ -41,15 +45,7 @@ class HubCall:
                 kwargs["data_dir"] = self.data_dir
             return kwargs
         prefix = f"hf://datasets/{self.repo}/" + (f"{self.data_dir.strip('/')}/" if self.data_dir else "")
-        kwargs = {
-            "path": self.builder,
-            "data_files": {self.split: [prefix + pattern for pattern in self.data_files]},
-            "split": self.split,
-            "streaming": True,
-        }
-        if kwargs["path"] == "text":
-            kwargs["sample_by"] = "document"  # as for local files: a text file is one document
-        return kwargs
+        return packaged_load_kwargs(self.builder, {self.split: [prefix + pattern for pattern in self.data_files]}, self.split)
 
     @property
     def builder(self) -> str:
@@ -97,8 +93,7 @@ def explain_hub_failure(exc: BaseException, call: HubCall, local_hint: str) -> D
         why = f"{call.describe()} was not found on the Hugging Face Hub"
         todo = f"check the dataset id and its files at {call.url}"
     else:
-        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        return DataError(f"reading {call.describe()} from the Hugging Face Hub failed: {type(exc).__name__}: {first_line}")
+        return DataError(f"reading {call.describe()} from the Hugging Face Hub failed: {exception_line(exc)}")
     return DataError(f"{why}; {todo}, or {local_hint}{gated_note}")
 
 

@@ -11,8 +11,8 @@ import itertools
 from pathlib import Path
 from typing import Iterator
 
-from b6lab.data.files import builder_for
-from b6lab.errors import DataError, UsageError
+from b6lab.data.files import builder_for, packaged_load_kwargs
+from b6lab.errors import DataError, UsageError, exception_line
 
 # Records decoded per step: arrow batches are far faster than one row at a time.
 BATCH_RECORDS = 256
@@ -47,30 +47,28 @@ def texts_of(stream, text_field: str, where: str) -> Iterator[str]:
                 )
 
 
-def local_load_kwargs(builder: str, files: list[Path]) -> dict:
-    """The `load_dataset` call that streams `files` (all read by `builder`) in order."""
-    kwargs = {"path": builder, "data_files": [str(f) for f in files], "split": "train", "streaming": True}
-    if builder == "text":
-        kwargs["sample_by"] = "document"  # a text file is one document, not one per line
-    return kwargs
+TEXT_FILES_PER_CALL = 64
 
 
 def read_local_files(files: list[Path], text_field: str) -> Iterator[str]:
     """The documents of local files in order: each record of JSON/Parquet, each whole text file."""
     for builder, run in itertools.groupby(files, key=lambda f: builder_for(f.name)):
         run = list(run)
-        # Text files all have one column, "text", so a run of them is one call (a folder of 100k
-        # books opens quickly). JSON and Parquet shards often differ in their other columns, which
-        # one call would have to reconcile (and fails to), so each of those is read on its own.
-        for group in [run] if builder == "text" else [[file] for file in run]:
-            yield from _read_group(builder, group, text_field)
+        # Text files all have one column, "text", so a run of them goes TEXT_FILES_PER_CALL to a
+        # call (a folder of 100k books opens quickly; and since each file is then read as its own
+        # shard, and datasets re-splits the call's whole file list for every shard, a call over
+        # the whole run would cost files^2). JSON and Parquet shards often differ in their other
+        # columns, which one call would have to reconcile (and fails to), so each is read on its own.
+        size = TEXT_FILES_PER_CALL if builder == "text" else 1
+        for start in range(0, len(run), size):
+            yield from _read_group(builder, run[start:start + size], text_field)
 
 
 def _read_group(builder: str, group: list[Path], text_field: str) -> Iterator[str]:
     field = "text" if builder == "text" else text_field  # the text builder names its column "text"
     try:
         # datasets reads the first file here, to learn its columns.
-        stream = load_stream(local_load_kwargs(builder, group))
+        stream = load_stream(packaged_load_kwargs(builder, [str(f) for f in group]))
     except UsageError:
         raise
     except Exception as exc:
@@ -90,8 +88,7 @@ def _read_group(builder: str, group: list[Path], text_field: str) -> Iterator[st
 def unreadable(file: Path, builder: str, exc: Exception) -> DataError:
     """A corrupt or mislabelled file: which one, what it should have been, and what went wrong."""
     compression = {".gz": "gzip-compressed ", ".zst": "zstd-compressed "}.get(file.suffix.lower(), "")
-    message = (str(exc).strip().splitlines() or [""])[0][:300]
     return DataError(
-        f"{file} cannot be read as {compression}{_DESCRIPTIONS[builder]} ({type(exc).__name__}: {message}); "
+        f"{file} cannot be read as {compression}{_DESCRIPTIONS[builder]} ({exception_line(exc)}); "
         "fix or remove the file, or narrow data.path"
     )

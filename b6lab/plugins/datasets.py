@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 import sys
 import sysconfig
 from pathlib import Path
 
 import b6lab
-from b6lab.data.documents import check_split, in_split
+from b6lab.data.documents import check_split, split_documents
 from b6lab.data.hub import HubCall
 from b6lab.data.sources import HubDataset, LocalFiles, datasets_missing
 from b6lab.errors import ConfigError
@@ -38,10 +37,9 @@ class PythonStdlib:
 
     def documents(self, split: str, start: int = 0):
         check_split(split)
-        # Choose before reading, so the `start` documents a resumed stream skips are never read.
-        chosen = (item for i, item in enumerate(self.items) if in_split(i, split, self.val_fraction))
         topics = _doc_topics()
-        for kind, name in itertools.islice(chosen, start, None):
+        # Choose before reading, so the `start` documents a resumed stream skips are never read.
+        for kind, name in split_documents(self.items, split, self.val_fraction, start):
             yield topics[name] if kind == "topic" else Path(name).read_text(encoding="utf-8", errors="replace")
 
 
@@ -93,11 +91,7 @@ def hf(val_fraction: float, *, hf_path: str | None = None, hf_name: str | None =
     def call(split: str) -> HubCall:
         return HubCall(hf_path, split, hf_name, data_dir, _files_of_split(data_files, split, hf_val_split))
 
-    train = call(hf_split)
-    val = call(hf_val_split) if hf_val_split else None
-    for each in (train, val) if val else (train,):
-        each.load_dataset_kwargs()  # an unreadable data_files format fails now, not in a DataLoader worker
-    return HubDataset(train, val_fraction, text_field, val)
+    return HubDataset(call(hf_split), val_fraction, text_field, call(hf_val_split) if hf_val_split else None)
 
 
 def _files_of_split(data_files, split: str, val_split: str | None) -> tuple[str, ...]:

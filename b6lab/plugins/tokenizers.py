@@ -12,7 +12,7 @@ from pathlib import Path
 
 import b6lab
 from b6lab.data.hub import hub_offline
-from b6lab.errors import ConfigError, DataError
+from b6lab.errors import ConfigError, DataError, exception_line
 
 EOS_TOKEN = "<|endoftext|>"
 # GPT-2's tokenizer on the Hub, under its current id and the short one older caches keep it under.
@@ -110,8 +110,7 @@ def gpt2(corpus, *, tokenizer_path: str | None = None):
     try:
         loaded = GPT2TokenizerFast.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0]
-        raise DataError(f"{where} cannot be loaded ({type(exc).__name__}: {reason})") from exc
+        raise DataError(f"{where} cannot be loaded ({exception_line(exc, limit=None)})") from exc
     tokenizer = HFTokenizer(loaded.backend_tokenizer, where=where)
     # transformers builds an empty tokenizer from a folder without vocabulary files, rather than failing.
     if tokenizer.vocab_size <= 256:

@@ -41,8 +41,7 @@ pm.add_hookspecs(hookspecs)
 
 # Where each registered plugin came from, and its version, by pluggy plugin name: for messages,
 # `b6lab plugins`, and the record in each run's config.yaml.
-_sources: dict[str, str] = {}
-_versions: dict[str, str] = {}
+_origins: dict[str, tuple[str, str]] = {}  # name -> (source, version)
 _loaded = False
 
 
@@ -103,23 +102,20 @@ def load_plugins() -> None:
             if name not in before:
                 dist = dists.get(name)
                 where = f"{dist.metadata['name']} {dist.version}" if dist else "installed package"
-                _sources[name] = f"package {where} (entry point {name})"
-                _versions[name] = dist.version if dist else "unknown"
+                _origins[name] = (f"package {where} (entry point {name})", dist.version if dist else "unknown")
 
 
 def register_plugin(plugin: object, name: str, source: str, version: str = "unknown") -> None:
     """Register a plugin object (a module or instance with hooks) under `name`."""
     pm.register(plugin, name=name)
-    _sources[name] = source
-    _versions[name] = version
+    _origins[name] = (source, version)
 
 
 def unregister_plugin(name: str) -> None:
     plugin = pm.get_plugin(name)
     if plugin is not None:
         pm.unregister(plugin)
-    _sources.pop(name, None)
-    _versions.pop(name, None)
+    _origins.pop(name, None)
 
 
 def load_plugin_path(spec: str, base_dir: str | Path | None = None) -> str:
@@ -172,8 +168,7 @@ def registrations(kind: str) -> dict[str, Registration]:
     hook = getattr(pm.hook, f"b6lab_register_{kind}")
     # Call each implementation on its own, so every name is tied to the plugin that made it.
     for impl in reversed(hook.get_hookimpls()):
-        source = _sources.get(impl.plugin_name, impl.plugin_name)
-        version = _versions.get(impl.plugin_name, "unknown")
+        source, version = _origins.get(impl.plugin_name, (impl.plugin_name, "unknown"))
 
         def register(name, factory, unavailable=None, _source=source, _version=version):
             if name in found:

@@ -31,8 +31,23 @@ def usable(kind: str, name: str, **context) -> registry.Registration:
     reg = registry.get(kind, name)
     reason = reg.why_unavailable(**context)
     if reason:
-        raise PluginError(f"{kind} plugin {name!r} cannot run here: {reason} (it comes from {reg.source})")
+        raise PluginError(f"{_cannot_run(kind, name, reason)} (it comes from {reg.source})")
     return reg
+
+
+def why_unavailable(cfg: RunConfig, context: AttentionContext) -> str | None:
+    """Why the first of the run's plugins that cannot run in `context` can't, or None."""
+    choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("optimizer", cfg.optim.name),
+               ("scheduler", cfg.schedule.name), ("dataset", cfg.data.source), ("tokenizer", cfg.data.tokenizer)]
+    for kind, name in choices:
+        reason = registry.get(kind, name).why_unavailable(**context.as_kwargs())
+        if reason:
+            return _cannot_run(kind, name, reason)
+    return None
+
+
+def _cannot_run(kind: str, name: str, reason: str) -> str:
+    return f"{kind} plugin {name!r} cannot run here: {reason}"
 
 
 def build_attention(cfg: ModelConfig, context: AttentionContext):
@@ -105,11 +120,14 @@ def resolve_vocab(cfg: ModelConfig, tokenizer) -> ModelConfig:
     return cfg
 
 
-def check_plugins(cfg: RunConfig, context: AttentionContext) -> None:
-    """Build the cheap parts once, so a bad plugin option fails before any compute is spent."""
-    build_attention(cfg.model, context)
-    registry.get("norm", cfg.model.norm).build(cfg.model.d_model, cfg.model.n_layers, **plugin_kwargs(cfg.model, registry.get("norm", cfg.model.norm)))
+def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
+    """Build the cheap parts once, so a bad plugin option fails before any compute is spent.
+    Returns the name of the attention backend that runs (what `auto` chose)."""
+    _, attention = build_attention(cfg.model, context)
+    norm = registry.get("norm", cfg.model.norm)
+    norm.build(cfg.model.d_model, cfg.model.n_layers, **plugin_kwargs(cfg.model, norm))
     build_schedule(cfg.schedule, cfg.train.max_steps)
     usable("optimizer", cfg.optim.name)
     usable("dataset", cfg.data.source)
     usable("tokenizer", cfg.data.tokenizer)
+    return attention

@@ -4,7 +4,7 @@
     trials.py       the grid expanded into trials, each one's config resolved and validated
     tune_runner.py  the Ray Tune side: the trainable every trial runs, Tuner and restore
     progress.py     the compact progress lines a sweep prints while it runs
-    runs.py         reading run folders and sweep folders back into results
+    folders.py      reading run folders and sweep folders back into results
     stats.py        grouping by grid key, the seed spread, and the verdict
     report.py       the results table (terminal, CSV, markdown)
     plots.py        val loss against tokens, and final val loss by grid key

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from b6lab.config import SECTIONS, read_yaml
+from b6lab.config import SECTIONS, read_yaml, resolve_plugin_spec
 from b6lab.errors import ConfigError
 
 SWEEP_KEYS = ("name", "base", "grid", "seeds", "metric", "resources", "max_concurrent", "scheduler", "plugins",
@@ -164,7 +164,7 @@ def parse_experiment(data: dict, path: Path) -> Experiment:
         gpus=gpus,
         max_concurrent=_count(data.get("max_concurrent"), "max_concurrent", file, minimum=1, optional=True),
         scheduler=_scheduler(data.get("scheduler"), file),
-        plugins=[_plugin_path(spec, folder) for spec in _string_list(data.get("plugins", []), "plugins", file)],
+        plugins=[resolve_plugin_spec(spec, folder) for spec in _string_list(data.get("plugins", []), "plugins", file)],
         max_failures=_count(data.get("max_failures", 0), "max_failures", file, minimum=0),
         skip_unavailable=_bool(data.get("skip_unavailable", False), "skip_unavailable", file),
         # Ray needs an absolute path; relative ones are taken from where the sweep is started, like train.out_dir.
@@ -295,20 +295,6 @@ def _scheduler(scheduler, file: str) -> dict | None:
         raise ConfigError(f"grace_period {options['grace_period']} is past max_t {options['max_t']}",
                           key="scheduler.grace_period", file=file)
     return {"name": name, **options}
-
-
-def _plugin_path(spec: str, folder: Path) -> str:
-    """Plugin files become absolute (relative to the sweep file, else the working directory), so
-    every Ray worker finds them; a module name stays as it is."""
-    if not (spec.endswith(".py") or "/" in spec):
-        return spec
-    path = Path(spec).expanduser()
-    if path.is_absolute():
-        return str(path)
-    for base in (folder, Path.cwd()):
-        if (base / path).exists():
-            return str((base / path).resolve())
-    return str((folder / path).resolve())  # loading it reports that it is missing
 
 
 def _choice(value, choices: tuple, key: str, file: str):

@@ -6,7 +6,6 @@ Ray's own tables (which are redrawn every few seconds and hard to read in a log)
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from ray import tune
 
 from b6lab.sweep.experiment import point_key
+from b6lab.train.records import read_summary
 
 HEARTBEAT_SECONDS = 60.0  # a status line at least this often, so a long trial doesn't look hung
 
@@ -73,11 +73,7 @@ class SweepProgress(tune.Callback):
         return self.names.get(point_key(trial.config), trial.trial_id)
 
     def _summary(self, name: str) -> dict:
-        path = Path(self.run_dirs.get(name, "")) / "summary.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_summary(Path(self.run_dirs.get(name, "")))
 
     def _reason(self, trial) -> str:
         """The trainer's own account of a crash if it wrote one, else the last line of Ray's."""

@@ -7,6 +7,7 @@ the same one-line error `b6lab train` gives, reported before the first trial sta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -78,20 +79,13 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
     overrides += [_assign("train.seed", point[SEED_KEY]), _assign("train.out_dir", str(run_dir)),
                   "logging.progress=false", _assign("name", exp.name), _assign("plugins", plugins)]
     cfg = _load(exp, overrides, point, where)
-    try:
+    with _located(exp, point, where):
         context = trial_context(cfg, exp.gpus)
-        reason = why_unavailable(cfg, context) if context else None
+        reason = parts.why_unavailable(cfg, context) if context else None
         if reason and not exp.skip_unavailable:
             raise PluginError(f"{reason} (set skip_unavailable: true to skip such grid points)")
-        chosen = cfg.model.attention
-        if context and not reason:
-            parts.check_plugins(cfg, context)
-            chosen = parts.build_attention(cfg.model, context)[1]
+        chosen = parts.check_plugins(cfg, context) if context and not reason else cfg.model.attention
         params = sizes.count(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc.message} ({where})", key=exc.key, file=_origin(exc.file, exc.key, exp, point)) from None
-    except UsageError as exc:
-        raise UsageError(f"{exp.file}, {where}: {exc}") from None
     return Trial(
         index=index, name=name, point=point, grid={axis.key: axis.label(point[axis.key]) for axis in exp.grid},
         seed=point[SEED_KEY], config=cfg.to_dict(), run_dir=run_dir,
@@ -120,9 +114,16 @@ def _assign(key: str, value) -> str:
 def _load(exp: Experiment, overrides: list[str], point: dict | None, where: str) -> RunConfig:
     base = exp.base
     base_overrides = [_assign(k, v) for k, v in base.overrides.items()]
-    try:
+    with _located(exp, point, where):
         return load_config(base.file, preset=base.preset, overrides=base_overrides + overrides,
                            data=None if base.file else base.inline)
+
+
+@contextlib.contextmanager
+def _located(exp: Experiment, point: dict | None, where: str):
+    """A config or usage error inside says which trial of which sweep file it belongs to."""
+    try:
+        yield
     except ConfigError as exc:
         raise ConfigError(f"{exc.message} ({where})", key=exc.key, file=_origin(exc.file, exc.key, exp, point)) from None
     except UsageError as exc:
@@ -155,16 +156,6 @@ def trial_context(cfg: RunConfig, gpus: float) -> AttentionContext | None:
         return None  # a cluster's GPU: each trial checks its own parts when it starts
     precision = hardware.resolve_precision(cfg.train.precision, device)
     return AttentionContext(device, hardware.DTYPES[precision], cfg.model.head_dim, cfg.model.dropout)
-
-
-def why_unavailable(cfg: RunConfig, context: AttentionContext) -> str | None:
-    choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("optimizer", cfg.optim.name),
-               ("scheduler", cfg.schedule.name), ("dataset", cfg.data.source), ("tokenizer", cfg.data.tokenizer)]
-    for kind, name in choices:
-        reason = registry.get(kind, name).why_unavailable(**context.as_kwargs())
-        if reason:
-            return f"{kind} plugin {name!r} cannot run here: {reason}"
-    return None
 
 
 class ModelSizes:

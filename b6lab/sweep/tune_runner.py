@@ -8,7 +8,6 @@ the checkpoint written beside it, and when Ray restarts it, continues from Tune'
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 from b6lab.errors import UsageError
 from b6lab.sweep.experiment import SEED_KEY, Experiment, point_key
 from b6lab.sweep.trials import Trial
-from b6lab.train.records import write_json
+from b6lab.train.records import read_summary, write_json
 
 
 class StoppedEarly(SystemExit):
@@ -90,7 +89,7 @@ def run_trial(config: dict, trials: dict) -> None:
 
 def _already_finished(run_dir: Path, max_steps: int) -> bool:
     """A trial Ray runs again although it finished (the sweep was killed before Ray recorded that)."""
-    summary = _read_summary(run_dir)
+    summary = read_summary(run_dir)
     status = summary.get("status")
     return status == "diverged" or (status == "completed" and summary.get("steps") == max_steps)
 
@@ -101,7 +100,7 @@ def _report_without_training(spec: dict, run_dir: Path) -> None:
 
     if spec["skip_reason"]:
         write_json(run_dir / "summary.json", {"status": "skipped", "reason": spec["skip_reason"]})
-    summary = _read_summary(run_dir)
+    summary = read_summary(run_dir)
     tune.report({"val_loss": summary.get("final_val_loss") or math.nan, "step": summary.get("steps") or 0,
                  "max_steps": spec["max_steps"], "trial": spec["name"]})
 
@@ -109,17 +108,10 @@ def _report_without_training(spec: dict, run_dir: Path) -> None:
 def _record_stop(run_dir: Path, max_steps: int, reason: str) -> None:
     """The Trainer wrote "failed"; say "stopped" (or "completed": a scheduler may also stop a trial
     at its last evaluation, when the run is complete anyway)."""
-    summary = _read_summary(run_dir)
+    summary = read_summary(run_dir)
     done = summary.get("steps", 0) >= max_steps
     outcome = {"status": "completed", "reason": None} if done else {"status": "stopped", "reason": reason}
     write_json(run_dir / "summary.json", summary | outcome)
-
-
-def _read_summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _restore_tune_checkpoint(saved, target: Path) -> None:

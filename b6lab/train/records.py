@@ -44,6 +44,14 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def read_summary(run_dir: Path) -> dict:
+    """A run's summary.json, or {} while it has none (still running, or killed) or it is unreadable."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def write_json(path: Path, data: dict) -> None:
     partial = Path(f"{path}.tmp-{os.getpid()}")
     partial.write_text(json.dumps(_jsonable(data), indent=2) + "\n")

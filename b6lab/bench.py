@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -133,9 +132,11 @@ def _peak_memory_mb(device: torch.device) -> dict:
     and beside it what its child processes (data-loading workers, torch.compile's compiler
     pool) hold of their own (their unique set size, not shared with the trainer), where psutil
     can tell."""
+    from b6lab.train.hardware import peak_memory_mb
+
     if device.type == "cuda":
-        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20, "kind": "cuda max allocated"}
-    memory = {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "kind": "peak RSS"}
+        return {"peak_mem_mb": peak_memory_mb(device), "kind": "cuda max allocated"}
+    memory = {"peak_mem_mb": peak_memory_mb(device), "kind": "peak RSS"}
     with contextlib.suppress(Exception):
         import psutil
 
@@ -150,13 +151,14 @@ def _peak_memory_mb(device: torch.device) -> dict:
 
 
 def compare_attention(overrides: list[str], *, preset: str | None, config: str | None, steps: int, warmup: int,
-                      peak_tflops: float | None, isolate: bool | None = None, say=print) -> list[dict]:
+                      peak_tflops: float | None, isolate: bool | None = None, say=print) -> dict:
     """One row per registered attention backend: its throughput and peak memory on the workload,
-    its largest |output - eager|, or why it cannot run here.
+    its largest |output - eager|, or why it cannot run here; with the peak every row's MFU is
+    against (measured here in the run's precision unless given), as {"peak_tflops", "backends"}.
 
     `isolate` runs each backend in a fresh process; by default on a CPU, where a process's peak
     RSS never goes down, and not on CUDA, where the peak is reset between backends."""
-    from b6lab import registry
+    from b6lab import parts, registry
     from b6lab.attention import AttentionContext
     from b6lab.config import load_config
     from b6lab.train import hardware
@@ -167,6 +169,9 @@ def compare_attention(overrides: list[str], *, preset: str | None, config: str |
     context = AttentionContext(device, hardware.DTYPES[precision], cfg.model.head_dim, cfg.model.dropout)
     if isolate is None:
         isolate = device.type != "cuda"
+    if peak_tflops is None:  # one peak for every row, so that their MFUs compare
+        peak_tflops = measure_peak_flops(device, context.dtype) / 1e12
+    say(f"b6lab bench: every attention backend on the same workload (peak {peak_tflops:.3g} TFLOP/s)")
     eager_out, inputs = None, _attention_inputs(cfg, device)
     rows = []
     for name, reg in sorted(registry.registrations("attention").items(), key=lambda item: item[0] != "eager"):
@@ -180,7 +185,7 @@ def compare_attention(overrides: list[str], *, preset: str | None, config: str |
         say(f"  {name}: timing ...")
         row = {"attention": name}
         try:
-            out = _attention_output(reg.build(context, **_backend_options(cfg, reg)), inputs, context.dtype)
+            out = _attention_output(reg.build(context, **parts.plugin_kwargs(cfg.model, reg)), inputs, context.dtype)
             if eager_out is None:
                 eager_out = out  # eager goes first
             row["max_abs_diff"] = (out - eager_out).abs().max().item()
@@ -195,11 +200,7 @@ def compare_attention(overrides: list[str], *, preset: str | None, config: str |
         except Exception as exc:  # one broken backend (a third-party plugin, say) is a row, not the end
             row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
         rows.append(row)
-    return rows
-
-
-def _backend_options(cfg: RunConfig, reg) -> dict:
-    return {key: cfg.model.options.get(key, default) for key, default in reg.options.items()}
+    return {"peak_tflops": peak_tflops, "backends": rows}
 
 
 def _attention_inputs(cfg: RunConfig, device: torch.device) -> dict:

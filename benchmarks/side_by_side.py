@@ -98,7 +98,7 @@ def child(kind: str, precision: str, compile_: bool, steps: int, warmup: int) ->
     def step(i):
         x, y = tokens[i, :, :-1], tokens[i, :, 1:]
         with autocast:
-            loss = loss_of(x, y) if kind == "hf" else loss_of(x, y)
+            loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -29,11 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from b6lab import bench
     from b6lab.commands.common import config_from_args
+    from b6lab.config import parse_override
     from b6lab.errors import UsageError
 
     if args.steps < 1 or args.warmup < 0:
         raise UsageError("--steps must be at least 1 and --warmup at least 0")
-    all_attention = [o for o in args.overrides if o.replace(" ", "") == "model.attention=all"]
+    all_attention = [o for o in args.overrides if parse_override(o) == ("model.attention", "all")]
     if all_attention:
         others = [o for o in args.overrides if o not in all_attention]
         return _run_all_attention(args, others)
@@ -63,18 +64,11 @@ def describe(name: str, r: dict) -> str:
 
 def _run_all_attention(args: argparse.Namespace, overrides: list[str]) -> int:
     from b6lab import bench
-    from b6lab.config import load_config
-    from b6lab.train import hardware
 
-    peak = args.peak_tflops
-    if peak is None:  # one peak for every row, so that their MFUs compare
-        cfg = load_config(args.config, preset=args.preset, overrides=overrides)
-        device = hardware.resolve_device(cfg.train.device)
-        dtype = hardware.DTYPES[hardware.resolve_precision(cfg.train.precision, device)]
-        peak = bench.measure_peak_flops(device, dtype) / 1e12
-    print(f"b6lab bench: every attention backend on the same workload (peak {peak:.3g} TFLOP/s)")
-    rows = bench.compare_attention(overrides, preset=args.preset, config=args.config, steps=args.steps,
-                                   warmup=args.warmup, peak_tflops=peak, isolate=False if args.same_process else None)
+    result = bench.compare_attention(overrides, preset=args.preset, config=args.config, steps=args.steps,
+                                     warmup=args.warmup, peak_tflops=args.peak_tflops,
+                                     isolate=False if args.same_process else None)
+    rows = result["backends"]
     print(f"{'attention':<12} {'tokens/s':>10} {'MFU':>7} {'peak MB':>9} {'max |out - eager|':>18}")
     for row in rows:
         if "tokens_per_sec" in row:
@@ -84,5 +78,5 @@ def _run_all_attention(args: argparse.Namespace, overrides: list[str]) -> int:
             why = row.get("unavailable") or row.get("error") or f"an alias: runs {row.get('chooses')} here"
             print(f"{row['attention']:<12} {why}")
     if args.json:
-        print(json.dumps({"peak_tflops": peak, "backends": rows}))
+        print(json.dumps(result))
     return 0

@@ -9,6 +9,7 @@ effective batch stays the same. The plan is printed at start and stored in confi
 
 from __future__ import annotations
 
+import resource
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +50,13 @@ class Plan:
             f"{self.device} ({self.device_name}{memory}), {self.precision}, micro-batch {self.batch_size} "
             f"x {self.grad_accum_steps} accumulation{checkpointing}"
         )
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the most memory tensors have held since the last reset. CPU: the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import resource
 import shutil
 import time
 from dataclasses import replace
@@ -357,11 +356,11 @@ def _memory(device: torch.device) -> dict:
 def _peak_memory(device: torch.device) -> dict:
     """Peak memory since the last eval (CUDA: max allocated; CPU: the process's peak RSS)."""
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        peak = hardware.peak_memory_mb(device)
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.empty_cache()
         record = {"peak_mem_mb": peak}
         with contextlib.suppress(Exception):
             record["gpu_util"] = torch.cuda.utilization(device)
         return record
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"peak_rss_mb": hardware.peak_memory_mb(device)}

@@ -3,8 +3,8 @@
 `measure` builds the same Trainer that `b6lab train` builds (same config layering, same data
 stream, same `train_step`), takes `warmup` optimizer steps, then times `steps` more. Nothing
 else is timed: building the model, training or loading the tokenizer and the first batches of
-the data stream all happen before. With train.compile the compilation happens in the warm-up
-steps, which are timed separately and reported beside the result.
+the data stream all happen before. When the step is compiled (train.compile; by default on a
+GPU) the compilation happens in the warm-up steps, which are timed apart and reported beside.
 
 MFU (model FLOPs utilisation) = flops_per_token * tokens/s / peak, with nanoGPT's estimate of
 the FLOPs (b6lab.model.flops_per_token) and a peak that is either given or measured here by a
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from b6lab import cpu_bf16
 from b6lab.config import RunConfig
 
 # The workloads of a matmul probe: big enough to reach the machine's peak, small enough to be quick.
@@ -38,7 +39,10 @@ PROBE_SIZE = {"cpu": 1024, "cuda": 8192}
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """FLOP/s of a square matrix product in `dtype` on `device`: the best of a few timed repeats."""
+    """FLOP/s of a square matrix product in `dtype` on `device`: the best of a few timed repeats.
+    Where the model's bf16 matmuls run on the fp32 GEMM (cpu_bf16.py), that is the peak probed."""
+    if cpu_bf16.emulated(dtype, device):
+        dtype = torch.float32
     n = PROBE_SIZE.get(device.type, 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -61,13 +65,13 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
     from b6lab.model import flops_per_token
     from b6lab.train.trainer import Trainer
 
-    if cfg.train.compile:
-        warmup = max(warmup, 1)  # compilation happens in the first step: never time it
     with tempfile.TemporaryDirectory(prefix="b6lab-bench-") as tmp:
         cfg = replace(cfg, train=replace(cfg.train, out_dir=tmp), logging=replace(cfg.logging, progress=False))
         cfg.logging.wandb = replace(cfg.logging.wandb, enabled=False)
         trainer = Trainer(cfg, Path(tmp) / "run", say=lambda message: None)
         device = trainer.device
+        if trainer.plan.compile:
+            warmup = max(warmup, 1)  # compilation happens in the first step: never time it
         try:
             warmup_times = [_timed_step(trainer) for _ in range(warmup)]
             if device.type == "cuda":
@@ -84,6 +88,8 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
         peak, peak_source = peak_tflops * 1e12, "given"
     else:
         peak, peak_source = measure_peak_flops(device, plan.dtype), f"measured ({plan.precision} matmul)"
+        if cpu_bf16.emulated(plan.dtype, device):
+            peak_source = "measured (fp32 matmul, the GEMM bf16 matmuls run on here)"
     flops = flops_per_token(trainer.model_cfg, trainer.params, cfg.seq_len)
     result = {
         "tokens_per_sec": tokens_per_sec,
@@ -91,6 +97,7 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
         "peak_mem_mb": memory["peak_mem_mb"],
         "params": trainer.params,
         "step_time_s": statistics.median(step_times) if step_times else None,
+        "step_times_s": [round(t, 4) for t in step_times],
         "peak_tflops": peak / 1e12,
         "peak_source": peak_source,
         "flops_per_token": flops,
@@ -99,7 +106,7 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
         "warmup": warmup,
         "warmup_s": sum(warmup_times),
         "first_step_s": warmup_times[0] if warmup_times else None,
-        "compile": cfg.train.compile,
+        "compile": plan.compile,
         "attention": trainer.attention,
         "precision": plan.precision,
         "device": f"{plan.device} ({plan.device_name})",

@@ -134,7 +134,7 @@ class TrainConfig:
     log_interval: int = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"  # auto: on a GPU (off on a CPU, where it ran slower)
     seed: int = 0
     checkpoint_interval: Optional[int] = None  # None: at every eval
     adaptive_batch: bool = True  # on CUDA out-of-memory, halve the micro-batch, double accumulation
@@ -568,8 +568,13 @@ def _type_name(annotation) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        names = [_type_name(a) for a in args if a is not type(None)]
-        return " or ".join(names) + (" or null" if type(None) in args else "")
+        names = []
+        for arg in args:
+            if typing.get_origin(arg) is Literal:
+                names += [repr(choice) for choice in typing.get_args(arg)]
+            else:
+                names += ["true", "false"] if arg is bool else ["null"] if arg is type(None) else [_type_name(arg)]
+        return ", ".join(names[:-1]) + " or " + names[-1]
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple and args:

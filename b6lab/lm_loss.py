@@ -15,6 +15,8 @@ import threading
 
 import torch
 
+from b6lab import cpu_bf16
+
 LOSS_CHUNK_ELEMENTS = 2**26  # logits per chunk at most (256 MB in fp32)
 
 
@@ -42,8 +44,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         # there the gradient is made here, before backward brings the GradScaler's scale, and
         # values of ~1 / (tokens x vocab) would flush to zero, so they stay in fp32.
         grad_dtype = torch.float32 if dtype == torch.float16 else dtype
+        # Where bf16 matmuls go through the fp32 GEMM (cpu_bf16.py), the bf16 operands are held
+        # in fp32 and the products come out in fp32.
+        held = torch.float32 if cpu_bf16.emulated(dtype, h.device) else dtype
         with torch.autocast(device, enabled=False):  # the casts are explicit below
-            w = weight.to(dtype)
+            w = weight.to(dtype).to(held)
             w_grad = w if grad_dtype == dtype else weight.to(grad_dtype)
             valid = targets != -1
             count = valid.sum()
@@ -52,7 +57,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             dw = None  # written by the first chunk, accumulated into by the others
             for start in range(0, h.size(0), chunk):
                 rows = slice(start, start + chunk)
-                h_c, valid_c = h[rows].to(dtype), valid[rows]
+                h_c, valid_c = h[rows].to(dtype).to(held), valid[rows]
                 h_grad = h_c if grad_dtype == dtype else h[rows].to(grad_dtype)
                 t_c = targets[rows].clamp(min=0).unsqueeze(1)
                 logits = _logits(h_c, w)
@@ -70,11 +75,13 @@ class LinearCrossEntropy(torch.autograd.Function):
                 grad = probs
                 if grad_dtype != torch.float32:
                     grad = _workspace(probs.shape, grad_dtype, h.device, "half").copy_(probs)
+                    if held == torch.float32:
+                        grad = probs.copy_(grad)  # rounded to bf16, held in fp32
                 if want_dh:
                     dh[rows] = grad @ w_grad
                 if want_dw and dw is None:
                     dw = (grad.t() @ h_grad).to(weight.dtype)
-                elif want_dw and dw.dtype == grad_dtype:
+                elif want_dw and dw.dtype == grad.dtype:
                     dw.addmm_(grad.t(), h_grad)
                 elif want_dw:
                     dw += grad.t() @ h_grad

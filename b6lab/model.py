@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from b6lab.attention import Documents
 from b6lab.config import ModelConfig
+from b6lab.cpu_bf16 import Linear
 from b6lab.lm_loss import lm_loss
 
 
@@ -99,8 +100,8 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, backend: Callable, layer: int):
         super().__init__()
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.attn_bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attn_bias)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.attn_bias)
+        self.proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.attn_bias)
         self.proj.residual_projection = True  # scaled at init, as GPT-2
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.backend = backend
@@ -128,8 +129,8 @@ class CausalSelfAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.ff_dim, bias=cfg.bias)
-        self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
+        self.up = Linear(cfg.d_model, cfg.ff_dim, bias=cfg.bias)
+        self.down = Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
         self.down.residual_projection = True
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -162,7 +163,7 @@ class B6(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, attention_backend, norm_placement, i) for i in range(cfg.n_layers))
         # Post-LN style placements already end each block with a norm; the others need a final one.
         self.final_norm = nn.LayerNorm(cfg.d_model) if self.blocks[0].wiring.final_norm else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.gradient_checkpointing = cfg.gradient_checkpointing

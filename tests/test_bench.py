@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from b6lab import cpu_bf16
 from b6lab.cli import main
 from b6lab.lm_loss import LOSS_CHUNK_ELEMENTS, lm_loss
 
@@ -31,6 +32,8 @@ def test_bench_ends_with_a_json_line_of_its_figures(tmp_path):
     assert "tokens/s" in done.stdout and "MFU" in done.stdout
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["tokens_per_sec"] > 0 and result["step_time_s"] > 0
+    assert len(result["step_times_s"]) == 2 and result["compile"] is False  # compile: auto is off on a CPU
+    assert result["tokens_per_sec"] == pytest.approx(2 * 8 * 64 / sum(result["step_times_s"]), rel=1e-2)
     assert result["peak_mem_mb"] > 0
     assert result["params"] == 115328  # the tiny preset with the byte tokenizer
     assert result["peak_tflops"] == 1.0 and result["peak_source"] == "given"
@@ -44,6 +47,13 @@ def test_bench_measures_the_peak_when_not_given(capsys):
     result = last_json(capsys)
     assert result["peak_source"].startswith("measured") and result["peak_tflops"] > 0
     assert 0 < result["mfu"]
+
+
+def test_bf16_on_the_fp32_gemm_is_measured_against_the_fp32_peak(capsys, monkeypatch):
+    monkeypatch.setattr(cpu_bf16, "BF16_ON_FP32_GEMM", True)
+    assert main(["bench", *QUICK, "--steps", "1", "--warmup", "0", "--set", "train.precision=bf16"]) == 0
+    result = last_json(capsys)
+    assert result["precision"] == "bf16" and result["peak_source"].startswith("measured (fp32 matmul")
 
 
 def test_every_attention_backend_side_by_side(capsys):

@@ -3,15 +3,16 @@
 import pytest
 import torch
 
+from b6lab import cpu_bf16
 from b6lab.config import load_config
 from b6lab.errors import ConfigError
 from b6lab.train import hardware
 
 
-def test_cpu_defaults_to_fp32_unless_it_has_amx(monkeypatch):
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+def test_cpu_defaults_to_fp32_unless_it_has_bf16_instructions(monkeypatch):
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: frozenset({"avx512f"}))
     assert hardware.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(cpu_bf16, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert hardware.resolve_precision("auto", torch.device("cpu")) == "bf16"
     assert hardware.resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(ConfigError, match="train.precision.*fp16 needs a GPU"):

@@ -239,3 +239,12 @@ def test_default_out_dirs_never_overwrite_and_resume_takes_the_newest(tmp_path, 
     assert str(choose_out_dir(None, "demo", resume=True)) == "runs/demo-2"
     with pytest.raises(UsageError, match="nothing to resume"):
         choose_out_dir(None, "other", resume=True)
+
+
+def test_compile_is_off_on_a_cpu_by_default_and_a_compiled_run_gives_the_eager_losses(tmp_path):
+    _, plain = run(tmp_path, "train.max_steps=4", "train.eval_interval=2", name="plain")
+    assert yaml.safe_load((plain / "config.yaml").read_text())["run"]["resolved"]["compile"] is False
+    _, compiled = run(tmp_path, "train.max_steps=4", "train.eval_interval=2", "train.compile=true", name="compiled")
+    assert yaml.safe_load((compiled / "config.yaml").read_text())["run"]["resolved"]["compile"] is True
+    assert losses(compiled) == pytest.approx(losses(plain), abs=1e-4)
+    assert val_losses(compiled) == pytest.approx(val_losses(plain), abs=1e-4)  # the eval graph too

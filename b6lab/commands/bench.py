@@ -52,7 +52,7 @@ def describe(name: str, r: dict) -> str:
         f"  {r['tokens_per_step']:,} tokens per step (micro-batch {r['micro_batch']} x {r['grad_accum_steps']} x "
         f"{r['seq_len']}), {r['steps']} timed steps after {r['warmup']} warm-up, {r['threads']} threads",
         f"  tokens/s     {r['tokens_per_sec']:,.0f}",
-        f"  step time    {r['step_time_s']:.3f} s (median)",
+        f"  step time    {r['step_time_s']:.3f} s (median; {min(r['step_times_s']):.3f} to {max(r['step_times_s']):.3f})",
         f"  MFU          {100 * r['mfu']:.1f}% of {r['peak_tflops']:.3g} TFLOP/s, {r['peak_source']}",
         f"  peak memory  {r['peak_mem_mb']:,.0f} MB ({r['memory_kind']})"
         + (f"; child processes {r['children_mb']:,.0f} MB of their own" if r.get("children_mb") else ""),

@@ -2,9 +2,10 @@
 
 With train.device=auto and train.precision=auto (the defaults), the detected device decides:
 bf16 on GPUs that have it (Ampere and newer), fp16 with a gradient scaler on older GPUs, fp32
-on CPUs (bf16 where the CPU has AMX). On a GPU the model's estimated memory decides whether
-gradient checkpointing is needed and how large a micro-batch fits; accumulation grows so the
-effective batch stays the same. The plan is printed at start and stored in config.yaml.
+on CPUs (bf16 where the CPU has AMX or AVX512-BF16). On a GPU the model's estimated memory
+decides whether gradient checkpointing is needed and how large a micro-batch fits; accumulation
+grows so the effective batch stays the same. train.compile=auto compiles on GPUs only. The plan
+is printed at start and stored in config.yaml.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from b6lab.config import RunConfig
+from b6lab.cpu_bf16 import cpu_has_bf16_instructions
 from b6lab.errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -29,6 +31,7 @@ class Plan:
     batch_size: int
     grad_accum_steps: int
     gradient_checkpointing: bool
+    compile: bool = False
     memory_gb: float | None = None
     notes: tuple[str, ...] = ()
 
@@ -46,9 +49,10 @@ class Plan:
     def describe(self) -> str:
         memory = f", {self.memory_gb:.0f} GB" if self.memory_gb else ""
         checkpointing = ", gradient checkpointing" if self.gradient_checkpointing else ""
+        compiled = ", torch.compile" if self.compile else ""
         return (
             f"{self.device} ({self.device_name}{memory}), {self.precision}, micro-batch {self.batch_size} "
-            f"x {self.grad_accum_steps} accumulation{checkpointing}"
+            f"x {self.grad_accum_steps} accumulation{checkpointing}{compiled}"
         )
 
 
@@ -68,13 +72,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def cpu_has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
@@ -84,16 +81,19 @@ def resolve_precision(name: str, device: torch.device) -> str:
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_amx() else "fp32"
+    return "bf16" if cpu_has_bf16_instructions() else "fp32"
 
 
 def plan(cfg: RunConfig, num_params: int) -> Plan:
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     batch, accum, checkpointing = cfg.train.batch_size, cfg.train.grad_accum_steps, cfg.model.gradient_checkpointing
+    # Compiling pays on a GPU (gpt2-medium on an H100: 38% -> 54% MFU, for under a minute of
+    # compiling once); on the CPU measured it made steps slower (benchmarks/README.md).
+    compiled = cfg.train.compile if cfg.train.compile != "auto" else device.type == "cuda"
     notes: list[str] = []
     if device.type == "cpu":
-        return Plan(str(device), _cpu_name(), precision, batch, accum, checkpointing)
+        return Plan(str(device), _cpu_name(), precision, batch, accum, checkpointing, compiled)
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
     total_gb = props.total_memory / 2**30
@@ -101,7 +101,7 @@ def plan(cfg: RunConfig, num_params: int) -> Plan:
     if automatic:
         budget = 0.85 * props.total_memory - model_state_bytes(cfg, num_params)
         batch, accum, checkpointing, notes = fit_micro_batch(cfg, precision, budget, f"{total_gb:.0f} GB")
-    return Plan(f"cuda:{index}", props.name, precision, batch, accum, checkpointing, total_gb, tuple(notes))
+    return Plan(f"cuda:{index}", props.name, precision, batch, accum, checkpointing, compiled, total_gb, tuple(notes))
 
 
 def fit_micro_batch(cfg: RunConfig, precision: str, budget: float, memory: str = "memory") -> tuple[int, int, bool, list[str]]:

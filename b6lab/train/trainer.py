@@ -94,7 +94,7 @@ class Trainer:
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
             max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps,
         )
-        self.step_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.step_model = torch.compile(self.model) if self.plan.compile else self.model
         self.params = self.model.num_params()
         self.record = self._record()
         dump_config(cfg, self.out_dir / "config.yaml", self.record)

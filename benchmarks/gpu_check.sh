@@ -8,9 +8,9 @@
 #
 # Through the device tool (repo root; results come back from $OUT):
 #   run(command="bash benchmarks/gpu_check.sh", timeout_s=600)
-# Budget: on an H100 on 2026-11-27 the whole script took 359 s (tests 18 s, the 60-step train
-# ~40 s, each eager bench ~20 s, the compiled ones 1-2 min); --quick leaves room for a rerun in a
-# 15-minute session.
+# Budget: on an H100 on 2026-11-28 the whole script took 378 s (tests 44 s, the 60-step train
+# ~70 s, each eager bench ~20 s, each compiled default 1-1.5 min); --quick leaves room for a
+# rerun in a 15-minute session.
 #
 # What it needs there: python3 with a CUDA build of torch, numpy, pyyaml, pluggy, tqdm (psutil
 # optional). The device image has all of them (KINDS.md); b6lab itself runs from this checkout

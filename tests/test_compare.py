@@ -124,3 +124,130 @@ def test_diverged_runs_are_left_out_of_the_means_and_reported():
     assert post.mean == pytest.approx(2.35) and post.runs == 1 and post.not_counted == {"diverged": 1}
     assert post.verdict == "inconclusive"
     assert "model.norm=post: 1 diverged (not counted)" in verdict_sentences(summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders written by the test: the files `b6lab train` leaves, with chosen numbers
+
+
+def write_run(folder: Path, config: dict, loss: float, diagnostics: bool = False, status: str = "completed") -> Path:
+    """A finished run: config.yaml, metrics.jsonl (two evals, and per-block diagnostics after each
+    when asked), summary.json; val_bpb is val_loss / ln 2 as for bytes."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    records = []
+    for step, value in ((5, loss + 0.5), (10, loss)):
+        records.append({"step": step, "tokens": step * 64, "val_loss": value, "val_bpb": value / 0.6931})
+        if diagnostics:
+            layers = config["model"]["n_layers"]
+            grow = 2.0 if config["model"]["norm"] == "post" else 1.0
+            records.append({"step": step, "tokens": step * 64,
+                            "block_grad_norm": [0.1 * grow**i / step for i in range(layers)],
+                            "block_residual_rms": [1.0 + 0.5 * i for i in range(layers)]})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "summary.json").write_text(json.dumps({
+        "status": status, "best_val_loss": loss, "final_val_loss": loss, "best_val_bpb": loss / 0.6931,
+        "final_val_bpb": loss / 0.6931, "tokens": 640, "steps": 10}))
+    return folder
+
+
+def config(norm: str, seed: int, optim: dict | None = None, warmup: int = 0, layers: int = 3) -> dict:
+    return {"name": "t", "model": {"norm": norm, "n_layers": layers, "d_model": 32},
+            "optim": optim or {"name": "lion", "lr": 1e-3, "weight_decay": 0.1},
+            "schedule": {"name": "cosine", "warmup_steps": warmup}, "train": {"seed": seed, "out_dir": f"runs/{seed}"}}
+
+
+ADAMW = {"name": "adamw", "lr": 3e-3, "weight_decay": 0.1, "eps": 1e-8}
+
+
+@pytest.fixture
+def optimizer_runs(tmp_path):
+    """Lion and AdamW (whose eps and lr come with it), 3 seeds each, in two folders of runs."""
+    for seed in range(3):
+        write_run(tmp_path / "lion" / f"s{seed}", config("pre", seed), 2.00 + 0.01 * seed)
+        write_run(tmp_path / "adamw" / f"s{seed}", config("pre", seed, ADAMW), 2.10 + 0.01 * seed + (0, 4e-3, -4e-3)[seed])
+    return tmp_path
+
+
+def test_options_that_come_with_a_plugin_are_shown_beside_it_not_judged_again(optimizer_runs):
+    result = build([optimizer_runs / "lion", optimizer_runs / "adamw"])
+    assert result.keys == ["optim.name"]  # one finding, not three (name, lr, eps)
+    assert sorted(result.beside["optim.name"]) == ["optim.eps", "optim.lr"]
+    lion, adamw = result.summaries[0].values
+    assert adamw.beside == {"optim.lr": "0.003", "optim.eps": "1e-08"} and lion.beside["optim.eps"] == "-"
+    assert (lion.verdict, adamw.verdict) == ("best", "worse")
+
+
+def test_compare_json_is_one_document_with_every_number_of_each_value(optimizer_runs, tmp_path, capsys):
+    assert main(["compare", str(optimizer_runs / "lion"), str(optimizer_runs / "adamw"), "--json", "--no-plots",
+                 "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # stdout holds the document alone
+    assert doc == compare([optimizer_runs / "lion", optimizer_runs / "adamw"])  # the Python API's document
+    adamw = doc["keys"]["optim.name"]["values"][1]
+    assert adamw["value"] == "adamw" and adamw["n_seeds"] == 3 and adamw["n_runs"] == 3
+    assert adamw["delta"] == pytest.approx(0.10) and adamw["mean"] == pytest.approx(2.11)
+    assert adamw["ci"][0] < 0.10 < adamw["ci"][1] and adamw["p_corrected"] < 0.05
+    assert adamw["verdict"] == "worse" and adamw["test"] == "paired t" and adamw["std"] == pytest.approx(0.00872, abs=1e-5)
+    assert doc["keys"]["optim.name"]["values"][0]["verdict"] == "best" and doc["ci_level"] == 0.95
+    assert not list((tmp_path / "out").glob("*.png")) and (tmp_path / "out" / "results.csv").exists()
+    assert "wrote" in captured.err
+
+
+def test_metric_val_bpb_compares_the_bits_per_byte(optimizer_runs):
+    doc = compare([optimizer_runs / "lion", optimizer_runs / "adamw"], metric="val_bpb")
+    lion = doc["keys"]["optim.name"]["values"][0]
+    assert doc["metric"] == "val_bpb" and lion["mean"] == pytest.approx(2.01 / 0.6931)
+
+
+def test_by_two_keys_prints_the_two_way_table_and_averages_the_rest(tmp_path, capsys):
+    for norm, base in (("pre", 2.0), ("post", 2.2)):
+        for warmup, penalty in ((0, 0.3 if norm == "post" else 0.0), (30, 0.0)):  # post needs warmup
+            for lr in (1e-3, 3e-3):
+                for seed in (0, 1):
+                    cfg = config(norm, seed, warmup=warmup) | {}
+                    cfg["optim"] = {"name": "lion", "lr": lr, "weight_decay": 0.1}
+                    write_run(tmp_path / "runs" / f"{norm}-{warmup}-{lr}-{seed}", cfg, base + penalty + 0.01 * seed)
+    assert main(["compare", str(tmp_path / "runs"), "--by", "model.norm,schedule.warmup_steps", "--no-plots",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "model.norm x schedule.warmup_steps" in out
+    row = next(line for line in out.splitlines() if line.startswith("post ") and "(2)" in line)
+    assert "2.5050 ± 0.0071 (2)" in row and "2.2050 ± 0.0071 (2)" in row  # post: warmup 0, warmup 30
+    assert "Averaged within each seed (not grouped by): optim.lr." in out
+    doc = compare([tmp_path / "runs"], by="model.norm,schedule.warmup_steps")
+    cells = {(c["model.norm"], c["schedule.warmup_steps"]): c for c in doc["interaction"]["cells"]}
+    assert cells["post", "0"]["mean"] == pytest.approx(2.505) and cells["pre", "0"]["n_seeds"] == 2
+
+
+def test_by_an_unknown_key_is_a_one_line_error(optimizer_runs, capsys):
+    assert main(["compare", str(optimizer_runs / "lion"), "--by", "model.nrom"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--by model.nrom" in err and "no run has this key" in err
+
+
+def test_block_diagnostics_are_plotted_by_layer_when_runs_recorded_them(tmp_path):
+    for norm in ("pre", "post"):
+        for seed in (0, 1):
+            write_run(tmp_path / "runs" / f"{norm}-{seed}", config(norm, seed, layers=6), 2.0, diagnostics=True)
+    assert main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "block_diagnostics.png").stat().st_size > 5_000
+    runs, _ = collect([tmp_path / "runs"])
+    first, last = runs[0].diagnostics
+    assert (first["step"], last["step"]) == (5, 10) and len(first["block_grad_norm"]) == 6
+
+
+def test_no_diagnostics_no_diagnostics_plot(optimizer_runs, tmp_path):
+    assert main(["compare", str(optimizer_runs / "lion"), str(optimizer_runs / "adamw"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert not (tmp_path / "out" / "block_diagnostics.png").exists()
+    assert (tmp_path / "out" / "final_val_loss_by_key.png").exists()
+
+
+def test_the_sweep_report_shows_the_first_two_grid_keys_together():
+    runs = [RunResult(folder=Path("x"), name="x", config={}, grid={"a": a, "b": b, "c": "1"}, seed=seed,
+                      status="completed", final_val_loss=1.0 + (a == "y") + 0.1 * (b == "q") + 0.01 * seed)
+            for a in ("x", "y") for b in ("p", "q") for seed in (0, 1)]
+    result = Comparison(runs, ["a", "b", "c"])
+    assert (result.interaction.rows_key, result.interaction.columns_key) == ("a", "b")
+    assert result.interaction.cells["y", "q"].mean == pytest.approx(2.105)

@@ -75,8 +75,9 @@ def group(runs: list[RunResult], chosen: list[str], judge_the_rest: bool) -> tup
             if key not in run.grid and (run.config or key in chosen):
                 run.grid[key] = folders.label_of(flat.get(key))
     # A key with more values first: a key that only changes with another must land beside it,
-    # never the other way round (config order among equals: a plugin's name before its options).
-    candidates.sort(key=lambda key: -len({run.grid[key] for run in with_config}))
+    # never the other way round; among equals a plugin's name before its options.
+    choices = plugin_choice_keys()
+    candidates.sort(key=lambda key: (-len({run.grid[key] for run in with_config}), key not in choices))
     keys, beside, pooled = list(chosen), {}, []
     for key in candidates:
         owner = next((judged for judged in keys if _determines(with_config, judged, key)), None)
@@ -87,6 +88,15 @@ def group(runs: list[RunResult], chosen: list[str], judge_the_rest: bool) -> tup
         else:
             pooled.append(key)
     return keys, beside, pooled
+
+
+def plugin_choice_keys() -> set[str]:
+    """model.norm, optim.name, ...: the config keys that name a plugin (each section's plugin_keys)."""
+    from b6lab import config
+
+    sections = {"model": config.ModelConfig, "data": config.DataConfig, "optim": config.OptimConfig,
+                "schedule": config.ScheduleConfig}
+    return {f"{section}.{key}" for section, cls in sections.items() for key in getattr(cls, "plugin_keys", {})}
 
 
 def _determines(runs: list[RunResult], key: str, other: str) -> bool:

@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed (a Ray head node or CI has none)
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
 from b6lab.sweep.experiment import short_name  # noqa: E402
 from b6lab.sweep.folders import RunResult  # noqa: E402
@@ -119,6 +119,8 @@ def plot_block_diagnostics(runs: list[RunResult], keys: list[str], path: Path, t
                 ax.plot(range(1, len(values) + 1), values, **style(run), marker="o", markersize=3, alpha=0.8)
             ax.set_yscale("log")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_formatter(LogFormatter())  # 0.02, 3 rather than 2×10⁻², 3×10⁰
+            ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.4)))
             ax.grid(alpha=0.3, which="both")
             if column == 0:
                 ax.set_ylabel(ylabel)

@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         ray.shutdown()
 
     runs, keys = folders.read_sweep(exp.storage)
-    print("\n" + report.terminal_report(runs, keys, show_names=False))
-    written = report.write_results(runs, keys, exp.storage, exp.name)
+    print("\n" + report.terminal_report(runs, keys, show_names=False, metric=exp.metric))
+    written = report.write_results(runs, keys, exp.storage, exp.name, exp.metric)
     print(f"\nresults: {', '.join(str(path) for path in written)}")
     if unfinished:
         print(f"interrupted: {unfinished} trial{'s' if unfinished > 1 else ''} did not finish; "

@@ -120,7 +120,8 @@ def document(comparison: Comparison) -> dict:
         "pooled": comparison.pooled,
         "interaction": None,
         "runs": [{
-            "name": run.name, "folder": str(run.folder), "grid": {key: run.grid.get(key, "-") for key in comparison.keys},
+            "name": run.name, "folder": str(run.folder),
+            "grid": {key: run.grid.get(key, "-") for key in comparison.keys},
             "seed": run.seed, "status": run.status, "reason": run.reason,
             **{f"{when}_{m}": _number(getattr(run, f"{when}_{m}")) for m in METRICS for when in ("final", "best")},
             "tokens": run.tokens, "steps": run.steps, "params": run.params,

@@ -24,7 +24,8 @@ from b6lab.sweep.stats import final_value, label, summarize_key  # noqa: E402
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def write_plots(runs: list[RunResult], keys: list[str], folder: Path, title: str, metric: str = "val_loss") -> list[Path]:
+def write_plots(runs: list[RunResult], keys: list[str], folder: Path, title: str,
+                metric: str = "val_loss") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     if any(run.curves.get(metric) for run in runs):
@@ -111,7 +112,7 @@ def plot_block_diagnostics(runs: list[RunResult], keys: list[str], path: Path, t
     rows = (("block_grad_norm", "gradient norm of the block"), ("block_residual_rms", "residual RMS after the block"))
     for column, (which, when) in enumerate(((0, "first evaluation"), (-1, "last evaluation"))):
         steps = sorted({run.diagnostics[which]["step"] for run in with_diagnostics})
-        at = f"step {steps[0]}" if len(steps) == 1 else "step " + ", ".join(map(str, steps[:4])) + "…" * (len(steps) > 4)
+        at = "step " + ", ".join(map(str, steps[:4])) + ("…" if len(steps) > 4 else "")
         for row, (field, ylabel) in enumerate(rows):
             ax = axes[row][column]
             for run in with_diagnostics:

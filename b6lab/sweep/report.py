@@ -206,7 +206,7 @@ def verdict_sentences(summary: KeySummary) -> list[str]:
         if v.verdict == "worse":
             lines.append(f"{summary.key}: {v.value} is worse than {best.value} by {v.delta:.4f} "
                          f"({_ci_words(v, summary)}; {_test_words(v, best)}, "
-                         f"{_p_phrase(v.p)} after Holm over {summary.comparisons} pair{'s' * (summary.comparisons > 1)})")
+                         f"{_p_phrase(v.p)} after Holm over {_pairs(summary.comparisons)})")
         elif v.verdict == "not distinguishable":
             lines.append(f"{head} ({_ci_words(v, summary)}): not distinguishable at {level} "
                          f"({_p_phrase(v.p)} after Holm){_needed(v)}")
@@ -270,6 +270,10 @@ def _mean_std(mean: float | None, std: float | None) -> str:
 
 def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else "< 0.001"
+
+
+def _pairs(n: int) -> str:
+    return f"{n} pair" + "s" * (n != 1)
 
 
 def _p_phrase(p: float) -> str:

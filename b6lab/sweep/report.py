@@ -252,7 +252,7 @@ def _needed(v: ValueSummary) -> str:
     if v.seeds_needed is not None:
         return (f"; about {v.seeds_needed} seeds per value would detect a difference this size "
                 "at the spread seen, 80% of the time")
-    if v.note.startswith("1 seed"):
+    if "1 seed" in v.note:
         return "; run 2+ seeds per value to measure the spread"
     return ""
 

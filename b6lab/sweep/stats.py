@@ -105,14 +105,14 @@ def judge(arms: list[np.ndarray], seeds: list[tuple] | None = None, alpha: float
     testable = [arm.shape[-1] >= 2 for arm in arms]
     best = np.argmin(np.where(np.isnan(mean), np.inf, mean), axis=-1)
 
-    delta, low, high, p = (np.full(batch + (k, k), np.nan) for _ in range(4))
+    low, high, p = (np.full(batch + (k, k), np.nan) for _ in range(3))
     paired = np.zeros((k, k), dtype=bool)
     pairs = [(i, j) for i, j in combinations(range(k), 2) if testable[i] and testable[j]]
     for i, j in pairs:
         paired[i, j] = paired[j, i] = seeds is not None and seeds[i] == seeds[j]
-        d, lo, hi, pv = pair_test(arms[i], arms[j], paired[i, j], alpha)
-        delta[..., i, j], low[..., i, j], high[..., i, j], p[..., i, j] = d, lo, hi, pv
-        delta[..., j, i], low[..., j, i], high[..., j, i], p[..., j, i] = -d, -hi, -lo, pv
+        _, lo, hi, pv = pair_test(arms[i], arms[j], paired[i, j], alpha)
+        low[..., i, j], high[..., i, j], p[..., i, j] = lo, hi, pv
+        low[..., j, i], high[..., j, i], p[..., j, i] = -hi, -lo, pv
     if pairs:
         rows, cols = np.array(pairs).T
         adjusted = holm(p[..., rows, cols])
@@ -254,7 +254,7 @@ def _judge(summary: KeySummary, seed_means: dict[str, dict]) -> None:
         if v.verdict == "worse":
             continue
         if v.seeds < 2 or best.seeds < 2:
-            v.note = "1 seed: no spread to test against"
+            v.note = ("1 seed" if v.seeds < 2 else f"the best, {best.value}, has 1 seed") + ": no spread to test against"
             spread = pooled_spread
         elif v.test is None:
             v.note = "the seeds gave identical results: no spread to test against"

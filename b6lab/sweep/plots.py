@@ -2,8 +2,8 @@
 
     METRIC_vs_tokens.png        every run's eval curve, coloured by the first key, dashed per seed
     final_METRIC_by_key.png     one panel per key: each run's final value, and mean ± std over seeds
-    block_diagnostics.png       each block's gradient norm and residual-stream RMS by layer, at the first
-                                and the last evaluation (runs that recorded them; Xiong et al. 2020, Fig. 3)
+    block_diagnostics.png       each block's gradient norm and residual-stream RMS by layer, in the first
+                                and the last record (runs that recorded them; Xiong et al. 2020, Fig. 3)
 """
 
 from __future__ import annotations
@@ -103,16 +103,17 @@ def plot_by_key(runs: list[RunResult], keys: list[str], path: Path, title: str, 
 
 
 def plot_block_diagnostics(runs: list[RunResult], keys: list[str], path: Path, title: str) -> Path:
-    """Gradient norm and residual RMS of each block (x: layer), at the first and the last diagnostics
-    record of each run: Post-LN's gradients growing toward the last layers at initialisation
+    """Gradient norm and residual RMS of each block (x: layer), in the first diagnostics record of
+    each run (the trainer writes one at step 0, the gradient at the initial weights) and the last: Post-LN's gradients growing toward the last layers at initialisation
     (Xiong et al. 2020, Fig. 3) is the picture a norm study looks for."""
     with_diagnostics = [run for run in runs if run.diagnostics]
     style, handles, legend_title = _colours_and_styles(with_diagnostics, keys)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     rows = (("block_grad_norm", "gradient norm of the block"), ("block_residual_rms", "residual RMS after the block"))
-    for column, (which, when) in enumerate(((0, "first evaluation"), (-1, "last evaluation"))):
+    for column, (which, when) in enumerate(((0, "first record"), (-1, "last record"))):
         steps = sorted({run.diagnostics[which]["step"] for run in with_diagnostics})
         at = "step " + ", ".join(map(str, steps[:4])) + ("…" if len(steps) > 4 else "")
+        at += " (initialisation)" * (steps == [0])
         for row, (field, ylabel) in enumerate(rows):
             ax = axes[row][column]
             for run in with_diagnostics:
@@ -126,7 +127,7 @@ def plot_block_diagnostics(runs: list[RunResult], keys: list[str], path: Path, t
             if column == 0:
                 ax.set_ylabel(ylabel)
             if row == 0:
-                ax.set_title(f"at the {when} ({at})")
+                ax.set_title(f"{when}: {at}")
             else:
                 ax.set_xlabel("layer (block), input side first")
     axes[0][1].legend(handles=handles, title=legend_title, fontsize="small")

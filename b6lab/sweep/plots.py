@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed (a Ray head node or CI has none)
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from b6lab.sweep.experiment import short_name  # noqa: E402
 from b6lab.sweep.folders import RunResult  # noqa: E402
@@ -121,8 +122,7 @@ def plot_block_diagnostics(runs: list[RunResult], keys: list[str], path: Path, t
                 ax.plot(range(1, len(values) + 1), values, **style(run), marker="o", markersize=3, alpha=0.8)
             ax.set_yscale("log")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.yaxis.set_major_formatter(LogFormatter())  # 0.02, 3 rather than 2×10⁻², 3×10⁰
-            ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.4)))
+            _plain_log_labels(ax)
             ax.grid(alpha=0.3, which="both")
             if column == 0:
                 ax.set_ylabel(ylabel)
@@ -134,6 +134,17 @@ def plot_block_diagnostics(runs: list[RunResult], keys: list[str], path: Path, t
     fig.suptitle(f"{title}: per-block diagnostics")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _plain_log_labels(ax) -> None:
+    """0.02, 0.05, 0.1 on a log axis rather than 2×10⁻², 5×10⁻², 10⁻¹; 2s and 5s only over two decades or less."""
+    def minor(y, _):
+        low, high = ax.get_ylim()
+        mantissa = round(y / 10 ** math.floor(math.log10(y)), 6)
+        return f"{y:g}" if high / low <= 100 and mantissa in (2, 5) else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _save(fig, path: Path) -> Path:

@@ -203,6 +203,15 @@ def test_metric_val_bpb_compares_the_bits_per_byte(optimizer_runs):
     assert doc["metric"] == "val_bpb" and lion["mean"] == pytest.approx(2.01 / 0.6931)
 
 
+def test_metric_val_bpb_of_runs_without_it_is_a_one_line_error(tmp_path, capsys):
+    folder = write_run(tmp_path / "old", config("pre", 0), 2.0)
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if "bpb" not in k}))
+    assert main(["compare", str(folder), "--metric", "val_bpb"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--metric val_bpb: none of these runs recorded it" in err
+
+
 def test_by_two_keys_prints_the_two_way_table_and_averages_the_rest(tmp_path, capsys):
     for norm, base in (("pre", 2.0), ("post", 2.2)):
         for warmup, penalty in ((0, 0.3 if norm == "post" else 0.0), (30, 0.0)):  # post needs warmup

@@ -47,10 +47,13 @@ def compare(paths: list[str | Path], *, by: str | list[str] | None = None, metri
 
 def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric: str = "val_loss") -> Comparison:
     if metric not in METRICS:
-        raise UsageError(f"metric {metric!r} is not one runs record; use one of: {', '.join(METRICS)}")
+        raise UsageError(f"metric {metric!r}: runs record {' and '.join(METRICS)}; compare on one of those")
     if not paths:
         raise UsageError("nothing to compare: give run folders, sweep folders, or folders of runs")
     runs, grid_keys = folders.collect(paths)
+    if metric != "val_loss" and all(getattr(run, f"final_{metric}") is None for run in runs):
+        raise UsageError(f"--metric {metric}: none of these runs recorded it (runs from before b6lab did); "
+                         "compare them on val_loss")
     by = [key.strip() for key in by.split(",") if key.strip()] if isinstance(by, str) else list(by or [])
     if by:
         keys, beside, pooled = group(runs, by, judge_the_rest=False)

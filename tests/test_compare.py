@@ -262,3 +262,30 @@ def test_the_sweep_report_shows_the_first_two_grid_keys_together():
     result = Comparison(runs, ["a", "b", "c"])
     assert (result.interaction.rows_key, result.interaction.columns_key) == ("a", "b")
     assert result.interaction.cells["y", "q"].mean == pytest.approx(2.105)
+
+
+def write_sweep(folder: Path, optim: dict | None, shift: float) -> Path:
+    """A finished sweep of model.norm x 2 seeds, as `b6lab sweep` leaves it (sweep.json, trials/)."""
+    trials = []
+    for norm in ("pre", "post"):
+        for seed in (0, 1):
+            name = f"norm={norm},seed={seed}"
+            loss = 2.0 + shift + 0.1 * (norm == "post") + 0.01 * seed + 0.003 * seed * (norm == "post")
+            write_run(folder / "trials" / name, config(norm, seed, optim), loss)
+            trials.append({"name": name, "grid": {"model.norm": norm}, "seed": seed, "folder": f"trials/{name}"})
+    (folder / "sweep.json").write_text(json.dumps({
+        "name": folder.name, "grid": [{"key": "model.norm", "short": "norm", "values": ["pre", "post"]}],
+        "seeds": [0, 1], "trials": trials}))
+    return folder
+
+
+def test_two_sweeps_of_one_grid_give_one_finding_per_choice(tmp_path, capsys):
+    lion = write_sweep(tmp_path / "lion", None, 0.0)
+    adamw = write_sweep(tmp_path / "adamw", ADAMW, 0.2)
+    result = build([lion, adamw])
+    assert result.keys == ["model.norm", "optim.name"]  # the grid key, then what differs between the sweeps
+    assert sorted(result.beside["optim.name"]) == ["optim.eps", "optim.lr"]
+    assert result.interaction.cells["post", "adamw"].seeds == 2
+    assert main(["compare", str(lion), str(adamw), "--no-plots", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr=0.003, optim.eps=1e-08" in out and "optim.eps  " not in out  # beside, never its own table

@@ -49,7 +49,8 @@ def write_results(runs: list[RunResult], keys: list[str], folder: Path, title: s
 
 def result_rows(runs: list[RunResult], keys: list[str], show_names: bool, metric: str = "val_loss") -> list[dict]:
     """What the table shows, one dict per run, formatted for reading."""
-    shorts = {key: short_name(key, keys) for key in keys}
+    # optim.name -> optim, not name: the column says which plugin it is.
+    shorts = {key: key.rsplit(".", 2)[-2] if key.endswith(".name") else short_name(key, keys) for key in keys}
     unit = "" if metric == "val_loss" else " bpb"
     rows = []
     for run in runs:

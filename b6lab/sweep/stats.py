@@ -11,7 +11,7 @@ over the runs of that seed (the other keys' values), so a seed gives one number 
   (Holm 1979), which keeps the chance of any false "worse" among them at alpha (5%).
   All pairs, not only "each value against the best": the best is chosen after looking, which
   makes its comparisons the most extreme ones, and Holm over just those k-1 lets the family-wise
-  error reach 7-9% for 4-8 values (tests/test_stats.py simulates both);
+  error reach 6-9% for 4-8 values (tests/test_stats.py simulates both);
 - each value is then `worse` than the best (lowest mean) when their corrected p < alpha, else
   `not distinguishable`; `inconclusive` when either has fewer than 2 seeds or the seeds spread
   by nothing at all (no test is possible), with the number of seeds per value that would detect

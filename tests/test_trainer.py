@@ -21,7 +21,7 @@ def run(tmp_path, *overrides, name="run", **trainer_options):
     out = tmp_path / name
     cfg = load_config(preset="tiny", overrides=[
         "logging.progress=false", "train.max_steps=12", "train.eval_interval=6", "train.eval_steps=2",
-        "train.log_interval=1", *overrides,
+        "train.log_interval=1", "train.precision=fp32", *overrides,
     ])
     trainer = Trainer(cfg, out, say=lambda message: None, **trainer_options)
     return trainer.run(), out

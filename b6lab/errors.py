@@ -42,7 +42,8 @@ def exception_line(exc: BaseException, limit: int | None = 300) -> str:
 def unknown(value, choices, what: str) -> str:
     """`unknown WHAT 'value' (did you mean 'closest'?); known: a, b, c`: every unknown-name message."""
     names = [str(c) for c in choices]
-    # The closest spelling; else a name the value shortens (grace for grace_period).
-    closest = difflib.get_close_matches(str(value), names, n=1) or [n for n in names if n.startswith(str(value))]
+    # A name the value shortens (grace for grace_period) first, else the closest spelling.
+    shortened = [n for n in names if n.startswith(str(value))]
+    closest = difflib.get_close_matches(str(value), shortened or names, n=1, cutoff=0 if shortened else 0.6)
     hint = f" (did you mean {closest[0]!r}?)" if closest else ""
     return f"unknown {what} {value!r}{hint}; known: {', '.join(names)}"

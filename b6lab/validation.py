@@ -50,7 +50,7 @@ def build(cls, data: dict, where: Callable[[str], str | None], verb: str = "expe
         loc, error = exc.errors()[0]["loc"], exc.errors()[0]["type"]
     path, annotation, owner = _place(cls, loc)
     key = prefix + ".".join(path)
-    if error == "extra_forbidden":
+    if error in ("extra_forbidden", "unexpected_keyword_argument"):
         message = unknown(path[-1], [f.name for f in dataclasses.fields(owner)], (names or {}).get(".".join(path[:-1]), "key"))
     else:
         message = f"{verb} {type_name(annotation)}, got {_value_at(data, path)!r}"
@@ -67,7 +67,7 @@ def _numbers_from_bools(data: dict, obj, path: tuple = ()):
         result = getattr(obj, key)
         if isinstance(value, dict) and dataclasses.is_dataclass(result):
             yield from _numbers_from_bools(value, result, (*path, key))
-        elif _from_bool(value, result):
+        elif _from_bool(value, result) or isinstance(value, list) and any(map(_from_bool, value, result)):
             yield (*path, key)
 
 
@@ -128,8 +128,12 @@ def type_name(annotation) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple and args and args[-1] is not Ellipsis:
         return f"a list of {len(args)} ({', '.join(type_name(a) for a in args)})"
+    if origin is list and args:
+        return f"a list of {type_name(args[0]).split(' ', 1)[-1]}s"
     if origin in (list, tuple) or annotation in (list, tuple):
         return "a list"
+    if origin is dict or dataclasses.is_dataclass(annotation):
+        return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}.get(
         annotation, getattr(annotation, "__name__", str(annotation)))
 

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed (a Ray head node or CI has none)
 import matplotlib.pyplot as plt  # noqa: E402
 
-from b6lab.sweep.experiment import short_name  # noqa: E402
+from b6lab.sweep.grid import short_name  # noqa: E402
 from b6lab.sweep.folders import RunResult  # noqa: E402
 from b6lab.sweep.stats import final_loss, summarize_key  # noqa: E402
 

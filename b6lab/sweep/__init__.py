@@ -1,6 +1,7 @@
 """Sweeps and comparisons: a grid of full training runs on Ray Tune, and the tables and plots of their results.
 
     experiment.py   the sweep file: its keys, read and checked into an Experiment
+    grid.py         an Experiment: its base config, grid axes, seeds and points
     trials.py       the grid expanded into trials, each one's config resolved and validated
     tune_runner.py  the Ray Tune side: the trainable every trial runs, Tuner and restore
     progress.py     the compact progress lines a sweep prints while it runs

@@ -19,7 +19,7 @@ import yaml
 
 import b6lab
 from b6lab.errors import UsageError
-from b6lab.sweep.experiment import Experiment
+from b6lab.sweep.grid import Experiment
 from b6lab.train.records import read_metrics, write_json
 
 SWEEP_RECORD = "sweep.json"

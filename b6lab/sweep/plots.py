@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only; no display needed (a Ray head node or CI ha
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from b6lab.sweep.experiment import short_name  # noqa: E402
+from b6lab.sweep.grid import short_name  # noqa: E402
 from b6lab.sweep.folders import RunResult  # noqa: E402
 from b6lab.sweep.stats import final_value, label, summarize_key  # noqa: E402
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ray import tune
 
-from b6lab.sweep.experiment import point_key
+from b6lab.sweep.grid import point_key
 from b6lab.train.records import read_summary
 
 HEARTBEAT_SECONDS = 60.0  # a status line at least this often, so a long trial doesn't look hung

@@ -7,7 +7,7 @@ import csv
 import os
 from pathlib import Path
 
-from b6lab.sweep.experiment import short_name
+from b6lab.sweep.grid import short_name
 from b6lab.sweep.folders import RunResult
 from b6lab.sweep.comparison import RULE, Comparison
 from b6lab.sweep.stats import KeySummary, TwoWay, ValueSummary

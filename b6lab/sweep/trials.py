@@ -21,7 +21,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import RunConfig, load_config
 from b6lab.errors import ConfigError, PluginError, UsageError
-from b6lab.sweep.experiment import SEED_KEY, Experiment, point_key
+from b6lab.sweep.grid import SEED_KEY, Experiment, point_key
 from b6lab.train import hardware
 
 

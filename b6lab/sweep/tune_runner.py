@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from b6lab.errors import UsageError
-from b6lab.sweep.experiment import SEED_KEY, Experiment, point_key
+from b6lab.sweep.grid import SEED_KEY, Experiment, point_key
 from b6lab.sweep.trials import Trial
 from b6lab.train.records import read_summary, write_json
 

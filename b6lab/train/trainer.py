@@ -271,7 +271,7 @@ class Trainer:
         improved = val_loss < self.best_val
         self.best_val, self.last_val = min(self.best_val, val_loss), val_loss
         record = {"step": self.step, "tokens": self.tokens, "val_loss": val_loss, "best_val_loss": self.best_val,
-                  **_peak_memory(self.device)}
+                  **hardware.peak_memory(self.device, reset=True)}
         self._log(record)
         progress.write(f"step {self.step}: val loss {val_loss:.4f}" + (" (best)" if improved else ""))
         saved = None
@@ -351,16 +351,3 @@ def _memory(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"mem_mb": torch.cuda.memory_allocated(device) / 2**20}
     return {}
-
-
-def _peak_memory(device: torch.device) -> dict:
-    """Peak memory since the last eval (CUDA: max allocated; CPU: the process's peak RSS)."""
-    if device.type == "cuda":
-        peak = hardware.peak_memory_mb(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        torch.cuda.empty_cache()
-        record = {"peak_mem_mb": peak}
-        with contextlib.suppress(Exception):
-            record["gpu_util"] = torch.cuda.utilization(device)
-        return record
-    return {"peak_rss_mb": hardware.peak_memory_mb(device)}

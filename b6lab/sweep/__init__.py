@@ -8,4 +8,10 @@
     stats.py        grouping by grid key, the seed spread, and the verdict
     report.py       the results table (terminal, CSV, markdown)
     plots.py        val loss against tokens, and final val loss by grid key
+
+Calling the package, `b6lab.sweep(path)`, runs `b6lab.api.sweep`.
 """
+
+from b6lab import callable_package
+
+callable_package(__name__, "sweep")

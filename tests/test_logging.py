@@ -141,6 +141,22 @@ def test_a_redirected_run_logs_plain_lines_and_tensorboard_events(tmp_path):
     assert {step for tag, step, _ in events if tag == "val_loss"} == {4, 8}
 
 
+@pytest.mark.slow
+def test_bench_writes_no_carriage_returns_to_a_log():
+    result = subprocess.run([sys.executable, "-m", "b6lab.cli", "bench", "--preset", "tiny", "--steps", "1", "--warmup", "0"],
+                            capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "tokens/s" in result.stdout and "\r" not in result.stdout + result.stderr
+
+
+def test_a_quiet_sweep_prints_no_trial_lines(capsys):
+    from b6lab.sweep.progress import SweepProgress
+
+    for quiet, expected in ((False, "[0/2 done, 0 running] still running\n"), (True, "")):
+        SweepProgress({}, {}, total=2, quiet=quiet)._say([], "still running")
+        assert capsys.readouterr().out == expected
+
+
 def test_quiet_prints_the_start_and_the_result_only(tmp_path, capsys):
     assert main(["train", *SHORT_RUN, "--quiet", "--set", f"train.out_dir={tmp_path / 'run'}"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -83,8 +83,8 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
         ray.shutdown()
 
     runs, keys = folders.read_sweep(exp.storage)
-    print("\n" + report.terminal_report(runs, keys, show_names=False))
-    written = report.write_results(runs, keys, exp.storage, exp.name)
+    print("\n" + report.terminal_report(runs, keys, show_names=False, metric=exp.metric))
+    written = report.write_results(runs, keys, exp.storage, exp.name, exp.metric)
     print(f"\nresults: {', '.join(str(path) for path in written)}")
     if any(trial.config["logging"].get("tensorboard") for trial in trials):
         print(f"curves: {tensorboard_command([exp.trials_dir]) or 'no TensorBoard event files were written'}")

@@ -40,6 +40,7 @@ def no_wandb_login(tmp_path, monkeypatch):
 # wandb
 
 
+@pytest.mark.slow
 def test_wandb_mode_offline_from_the_environment_runs_without_a_key(tmp_path, monkeypatch, no_wandb_login):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = load_config(preset="tiny", overrides=["logging.wandb.enabled=true", "logging.progress=false",

@@ -64,7 +64,7 @@ def test_a_mistake_raises_config_error_with_the_line_the_command_prints(tmp_path
 
 @pytest.mark.slow
 def test_sweep_returns_the_results_rows_and_points_to_tensorboard(tmp_path, capsys):
-    sweep = {"name": "api", "base": {"preset": "tiny", "set": TINY | {"logging.tensorboard": True}},
+    sweep = {"name": "api", "base": {"preset": "tiny", "set": TINY | {"logging.tensorboard": True, "logging.progress": True}},
              "grid": {"model.norm": ["pre", "post"]}, "seeds": [0], "storage": str(tmp_path / "sweep"),
              "resources": {"cpu": 1}}
     path = tmp_path / "sweep.yaml"
@@ -78,5 +78,7 @@ def test_sweep_returns_the_results_rows_and_points_to_tensorboard(tmp_path, caps
     assert f"curves: tensorboard --logdir {tmp_path / 'sweep' / 'trials'}" in out
     for row in rows:
         assert list((Path(row["folder"]) / "tensorboard").glob("events.out.tfevents.*"))
+        trial_log = (Path(row["folder"]) / "train.log").read_text()  # a trial's stdout is no terminal
+        assert "step 6/6 (100%) | loss " in trial_log and "\r" not in trial_log
     with pytest.raises(b6lab.ConfigError, match="already holds the sweep api; pass --resume"):
         b6lab.sweep(path)

@@ -85,7 +85,7 @@ class DataConfig:
     num_workers: int = 1  # DataLoader processes tokenizing ahead of the step
     prefetch_factor: int = 4
     doc_masking: bool = False  # attend only within a document (passes boundaries to attention)
-    cache_dir: Optional[str] = None  # tokenizer cache; None: $B6LAB_CACHE or ~/.cache/b6lab
+    cache_dir: Optional[str] = None  # tokenizer cache; None: $B6LAB_CACHE, $XDG_CACHE_HOME/b6lab or ~/.cache/b6lab
     options: dict = field(default_factory=dict)
 
     plugin_keys = {"source": "dataset", "tokenizer": "tokenizer"}
@@ -152,9 +152,11 @@ class TrainConfig:
 @dataclass
 class WandbConfig:
     enabled: bool = False
-    project: str = "b6lab"
+    # None: wandb's own resolution (WANDB_PROJECT / WANDB_ENTITY / WANDB_MODE, then its settings);
+    # the project then falls back to "b6lab".
+    project: Optional[str] = None
     entity: Optional[str] = None
-    mode: Literal["online", "offline", "disabled"] = "online"
+    mode: Optional[Literal["online", "offline", "disabled"]] = None
     name: Optional[str] = None  # None: the run folder's name
     log_checkpoint: bool = False  # upload checkpoints/best as an artifact at the end
 
@@ -162,7 +164,14 @@ class WandbConfig:
 @dataclass
 class LoggingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: bool = True
+    tensorboard: bool = False  # event files in <run folder>/tensorboard (tensorboardX)
+    progress: bool = True  # a bar on a terminal; plain lines when stdout is redirected
+    plain_interval_seconds: float = 30.0  # redirected: a line per log_interval, at most one this often
+    quiet: bool = False  # only the start line, warnings and the result (`b6lab train --quiet`)
+
+    def validate(self) -> None:
+        if self.plain_interval_seconds < 0:
+            raise ConfigError(f"must be >= 0, got {self.plain_interval_seconds}", key="logging.plain_interval_seconds")
 
 
 @dataclass

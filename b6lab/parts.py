@@ -96,8 +96,15 @@ def build_source(cfg: DataConfig):
     return reg.build(cfg.val_fraction, **plugin_kwargs(cfg, reg))
 
 
-def cache_dir(cfg: DataConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("B6LAB_CACHE") or Path.home() / ".cache" / "b6lab").expanduser()
+def cache_dir(cfg: DataConfig | None = None) -> Path:
+    """Where b6lab caches (trained tokenizers): data.cache_dir, else $B6LAB_CACHE, else
+    $XDG_CACHE_HOME/b6lab, else ~/.cache/b6lab (the XDG default)."""
+    chosen = (cfg.cache_dir if cfg else None) or os.environ.get("B6LAB_CACHE")
+    if chosen:
+        return Path(chosen).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec: an unset, empty or relative XDG_CACHE_HOME means ~/.cache.
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "b6lab"
 
 
 def build_tokenizer(cfg: DataConfig, source):

@@ -15,11 +15,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in train.out_dir (default: the newest runs/<name>*) from its last "
                              "checkpoint, with the config it was started with plus any --set")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only the start line, warnings and the result (sets logging.quiet=true)")
 
 
 def run(args: argparse.Namespace) -> int:
     from b6lab.train.trainer import Trainer
 
+    if args.quiet:
+        args.overrides.append("logging.quiet=true")
     cfg = config_from_args(args)
     out_dir = choose_out_dir(cfg.train.out_dir, cfg.name, args.resume)
     if args.resume and (out_dir / "config.yaml").exists():
@@ -34,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
           f"b6lab: {summary['status']} after {summary['steps']} steps")
     if summary.get("reason"):
         print(f"  {summary['reason']}")
-    print(f"results: {out_dir}/ (metrics.jsonl, summary.json, checkpoints/best)")
-    print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt 'def '")
+    if not args.quiet:
+        print(f"results: {out_dir}/ (metrics.jsonl, summary.json, checkpoints/best)")
+        if cfg.logging.tensorboard:
+            print(f"curves: tensorboard --logdir {out_dir}")
+        print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt 'def '")
     return 0 if summary["status"] == "completed" else 1
 
 

@@ -10,4 +10,10 @@
     stats.py        the t-tests over seeds, Holm's correction, the verdict; the two-way table
     report.py       the results table and the verdicts (terminal, CSV, markdown)
     plots.py        val loss against tokens, final val loss by key, per-block diagnostics by layer
+
+Calling the package, `b6lab.sweep(path)`, runs `b6lab.api.sweep`.
 """
+
+from b6lab import callable_package
+
+callable_package(__name__, "sweep")

@@ -200,7 +200,7 @@ def check_resources(exp: Experiment, joined_cluster: bool) -> None:
             print(f"warning: {message}; the trials wait until the cluster grows", flush=True)
 
 
-def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: bool):
+def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: bool, quiet: bool = False):
     """Run the sweep's trials on Ray Tune (restoring an interrupted sweep with `resume`); returns Ray's ResultGrid."""
     from ray import tune
 
@@ -231,7 +231,7 @@ def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: 
                 name=exp.ray_dir.name, storage_path=str(exp.ray_dir.parent), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the last one is all a restart needs
-                callbacks=[SweepProgress(names, {t.name: str(t.run_dir) for t in trials}, len(trials))],
+                callbacks=[SweepProgress(names, {t.name: str(t.run_dir) for t in trials}, len(trials), quiet)],
             ),
         )
     return tuner.fit()

@@ -27,7 +27,9 @@ from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import UsageError
 from b6lab.train import checkpoint, hardware
 from b6lab.train.checkpoint import TOKENIZER_FILE
-from b6lab.train.records import MetricsFile, Progress, WandbRun, write_json
+from b6lab.progress import Progress, progress_mode
+from b6lab.train.records import MetricsFile, write_json
+from b6lab.train.trackers import RunLog, check_wandb_login
 
 # Called with every eval record and the checkpoint folder written with it (or None): Ray Tune's hook.
 EvalCallback = Callable[[dict, "Path | None"], None]
@@ -42,6 +44,7 @@ class Trainer:
                  fault_injector: Callable[[int, int], None] | None = None, say: Callable[[str], None] = print):
         self.cfg, self.out_dir, self.on_eval = cfg, Path(out_dir), on_eval
         self.fault_injector, self.say = fault_injector, say
+        check_wandb_login(cfg.logging.wandb)  # a missing login fails now, not after the data is built
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir = self.out_dir / "checkpoints"
         resume_from = checkpoint.find(self.ckpt_dir / "last") if resume else None
@@ -135,13 +138,14 @@ class Trainer:
     def run(self) -> dict:
         cfg, train = self.cfg, self.cfg.train
         resuming = self.step > 0
-        self.metrics = MetricsFile(self.out_dir / "metrics.jsonl", resume_step=self.step if resuming else None)
-        self.wandb = None
-        if self.cfg.logging.wandb.enabled:
-            self.wandb = WandbRun(cfg.logging.wandb, self.out_dir, cfg.to_dict() | {"run": self.record}, self.wandb_id)
-            self.wandb_id = self.wandb.id
+        metrics = MetricsFile(self.out_dir / "metrics.jsonl", resume_step=self.step if resuming else None)
+        self.run_log = RunLog(metrics, cfg.logging, self.out_dir, cfg.to_dict() | {"run": self.record},
+                              self.step if resuming else None, self.wandb_id)
+        self.wandb_id = self.run_log.wandb_id
         self._announce(resuming)
-        progress = Progress(cfg.logging.progress, train.max_steps, self.step, self.out_dir.name, self.say)
+        progress = Progress(train.max_steps, initial=self.step, description=self.out_dir.name, say=self.say,
+                            mode=progress_mode(cfg.logging.progress, cfg.logging.quiet),
+                            every_seconds=cfg.logging.plain_interval_seconds)
         status, reason = "completed", None
         start_wall, start_seconds = time.perf_counter(), self.train_seconds
         try:
@@ -302,15 +306,15 @@ class Trainer:
         return folder
 
     def _log(self, record: dict) -> None:
-        self.metrics.write(record)
-        if self.wandb:
-            self.wandb.log(record)
+        self.run_log.write(record)
 
     def _announce(self, resuming: bool) -> None:
         cfg = self.cfg
         what = f"resuming at step {self.step}" if resuming else "training"
         self.say(f"b6lab: {what} {cfg.name}: {self.params / 1e6:.2f}M params, {self.model_cfg.n_layers} layers x "
                  f"{self.model_cfg.d_model}, attention {self.attention}, norm {cfg.model.norm}, optimizer {cfg.optim.name}")
+        if cfg.logging.quiet:
+            return
         self.say(f"  device: {self.plan.describe()}")
         for note in self.plan.notes:
             self.say(f"  {note}")
@@ -328,9 +332,7 @@ class Trainer:
         if status != "completed" and self.step > 0 and status != "diverged":
             self._save("last")  # an interrupted or crashed run resumes from where it stopped
         write_json(self.out_dir / "summary.json", summary)
-        self.metrics.close()
-        if self.wandb:
-            self.wandb.finish(summary, self.ckpt_dir / "best")
+        self.run_log.close(summary, self.ckpt_dir / "best")
         return summary
 
 

@@ -39,7 +39,7 @@ def test_what_yaml_gives_is_coerced(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train.max_steps=true", "train.max_steps (in --set train.max_steps): expected an integer, got True"),
     ("optim.lr=yes", "optim.lr (in --set optim.lr): expected a number, got True"),
-    ("logging.wandb.mode=sideways", "logging.wandb.mode (in --set logging.wandb.mode): expected one of 'online'"),
+    ("logging.wandb.mode=sideways", "logging.wandb.mode (in --set logging.wandb.mode): expected 'online', 'offline', 'disabled' or null"),
     ("train.grad_clip=[1]", "unknown train key 'grad_clip'; known:"),
 ])
 def test_a_wrong_type_is_one_line_naming_the_key_and_where_it_was_set(override, message):

@@ -1,13 +1,15 @@
-"""The commands as Python functions, for notebooks and scripts: `b6lab.train(...)`, `b6lab.sweep(...)`.
+"""The commands as Python functions, for notebooks and scripts: `b6lab.train`, `b6lab.sweep`, `b6lab.compare`.
 
 Each does what its command does (the same config layering, run folders, printed output and
 files) and returns what the command writes instead of an exit status: `train` the run's
-summary.json as a dict, `sweep` the rows of results.csv. A user's mistake raises
+summary.json as a dict, `sweep` the rows of results.csv, `compare` the document `compare --json`
+prints. A user's mistake raises
 `b6lab.ConfigError` with the one line the command would print.
 
     import b6lab
     summary = b6lab.train(preset="tiny", overrides={"train.max_steps": 50, "model.norm": "post"})
     rows = b6lab.sweep("experiments/norm_ablation.yaml")
+    verdicts = b6lab.compare(["runs/sweeps/norm_ablation"], by="model.norm")
 
 Nothing heavy is imported until a function is called: `import b6lab` stays cheap.
 """
@@ -55,6 +57,18 @@ def sweep(path: str | Path, *, resume: bool = False, address: str | None = None)
     with _as_config_error():
         _, storage = run_sweep(str(path), resume=resume, address=address)
     return read_results(storage / "results.csv")
+
+
+def compare(paths, *, by: str | list[str] | None = None, metric: str = "val_loss") -> dict:
+    """Runs or sweeps side by side, as `b6lab compare DIR... [--by K1,K2] [--metric M] --json`; returns that
+    JSON document: each judged key's values with mean, std, n_seeds, n_runs, delta from the best, its 95%
+    confidence interval, the Holm-corrected p-value and the verdict, the two-way table and every run."""
+    from b6lab.sweep import comparison
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    with _as_config_error():
+        return comparison.compare(list(paths), by=by, metric=metric)
 
 
 def read_results(path: str | Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The Python API: `b6lab.train` and `b6lab.sweep` do what their commands do and return the results."""
+"""The Python API: `b6lab.train`, `b6lab.sweep` and `b6lab.compare` do what their commands do and return the results."""
 
 import json
 import subprocess
@@ -18,7 +18,7 @@ TINY = {"train.max_steps": 6, "train.eval_interval": 3, "train.eval_steps": 1, "
 
 
 def test_importing_b6lab_imports_neither_torch_nor_ray():
-    code = ("import sys, b6lab; b6lab.train; b6lab.sweep; b6lab.ConfigError; "
+    code = ("import sys, b6lab; b6lab.train; b6lab.sweep; b6lab.compare; b6lab.ConfigError; "
             "print(sorted(m for m in ('torch', 'ray', 'wandb', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -82,3 +82,14 @@ def test_sweep_returns_the_results_rows_and_points_to_tensorboard(tmp_path, caps
         assert "step 6/6 (100%) | loss " in trial_log and "\r" not in trial_log
     with pytest.raises(b6lab.ConfigError, match="already holds the sweep api; pass --resume"):
         b6lab.sweep(path)
+
+    # compare returns the document `b6lab compare --json` prints
+    document = b6lab.compare(tmp_path / "sweep", by="model.norm")
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "sweep"), "--by", "model.norm", "--json", "--no-plots"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(document))
+    values = document["keys"]["model.norm"]["values"]
+    assert {value["value"] for value in values} == {"pre", "post"}
+    assert {value["verdict"] for value in values} == {"inconclusive"}  # one seed: no test is possible
+    with pytest.raises(b6lab.ConfigError, match="metric"):
+        b6lab.compare([tmp_path / "sweep"], metric="accuracy")

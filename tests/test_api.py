@@ -87,7 +87,9 @@ def test_sweep_returns_the_results_rows_and_points_to_tensorboard(tmp_path, caps
     document = b6lab.compare(tmp_path / "sweep", by="model.norm")
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "sweep"), "--by", "model.norm", "--json", "--no-plots"]) == 0
-    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(document))
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == json.loads(json.dumps(document))
+    assert f"curves: tensorboard --logdir {tmp_path / 'sweep'}" in printed.err  # compare points to the event files
     values = document["keys"]["model.norm"]["values"]
     assert {value["value"] for value in values} == {"pre", "post"}
     assert {value["verdict"] for value in values} == {"inconclusive"}  # one seed: no test is possible

@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from b6lab.sweep import comparison, folders, report
+    from b6lab.train.trackers import tensorboard_command
 
     result = comparison.build(args.folders, by=args.by, metric=args.metric)
     one_sweep = len(args.folders) == 1 and folders.read_sweep_record(Path(args.folders[0])) is not None
@@ -56,5 +57,9 @@ def run(args: argparse.Namespace) -> int:
         report.write_markdown(Path(args.markdown), title, result, show_names=not one_sweep, plots=plots)
         written.append(Path(args.markdown))
     # With --json, stdout holds the document alone.
-    print(f"\nwrote {', '.join(str(path) for path in written)}", file=sys.stderr if args.json else sys.stdout)
+    notes = sys.stderr if args.json else sys.stdout
+    print(f"\nwrote {', '.join(str(path) for path in written)}", file=notes)
+    curves = tensorboard_command(args.folders)
+    if curves:
+        print(f"curves: {curves}", file=notes)
     return 0

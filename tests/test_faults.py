@@ -337,3 +337,55 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume_and_a_damaged_one_named(t
     path.write_text('{"step": 1, "loss": 5.0}\nnot json\n{"step": 3, "loss": 3.0}\n')
     with pytest.raises(DataError, match="metrics.jsonl, line 2, is not a metrics record"):
         MetricsFile(path, resume_step=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def test_the_resume_table_shows_finished_trials_as_finished(tmp_path, straight):
+    from types import SimpleNamespace
+
+    from b6lab.commands.sweep import _status_on_resume
+
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+    (killed / "summary.json").unlink()
+    trials = [SimpleNamespace(run_dir=straight), SimpleNamespace(run_dir=killed), SimpleNamespace(run_dir=tmp_path / "new")]
+    assert [_status_on_resume(t, "run", retry_failed=False) for t in trials] == ["completed", "resume", "run"]
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_driver_leaves_no_ray_process_after_resume(tmp_path):
+    import psutil
+
+    (tmp_path / "sweep.yaml").write_text(
+        "name: killed\nbase: {preset: tiny, set: {train.max_steps: 30, train.eval_interval: 10, train.log_interval: 5}}\n"
+        "grid: {model.norm: [pre]}\nseeds: [0]\nresources: {cpu: 1, gpu: 0}\n")
+    storage = tmp_path / "runs" / "sweeps" / "killed"
+    driver = cli("sweep", "sweep.yaml", cwd=tmp_path)
+    trial = storage / "trials" / "norm=pre,seed=0"
+    wait_for_step(trial, 5, driver, timeout=400)
+    session = json.loads((storage / "ray_session.json").read_text())["session_dir"].rsplit("/", 1)[-1]
+    driver.kill()
+    driver.communicate()
+
+    def left():  # every process with a file of the session open (Ray's agents rename themselves)
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if any(session in part for part in process.info["cmdline"] or []) or any(
+                        session in f.path for f in process.open_files()):
+                    found.append(process)
+            except psutil.Error:
+                pass
+        return found
+
+    time.sleep(3)
+    orphans = left()  # here: ray::DashboardAgent and ray::RuntimeEnvAgent, re-parented to init
+    resumed = cli("sweep", "sweep.yaml", "--resume", cwd=tmp_path)
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr
+    assert not [p for p in orphans if p.is_running()] and not left()
+    assert not (storage / "ray_session.json").exists()
+    assert json.loads((trial / "summary.json").read_text())["status"] == "completed"

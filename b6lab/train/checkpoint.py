@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from b6lab.errors import DataError, exception_line
+from b6lab.errors import ConfigError, DataError, exception_line
 
 TOKENIZER_FILE = "tokenizer.pkl"
 MARKER = "COMPLETE"  # written last; holds {"step": N}
@@ -155,6 +155,37 @@ def load_tokenizer(folder: Path):
             return pickle.load(f)
     except Exception as exc:
         raise DataError(f"{path} is unreadable ({exception_line(exc, 120)})") from exc
+
+
+# What a resumed run cannot change: the weights' shapes and meaning, what the tokens are, where the
+# data stream stands (its batches, its seed). Everything else (lr, weight decay, max_steps, ...) may.
+FIXED_ON_RESUME = ("model.", "data.", "optim.name", "train.batch_size", "train.grad_accum_steps", "train.seed")
+CHANGEABLE_ON_RESUME = ("model.dropout", "model.attention", "model.gradient_checkpointing", "data.num_workers",
+                        "data.prefetch_factor", "data.cache_dir")
+
+
+def check_resumable(saved_config: dict, config: dict, say) -> None:
+    """A setting a resumed run cannot honour is an error naming the key; the others take effect (and are said)."""
+    before, now = _flatten(saved_config), _flatten(config)
+    for key in dict.fromkeys([*before, *now]):  # config order: a plugin's name before its options
+        if key.startswith("run.") or key.startswith(CHANGEABLE_ON_RESUME) or before.get(key) == now.get(key):
+            continue
+        if key.startswith(FIXED_ON_RESUME):
+            raise ConfigError(
+                f"cannot change when resuming (the checkpoint has {before.get(key)!r}, this run asks for "
+                f"{now.get(key)!r}): the saved weights and data position depend on it; start a new run "
+                "with another train.out_dir to change it", key=key)
+        say(f"  resuming with {key} = {now.get(key)!r} (was {before.get(key)!r})")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def rng_state() -> dict:

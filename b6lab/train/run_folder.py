@@ -32,8 +32,8 @@ def holds_run(folder: Path) -> bool:
 class RunLock:
     """`with RunLock(folder):` or acquire()/release(); a second holder gets a one-line UsageError."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, elsewhere: str = "set train.out_dir to another folder"):
+        self.folder, self.elsewhere = Path(folder), elsewhere
         self._lock = FileLock(self.folder / LOCK_FILE, timeout=0)
 
     def acquire(self) -> "RunLock":
@@ -42,7 +42,7 @@ class RunLock:
             self._lock.acquire()
         except Timeout:
             raise UsageError(f"{self.folder} is in use by another run ({self._owner()}); wait for it to end, "
-                             "or set train.out_dir to another folder") from None
+                             f"or {self.elsewhere}") from None
         command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
         (self.folder / OWNER_FILE).write_text(
             f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")

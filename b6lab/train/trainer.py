@@ -33,7 +33,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.config import RunConfig, dump_config
 from b6lab.data.packing import TrainBatches, validation_batches
-from b6lab.errors import ConfigError, DataError, UsageError, exception_line
+from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.train import checkpoint, hardware
 from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull
 from b6lab.train.records import MetricsFile, Progress, WandbRun, write_json
@@ -41,13 +41,6 @@ from b6lab.train.run_folder import RunLock, holds_run
 
 # Called with every eval record and the checkpoint folder written with it (or None): Ray Tune's hook.
 EvalCallback = Callable[[dict, "Path | None"], None]
-
-
-# What a resumed run cannot change: the weights' shapes and meaning, what the tokens are, where the
-# data stream stands (its batches, its seed). Everything else (lr, weight decay, max_steps, ...) may.
-FIXED_ON_RESUME = ("model.", "data.", "optim.name", "train.batch_size", "train.grad_accum_steps", "train.seed")
-CHANGEABLE_ON_RESUME = ("model.dropout", "model.attention", "model.gradient_checkpointing", "data.num_workers",
-                        "data.prefetch_factor", "data.cache_dir")
 
 
 class Diverged(Exception):
@@ -115,7 +108,7 @@ class Trainer:
         self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
         state = saved[1] if saved else None
         if saved:
-            self._check_resumable(saved[2])
+            checkpoint.check_resumable(saved[2], self.cfg.to_dict(), self.say)
         if state:  # an out-of-memory retreat before the crash keeps its smaller micro-batch
             self.plan.batch_size, self.plan.grad_accum_steps = state["batch_size"], state["grad_accum_steps"]
         self.device = torch.device(self.plan.device)
@@ -158,19 +151,6 @@ class Trainer:
         self.params = self.model.num_params()
         self.record = self._record()
         dump_config(cfg, self.out_dir / "config.yaml", self.record)
-
-    def _check_resumable(self, saved_config: dict) -> None:
-        """A --set that a resumed run cannot honour is an error naming the key; the others take effect."""
-        before, now = _flatten(saved_config), _flatten(self.cfg.to_dict())
-        for key in dict.fromkeys([*before, *now]):  # config order: a plugin's name before its options
-            if key.startswith("run.") or key.startswith(CHANGEABLE_ON_RESUME) or before.get(key) == now.get(key):
-                continue
-            if key.startswith(FIXED_ON_RESUME):
-                raise ConfigError(
-                    f"cannot change when resuming (the checkpoint has {before.get(key)!r}, this run asks for "
-                    f"{now.get(key)!r}): the saved weights and data position depend on it; start a new run "
-                    "with another train.out_dir to change it", key=key)
-            self.say(f"  resuming with {key} = {now.get(key)!r} (was {before.get(key)!r})")
 
     def _restore(self, model_state, state, _config) -> None:
         try:
@@ -507,12 +487,3 @@ def _peak_memory(device: torch.device) -> dict:
         return record
     return {"peak_rss_mb": hardware.peak_memory_mb(device)}
 
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -217,14 +217,19 @@ class Trainer:
         except DiskFull as exc:
             status, reason = "failed", f"disk full: {exc} at step {self.step}"
         except BaseException as exc:  # Ctrl-C twice, a crash, Ray stopping a trial: save if the state is whole
-            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-            status, reason, save_last = "failed", f"{what} (in step {self.step + 1})", self._boundary is not None
-            raise
+            if isinstance(exc, OSError) and exc.errno in checkpoint.DISK_FULL:  # metrics.jsonl, say
+                status, reason = "failed", f"disk full: {exc.strerror.lower()} at step {self.step}"
+            else:
+                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+                status, reason, save_last = "failed", f"{what} (in step {self.step + 1})", self._boundary is not None
+                raise
         finally:
-            progress.close()
-            self.batches.close()
-            summary = self._finish(status, reason, start_seconds + time.perf_counter() - start_wall, save_last)
-            self.lock.release()
+            try:
+                progress.close()
+                self.batches.close()
+                summary = self._finish(status, reason, start_seconds + time.perf_counter() - start_wall, save_last)
+            finally:
+                self.lock.release()
         return summary
 
     def _loop(self, progress: Progress) -> None:

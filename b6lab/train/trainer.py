@@ -281,7 +281,7 @@ class Trainer:
             if self.stopped_by:
                 raise KeyboardInterrupt
             self.stopped_by = signal.Signals(signum).name
-            self.say(f"\n{self.stopped_by}: stopping after step {self.step + 1} and saving; send it again to stop at once")
+            self.say(f"\n{self.stopped_by}: finishing the current step, then saving; send it again to stop at once")
 
         previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:

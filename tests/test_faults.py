@@ -163,6 +163,10 @@ def test_every_crash_point_of_a_save_leaves_the_newest_complete_checkpoint(tmp_p
     assert checkpoint.find(last) == last
     checkpoint.tidy(last)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    # a crash after the swap's first rename: only `.old` is complete
+    fake_save(last, 8)
+    os.replace(last, tmp_path / "last.old")
+    assert checkpoint.find(last) == tmp_path / "last.old"
 
 
 def test_resume_without_a_usable_checkpoint_says_what_it_found(tmp_path, straight):
@@ -203,6 +207,7 @@ def test_a_run_that_saved_nothing_says_so(tmp_path, monkeypatch):
     assert not list((tmp_path / "run" / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_a_real_full_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()

@@ -78,6 +78,8 @@ class Trainer:
         try:
             for name in ("last", "best"):
                 checkpoint.tidy(self.ckpt_dir / name)  # what a crash mid-save left: the newest complete copy wins
+            for partial in self.out_dir.glob("*.tmp-*"):  # summary.json cut off by a crash
+                partial.unlink()
             self._setup(self._checkpoint_to_resume() if resume else None)
         except BaseException:
             self.lock.release()
@@ -220,8 +222,11 @@ class Trainer:
             if isinstance(exc, OSError) and exc.errno in checkpoint.DISK_FULL:  # metrics.jsonl, say
                 status, reason = "failed", f"disk full: {exc.strerror.lower()} at step {self.step}"
             else:
-                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-                status, reason, save_last = "failed", f"{what} (in step {self.step + 1})", self._boundary is not None
+                # A crash's reason is its error alone (what the sweep tables show); an interrupt says where to go on.
+                reason = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, KeyboardInterrupt):
+                    reason = f"interrupted (in step {self.step + 1})"
+                status, save_last = "failed", self._boundary is not None
                 raise
         finally:
             try:
@@ -429,7 +434,7 @@ class Trainer:
                 status, reason, self.diverged_at = "diverged", str(exc), exc.step
             except DiskFull as exc:
                 status, reason = "failed", f"disk full: {exc} at step {self.step}"
-        if status != "completed":
+        if status == "diverged" or status == "failed" and reason.startswith(("stopped", "interrupted", "disk full")):
             reason = f"{reason}; {self._where_to_continue(status)}"
         summary = {
             "status": status, "reason": reason, "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
@@ -452,10 +457,10 @@ class Trainer:
             return "no checkpoint was saved"
         held = " and ".join(f"{self.ckpt_dir / name} (step {step})" for name, step in sorted(self.saved_steps.items()))
         if status == "diverged":
-            return (f"{held} hold{'s' if len(self.saved_steps) == 1 else ''} the weights from before: resume from "
-                    "checkpoints/last with a lower optim.lr (`b6lab train --resume --set optim.lr=...`), or "
-                    "sample from it with `b6lab generate`" if "last" in self.saved_steps else
-                    f"{held} holds the weights from before: sample from it with `b6lab generate`")
+            verb = "holds" if len(self.saved_steps) == 1 else "hold"
+            then = ("resume from checkpoints/last with a lower optim.lr (`b6lab train --resume --set optim.lr=...`) "
+                    "or sample with `b6lab generate`") if "last" in self.saved_steps else "sample with `b6lab generate`"
+            return f"{held} {verb} the weights from before: {then}"
         if "last" in self.saved_steps:
             return f"`b6lab train --resume` continues from {self.ckpt_dir / 'last'} (step {self.saved_steps['last']})"
         return f"{held} is kept, but there is no checkpoints/last to resume from"

@@ -52,8 +52,12 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
     exp = load_experiment(experiment)
     trials = resolve_trials(exp)
     print(report.sweep_header(exp, trials))
+    rows = report.trial_rows(trials, exp)
+    if resume:
+        for row, trial in zip(rows, trials):
+            row["status"] = _status_on_resume(trial, row["status"], retry_failed)
     if not quiet:
-        print(report.text_table(report.trial_rows(trials, exp)))
+        print(report.text_table(rows))
     skipped = [t for t in trials if t.skip_reason]
     for trial in skipped:
         print(f"  skipped {trial.name}: {trial.skip_reason}")
@@ -68,19 +72,23 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
                          f"or give it another name or storage: in {exp.file.name}")
     _check_wandb_logins(trials)
 
-    import ray
-
-    from b6lab.sweep.tune_runner import check_resources, count_unfinished, run_tuner, start_ray
+    from b6lab.sweep.tune_runner import (check_resources, count_unfinished, run_tuner, start_ray, stop_left_over_ray,
+                                         stop_ray)
+    from b6lab.train.run_folder import RunLock
 
     print()
-    joined_cluster = start_ray(address)
-    try:
-        check_resources(exp, joined_cluster)
-        folders.write_sweep_record(exp, trials)
-        run_tuner(exp, trials, resume=resume, retry_failed=retry_failed, quiet=quiet)
-        unfinished = count_unfinished(exp)
-    finally:
-        ray.shutdown()
+    with RunLock(exp.storage, "give the sweep another name or storage"):  # one driver per sweep folder
+        stopped = stop_left_over_ray(exp.storage)
+        if stopped:
+            print(f"stopped {stopped} Ray process{'es' if stopped > 1 else ''} left by this sweep's killed driver")
+        joined_cluster = start_ray(address, exp.storage)
+        try:
+            check_resources(exp, joined_cluster)
+            folders.write_sweep_record(exp, trials)
+            run_tuner(exp, trials, resume=resume, retry_failed=retry_failed, quiet=quiet)
+            unfinished = count_unfinished(exp)
+        finally:
+            stop_ray(exp.storage)
 
     runs, keys = folders.read_sweep(exp.storage)
     print("\n" + report.terminal_report(runs, keys, show_names=False, metric=exp.metric))
@@ -102,3 +110,16 @@ def _check_wandb_logins(trials) -> None:
 
     for settings in {json.dumps(t.config["logging"]["wandb"], sort_keys=True) for t in trials}:
         check_wandb_login(WandbConfig(**json.loads(settings)))
+
+
+def _status_on_resume(trial, planned: str, retry_failed: bool) -> str:
+    """What --resume will do with a trial: finished ones (completed, diverged, stopped) stay as they are."""
+    from b6lab.sweep.folders import read_run
+    from b6lab.train.run_folder import holds_run
+
+    if planned == "skip" or not holds_run(trial.run_dir):
+        return planned
+    status = read_run(trial.run_dir).status
+    if status == "completed" or status in ("diverged", "stopped") or (status == "failed" and not retry_failed):
+        return status
+    return "rerun" if status == "failed" else "resume"

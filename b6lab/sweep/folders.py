@@ -21,6 +21,7 @@ import b6lab
 from b6lab.errors import UsageError
 from b6lab.sweep.grid import Experiment
 from b6lab.train.records import read_metrics, write_json
+from b6lab.train.run_folder import holds_run
 
 SWEEP_RECORD = "sweep.json"
 METRICS = ("val_loss", "val_bpb")  # what an eval record holds and runs can be compared on
@@ -90,10 +91,6 @@ def check_same_sweep(exp: Experiment, trials) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Reading results back
-
-
-def holds_run(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("config.yaml", "metrics.jsonl", "summary.json"))
 
 
 def read_run(folder: Path) -> RunResult:

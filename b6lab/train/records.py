@@ -12,12 +12,14 @@ import math
 import os
 from pathlib import Path
 
+from b6lab.errors import DataError
+
 
 class MetricsFile:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = Path(path)
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            kept = [line for line in _lines_to_keep(self.path) if json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
             self.path.write_text("")
@@ -28,6 +30,22 @@ class MetricsFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _lines_to_keep(path: Path) -> list[str]:
+    """The lines of a metrics.jsonl a resumed run keeps: a last line cut off by a crash is dropped;
+    an unreadable line before it means the file was damaged otherwise, which is the user's to see."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            record["step"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                return lines[:-1]
+            raise DataError(f"{path}, line {number}, is not a metrics record ({line[:40]!r}); "
+                            "repair or remove that line, then resume again") from None
+    return lines
 
 
 def read_metrics(path: Path) -> list[dict]:

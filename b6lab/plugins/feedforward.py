@@ -64,17 +64,17 @@ class ReLU2(nn.Module):
         return self.down(F.relu(self.up(x)).square())
 
 
-def gelu(d_model: int, d_ff: int | None, *, bias: bool = False):
+def gelu(d_model: int, d_ff: int | None = None, bias: bool = False):
     """GELU MLP, GPT-2's; d_ff defaults to 4 * d_model."""
     return GELU(d_model, d_ff or 4 * d_model, bias)
 
 
-def relu2(d_model: int, d_ff: int | None, *, bias: bool = False):
+def relu2(d_model: int, d_ff: int | None = None, bias: bool = False):
     """Squared-ReLU MLP (Primer); d_ff defaults to 4 * d_model."""
     return ReLU2(d_model, d_ff or 4 * d_model, bias)
 
 
-def swiglu(d_model: int, d_ff: int | None, *, bias: bool = False, ff_match_dense: bool = False, ff_multiple_of: int = 16):
+def swiglu(d_model: int, d_ff: int | None = None, bias: bool = False, *, ff_match_dense: bool = False, ff_multiple_of: int = 16):
     """SwiGLU (LLaMA): d_ff is the gated width; unset, 2/3 of 4 * d_model (the GELU MLP's parameters)."""
     if ff_multiple_of < 1:
         raise ConfigError(f"must be at least 1, got {ff_multiple_of}", key="model.ff_multiple_of")

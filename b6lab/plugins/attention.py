@@ -27,14 +27,17 @@ FLASH_V3 = Requirements(
     cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(9, 0), max_capability=(9, 0),
     module="flash_attn_interface", dropout=False,
 )
-# flash-attn 4 (the flash-attn-4 package, CuTe DSL kernels): Hopper and Blackwell, no dropout.
+# flash-attn 4 (the flash-attn-4 package, CuTe DSL kernels): Hopper and data-centre Blackwell
+# (sm90, sm100, sm110; not the sm120 consumer parts), no dropout.
 FLASH_V4 = Requirements(
-    cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(9, 0), module="flash_attn.cute", dropout=False,
+    cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(9, 0), max_capability=(11, 9),
+    module="flash_attn.cute", dropout=False,
 )
 # auto takes flash-v4 on Blackwell, where it is the kernel written for the chip; on Hopper flash-v3
 # (tuned for it) stays first until a measurement there says otherwise.
 FLASH_V4_AUTO = Requirements(
-    cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(10, 0), module="flash_attn.cute", dropout=False,
+    cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(10, 0), max_capability=(11, 9),
+    module="flash_attn.cute", dropout=False,
 )
 # flex_attention has no backward pass on a CPU (torch 2.13); it trains on CUDA GPUs.
 FLEX = Requirements(cuda=True, dropout=False)

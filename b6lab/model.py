@@ -129,12 +129,11 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, rope, docs: Documents | None = None, cache: KVCache | None = None):
         B, S, C = x.shape
         H, K = self.n_heads, self.n_kv_heads
-        qkv = self.qkv(x).view(B, S, H + 2 * K, self.head_dim)
-        if self.q_norm is None:
-            qk = apply_rope(qkv[:, :, : H + K], *rope)  # queries and keys in one pass
-        else:
-            qk = apply_rope(torch.cat([self.q_norm(qkv[:, :, :H]), self.k_norm(qkv[:, :, H : H + K])], dim=2), *rope)
-        q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + K :]
+        qk, v = self.qkv(x).view(B, S, H + 2 * K, self.head_dim).split([H + K, K], dim=2)
+        if self.q_norm is not None:
+            q, k = qk.split([H, K], dim=2)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
+        q, k = apply_rope(qk, *rope).split([H, K], dim=2)  # queries and keys rotated in one pass
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, S, head_dim)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)

@@ -31,7 +31,7 @@ def build(*overrides, attention="sdpa"):
     return cfg, model
 
 
-def train_losses(*overrides, steps=3):
+def train_losses(*overrides, steps=2):
     cfg, model = build(*overrides)
     optimizer = parts.build_optimizer(cfg.optim, model)
     schedule = parts.build_schedule(cfg.schedule, steps)
@@ -40,7 +40,7 @@ def train_losses(*overrides, steps=3):
     for step in range(steps):
         for group, lr in zip(optimizer.param_groups, base):
             group["lr"] = lr * schedule(step)
-        loss = model.train()(BATCH[:, :-1], BATCH[:, 1:])
+        loss = model.train()(BATCH[:2, :32], BATCH[:2, 1:33])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

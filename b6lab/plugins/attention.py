@@ -39,8 +39,15 @@ FLASH_V4_AUTO = Requirements(
     cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(10, 0), max_capability=(11, 9),
     module="flash_attn.cute", dropout=False,
 )
-# flex_attention has no backward pass on a CPU (torch 2.13); it trains on CUDA GPUs.
-FLEX = Requirements(cuda=True, dropout=False)
+FLEX_NEEDS = Requirements(cuda=True, dropout=False)
+
+
+def flex_unavailable(**context) -> str | None:
+    """flex_attention has no backward pass on a CPU (torch 2.13), so it trains on CUDA GPUs only."""
+    reason = FLEX_NEEDS(**context)
+    if reason and "CUDA" in reason:
+        return f"{reason}; torch {torch.__version__.split('+')[0]} has no FlexAttention backward pass on a CPU"
+    return reason
 # What `auto` tries, best first; sdpa always runs.
 AUTO_ORDER = ("flash-v4", "flash-v3", "flash-v2", "sdpa")
 
@@ -220,5 +227,5 @@ def b6lab_register_attention(register):
     register("flash-v2", flash_v2, unavailable=FLASH_V2)
     register("flash-v3", flash_v3, unavailable=FLASH_V3)
     register("flash-v4", flash_v4, unavailable=FLASH_V4)
-    register("flex", flex, unavailable=FLEX)
+    register("flex", flex, unavailable=flex_unavailable)
     register("auto", auto)

@@ -133,6 +133,8 @@ def muon(
     adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_weight_decay: float = 0.1,
 ):
     """Muon (Jordan et al. 2024, torch.optim.Muon) on the blocks' 2-D weights; AdamW on embeddings, head, norms, biases."""
+    if adjust_lr_fn not in ("original", "match_rms_adamw"):
+        raise ConfigError(f"must be original or match_rms_adamw, got {adjust_lr_fn!r}", key="optim.adjust_lr_fn")
     if any("param_names" not in group for group in param_groups):
         raise ConfigError("muon routes parameters by name, and these groups have no param_names", key="optim.name")
     muon_groups, adamw_groups = [], []

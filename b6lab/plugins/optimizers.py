@@ -92,8 +92,9 @@ def adamw(param_groups, *, lr: float = 1e-3, weight_decay: float = 0.1, betas: t
 
 def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
     """Muon's share: the 2-D weights inside the blocks (attention and feed-forward projections).
-    The embedding, the LM head (tied to it or not), norms and biases are not hidden matrices."""
-    return param.dim() == 2 and name.startswith("blocks.")
+    The embedding, the LM head (tied to it or not), norms and biases are not hidden matrices.
+    (A wrapped model's names have a prefix: DDP's "module.blocks.0...".)"""
+    return param.dim() == 2 and (name.startswith("blocks.") or ".blocks." in name)
 
 
 class MuonAdamW(torch.optim.Optimizer):

@@ -48,6 +48,8 @@ def flex_unavailable(**context) -> str | None:
     if reason and "CUDA" in reason:
         return f"{reason}; torch {torch.__version__.split('+')[0]} has no FlexAttention backward pass on a CPU"
     return reason
+
+
 # What `auto` tries, best first; sdpa always runs.
 AUTO_ORDER = ("flash-v4", "flash-v3", "flash-v2", "sdpa")
 

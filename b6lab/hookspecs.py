@@ -22,7 +22,12 @@ def b6lab_register_attention(register):
 
 @hookspec
 def b6lab_register_norm(register):
-    """Register norm placements: factory(d_model, n_layers, **options) -> residual block wiring (nn.Module)."""
+    """Register norm placements: factory(d_model, n_layers, make_norm=nn.LayerNorm, **options) -> residual block wiring (nn.Module)."""
+
+
+@hookspec
+def b6lab_register_feedforward(register):
+    """Register feed-forwards: factory(d_model, d_ff, *, bias, **options) -> nn.Module on (batch, seq, d_model)."""
 
 
 @hookspec

@@ -6,6 +6,7 @@ cannot run here is an error saying why; only `auto` chooses quietly, and reports
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,12 +14,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from b6lab import registry
+from b6lab import cpu_bf16, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
 from b6lab.data.documents import Corpus
 from b6lab.errors import ConfigError, PluginError
-from b6lab.model import B6
+from b6lab.model import B6, NORM_LAYERS
 
 
 def plugin_kwargs(section, reg: registry.Registration) -> dict:
@@ -37,7 +38,8 @@ def usable(kind: str, name: str, **context) -> registry.Registration:
 
 def why_unavailable(cfg: RunConfig, context: AttentionContext) -> str | None:
     """Why the first of the run's plugins that cannot run in `context` can't, or None."""
-    choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("optimizer", cfg.optim.name),
+    choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("feedforward", cfg.model.feedforward),
+               ("optimizer", cfg.optim.name),
                ("scheduler", cfg.schedule.name), ("dataset", cfg.data.source), ("tokenizer", cfg.data.tokenizer)]
     for kind, name in choices:
         reason = registry.get(kind, name).why_unavailable(**context.as_kwargs())
@@ -57,28 +59,61 @@ def build_attention(cfg: ModelConfig, context: AttentionContext):
     return backend, getattr(backend, "chosen", cfg.attention)
 
 
-def build_model(cfg: ModelConfig, context: AttentionContext) -> tuple[B6, str]:
+def build_model(cfg: ModelConfig, context: AttentionContext, z_loss: float = 0.0) -> tuple[B6, str]:
+    """The model and the name of its attention backend; z_loss is train.z_loss (0 off)."""
     backend, chosen = build_attention(cfg, context)
-    norm = registry.get("norm", cfg.norm)
-    options = plugin_kwargs(cfg, norm)
+    model = B6(cfg, backend, norm_placement(cfg), feedforward(cfg))
+    model.z_loss = z_loss
+    if cpu_bf16.emulated(context.dtype, context.device):
+        cpu_bf16.use_fp32_gemm(model)
+    return model, chosen
 
-    def norm_placement(d_model, n_layers):
-        return norm.build(d_model, n_layers, **options)
 
-    norm_placement.__name__ = cfg.norm
-    return B6(cfg, backend, norm_placement), chosen
+def norm_placement(cfg: ModelConfig):
+    """factory(d_model, n_layers) -> the block wiring of model.norm, with model.norm_layer's norms."""
+    reg = registry.get("norm", cfg.norm)
+    options = plugin_kwargs(cfg, reg)
+    if "make_norm" in inspect.signature(reg.factory).parameters:
+        options["make_norm"] = NORM_LAYERS[cfg.norm_layer]
+    elif cfg.norm_layer != "layernorm":
+        raise ConfigError(
+            f"norm placement {cfg.norm!r} builds its own norms (its factory takes no make_norm), so it "
+            f"cannot use {cfg.norm_layer}; leave model.norm_layer at layernorm or pick another placement",
+            key="model.norm_layer",
+        )
+
+    def build(d_model, n_layers):
+        return reg.build(d_model, n_layers, **options)
+
+    build.__name__ = cfg.norm
+    return build
+
+
+def feedforward(cfg: ModelConfig):
+    """factory(d_model, d_ff) -> the feed-forward of model.feedforward, with model.bias."""
+    reg = registry.get("feedforward", cfg.feedforward)
+    options = {key: value for key, value in plugin_kwargs(cfg, reg).items() if key != "bias"}
+
+    def build(d_model, d_ff):
+        return reg.build(d_model, d_ff, bias=cfg.bias, **options)
+
+    build.__name__ = cfg.feedforward
+    return build
 
 
 def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
-    """Weight matrices decay; norms, biases (and embeddings unless decay_embeddings) do not."""
+    """Weight matrices decay; norms, biases (and embeddings unless decay_embeddings) do not.
+    Each group carries its parameters' names (torch's "param_names"), by which Muon routes them."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for param in model.parameters():  # each shared (tied) tensor once
+    decay, no_decay = {"params": [], "param_names": []}, {"params": [], "param_names": [], "weight_decay": 0.0}
+    for name, param in model.named_parameters():  # each shared (tied) tensor once
         if not param.requires_grad:
             continue
         is_matrix = param.dim() >= 2 and (decay_embeddings or id(param) not in embeddings)
-        (decay if is_matrix else no_decay).append(param)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        group = decay if is_matrix else no_decay
+        group["params"].append(param)
+        group["param_names"].append(name)
+    return [decay, no_decay]
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -152,8 +187,8 @@ def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
     """Build the cheap parts once, so a bad plugin option fails before any compute is spent.
     Returns the name of the attention backend that runs (what `auto` chose)."""
     _, attention = build_attention(cfg.model, context)
-    norm = registry.get("norm", cfg.model.norm)
-    norm.build(cfg.model.d_model, cfg.model.n_layers, **plugin_kwargs(cfg.model, norm))
+    norm_placement(cfg.model)(cfg.model.d_model, cfg.model.n_layers)
+    feedforward(cfg.model)(cfg.model.d_model, cfg.model.d_ff)
     build_schedule(cfg.schedule, cfg.train.max_steps)
     check_optimizer_options(cfg.optim, usable("optimizer", cfg.optim.name))
     usable("dataset", cfg.data.source)

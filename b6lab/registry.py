@@ -23,11 +23,12 @@ import b6lab
 from b6lab import hookspecs
 from b6lab.errors import PluginError, unknown
 
-KINDS = ("attention", "norm", "optimizer", "scheduler", "dataset", "tokenizer")
+KINDS = ("attention", "norm", "feedforward", "optimizer", "scheduler", "dataset", "tokenizer")
 
 BUILTIN_PLUGINS = (
     "b6lab.plugins.attention",
     "b6lab.plugins.norms",
+    "b6lab.plugins.feedforward",
     "b6lab.plugins.optimizers",
     "b6lab.plugins.schedulers",
     "b6lab.plugins.datasets",

@@ -121,7 +121,7 @@ class Trainer:
         context = AttentionContext(self.device, compute_dtype, model_cfg.head_dim, model_cfg.dropout)
         model_cfg = replace(model_cfg, gradient_checkpointing=self.plan.gradient_checkpointing)
         self.model_cfg = model_cfg
-        self.model, self.attention = parts.build_model(model_cfg, context)
+        self.model, self.attention = parts.build_model(model_cfg, context, z_loss=cfg.train.z_loss)
         self.model.to(self.device)
         self.optimizer = parts.build_optimizer(cfg.optim, self.model)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]

@@ -22,6 +22,7 @@ COMMANDS = {
     "bench": "b6lab.commands.bench",
     "generate": "b6lab.commands.generate",
     "eval": "b6lab.commands.eval",
+    "export": "b6lab.commands.export",
     
 }
 

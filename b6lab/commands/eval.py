@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the text to evaluate on, with training's data keys (repeatable); also train.batch_size, train.eval_steps",
     )
     parser.add_argument("--split", choices=("val", "train", "all"), default="val",
-                        help="which part of the data: val (default), train, or all of it")
+                        help="which part of the data: val (default), train, or all: the train part then the val part "
+                        "(of a single text file, the whole file, with an end-of-text token between the two)")
     parser.add_argument("--max-batches", type=int, help="read at most this many batches (default: the whole split, "
                         "or train.eval_steps x grad_accum_steps when --set gives train.eval_steps)")
     parser.add_argument("--task", metavar="FILE.jsonl", help="a multiple-choice task: lines of "

@@ -62,8 +62,8 @@ def hf_architecture(config: dict) -> str:
     model, plugins = config["model"], config.get("run", {}).get("plugins", {})
 
     def refuse(kind: str, name: str) -> UsageError:
-        source = plugins.get(kind, {}).get("source")
-        origin = f" (from {source})" if source else ""
+        recorded = plugins.get(kind, {})
+        origin = f" (from {recorded['source']})" if recorded.get("name") == name and recorded.get("source") else ""
         return UsageError(f"{kind} plugin {name!r}{origin} has no Hugging Face form that --format hf can write; "
                           "--format safetensors writes the weights of any model")
 

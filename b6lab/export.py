@@ -32,9 +32,11 @@ FORMATS = ("hf", "safetensors")
 # Attention backends that all compute softmax(q k^T * scale) v with a causal mask: any of them exports.
 EXACT_ATTENTION = ("auto", "eager", "sdpa", "flash-v1", "flash-v2", "flash-v3", "flash-v4", "flex")
 PLACEMENTS = ("pre", "post", "sandwich", "deepnorm")  # the ones hf/modeling_b6.py restates
-# model.* keys that change nothing the exported model computes, or that every exported form expresses.
+# model.* keys that change nothing the exported model computes (sdpa_kernel picks a kernel for the
+# same math), or that every exported form expresses.
 EXPRESSED_KEYS = {"vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "dropout", "bias", "attn_bias",
-                  "softmax_scale", "rope_theta", "tie_embeddings", "gradient_checkpointing", "attention", "norm"}
+                  "softmax_scale", "rope_theta", "tie_embeddings", "gradient_checkpointing", "attention", "norm",
+                  "sdpa_kernel"}
 # Newer model options, exportable at the value that leaves the B6 as it was.
 PLAIN_VALUES = {"norm_layer": ("layernorm",), "feedforward": ("gelu",), "qk_norm": (False, None),
                 "logit_softcap": (None, 0, 0.0), "n_kv_heads": (None,)}
@@ -76,8 +78,8 @@ def hf_architecture(config: dict) -> str:
     for key, value in model.items():
         plain = PLAIN_VALUES.get(key, ()) + ((model["n_heads"],) if key == "n_kv_heads" else ())
         if key not in EXPRESSED_KEYS and value not in plain:
-            raise UsageError(f"model.{key}={value!r} is not something --format hf can express (it writes the "
-                             f"B6 with {', '.join(f'{k}={v[0]}' for k, v in PLAIN_VALUES.items())}); "
+            raise UsageError(f"model.{key}={value!r} is not something --format hf can express (it writes B6s with "
+                             "layernorm, gelu, n_kv_heads = n_heads, no qk_norm and no logit_softcap); "
                              "--format safetensors writes the weights of any model")
     head_dim = model["d_model"] // model["n_heads"]
     default_scale = model["softmax_scale"] is None or math.isclose(model["softmax_scale"], head_dim**-0.5)

@@ -1,10 +1,12 @@
 """Writing a checkpoint in other formats: `hf` (a folder transformers' Auto classes load) and
 `safetensors` (the weights and config alone).
 
-hf: a Pre-LN B6 becomes a GPT-NeoX (the same math, hf/neox.py), which every transformers
-install loads with no extra code. Every other built-in placement (post, sandwich, deepnorm), and
-a Pre-LN B6 with a softmax scale of its own, becomes `B6ForCausalLM` (model_type "b6",
-hf/modeling_b6.py), written into the folder as trust_remote_code files: the folder then loads
+hf: the plain Pre-LN B6 (LayerNorm, GELU, multi-head attention, the default softmax scale)
+becomes a GPT-NeoX (the same math, hf/neox.py), which every transformers install loads with no
+extra code. Every other built-in choice (post, sandwich, peri, deepnorm; RMSNorm; SwiGLU, squared
+ReLU; grouped-query attention, QK-norm, logit soft-capping, a softmax scale of its own) becomes
+`B6ForCausalLM` (model_type "b6", hf/modeling_b6.py), written into the folder as
+trust_remote_code files: the folder then loads
 wherever transformers does, without b6lab installed (lm-eval's `hf` model, a colleague's
 notebook), at the price of `trust_remote_code=True`. A b6lab import that registered the classes
 would load without that flag but only where b6lab is installed. Either way the export checks its
@@ -31,15 +33,16 @@ FORMATS = ("hf", "safetensors")
 
 # Attention backends that all compute softmax(q k^T * scale) v with a causal mask: any of them exports.
 EXACT_ATTENTION = ("auto", "eager", "sdpa", "flash-v1", "flash-v2", "flash-v3", "flash-v4", "flex")
-PLACEMENTS = ("pre", "post", "sandwich", "deepnorm")  # the ones hf/modeling_b6.py restates
-# model.* keys that change nothing the exported model computes (sdpa_kernel picks a kernel for the
-# same math), or that every exported form expresses.
-EXPRESSED_KEYS = {"vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "dropout", "bias", "attn_bias",
-                  "softmax_scale", "rope_theta", "tie_embeddings", "gradient_checkpointing", "attention", "norm",
-                  "sdpa_kernel"}
-# Newer model options, exportable at the value that leaves the B6 as it was.
-PLAIN_VALUES = {"norm_layer": ("layernorm",), "feedforward": ("gelu",), "qk_norm": (False, None),
-                "logit_softcap": (None, 0, 0.0), "n_kv_heads": (None,)}
+# What hf/modeling_b6.py restates: the built-in norm placements, norm layers and feed-forwards.
+PLACEMENTS = ("pre", "post", "sandwich", "peri", "deepnorm")
+NORM_LAYERS = ("layernorm", "layernorm-nobias", "rmsnorm")
+FEEDFORWARDS = ("gelu", "swiglu", "relu2")
+# model.* keys the exported model expresses, or that change nothing it computes: sdpa_kernel picks
+# a kernel for the same math; ff_match_dense and ff_multiple_of only size SwiGLU, which the weights show.
+EXPRESSED_KEYS = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "dropout", "bias",
+                  "attn_bias", "softmax_scale", "rope_theta", "tie_embeddings", "gradient_checkpointing", "attention",
+                  "norm", "norm_layer", "feedforward", "qk_norm", "logit_softcap", "sdpa_kernel", "ff_match_dense",
+                  "ff_multiple_of"}
 MAX_LOGIT_DIFFERENCE = 1e-4
 
 
@@ -73,17 +76,21 @@ def hf_architecture(config: dict) -> str:
         raise refuse("attention", model["attention"])
     if model["norm"] not in PLACEMENTS:
         raise refuse("norm", model["norm"])
-    if model.get("feedforward", "gelu") not in PLAIN_VALUES["feedforward"]:
+    if model.get("feedforward", "gelu") not in FEEDFORWARDS:
         raise refuse("feedforward", model["feedforward"])
+    if model.get("norm_layer", "layernorm") not in NORM_LAYERS:
+        raise UsageError(f"model.norm_layer={model['norm_layer']!r} has no Hugging Face form that --format hf can write "
+                         f"(it knows {', '.join(NORM_LAYERS)}); --format safetensors writes the weights of any model")
     for key, value in model.items():
-        plain = PLAIN_VALUES.get(key, ()) + ((model["n_heads"],) if key == "n_kv_heads" else ())
-        if key not in EXPRESSED_KEYS and value not in plain:
-            raise UsageError(f"model.{key}={value!r} is not something --format hf can express (it writes B6s with "
-                             "layernorm, gelu, n_kv_heads = n_heads, no qk_norm and no logit_softcap); "
-                             "--format safetensors writes the weights of any model")
+        if key not in EXPRESSED_KEYS:
+            raise UsageError(f"model.{key}={value!r} is not something --format hf can express (b6lab export does not "
+                             "know it); --format safetensors writes the weights of any model")
     head_dim = model["d_model"] // model["n_heads"]
     default_scale = model["softmax_scale"] is None or math.isclose(model["softmax_scale"], head_dim**-0.5)
-    return "gpt_neox" if model["norm"] == "pre" and default_scale else "b6"
+    plain = (model["norm"] == "pre" and model.get("norm_layer", "layernorm") == "layernorm"
+             and model.get("feedforward", "gelu") == "gelu" and model.get("n_kv_heads") in (None, model["n_heads"])
+             and not model.get("qk_norm") and not model.get("logit_softcap") and default_scale)
+    return "gpt_neox" if plain else "b6"
 
 
 def _write_safetensors(folder: Path, config: dict, out: Path) -> str:
@@ -102,7 +109,8 @@ def _write_hf(folder: Path, config: dict, out: Path, architecture: str) -> str:
     from b6lab.hf.tokenizer import hf_tokenizer
 
     b6, tokenizer, _ = load_for_sampling(folder, "cpu")
-    model_cfg = {**config["model"], "d_ff": b6.cfg.ff_dim}
+    # The feed-forward's width as built (SwiGLU sizes itself when model.d_ff is unset).
+    model_cfg = {**config["model"], "d_ff": b6.blocks[0].ffn.up.weight.size(0)}
     vocab_size, state = b6.cfg.vocab_size, b6.state_dict()
     if architecture == "gpt_neox":
         from transformers import GPTNeoXForCausalLM
@@ -116,10 +124,14 @@ def _write_hf(folder: Path, config: dict, out: Path, architecture: str) -> str:
 
         hf_config = B6Config(
             vocab_size=vocab_size, hidden_size=model_cfg["d_model"], num_hidden_layers=model_cfg["n_layers"],
-            num_attention_heads=model_cfg["n_heads"], intermediate_size=model_cfg["d_ff"],
-            max_position_embeddings=model_cfg["max_seq_len"], norm_placement=model_cfg["norm"], mlp_bias=model_cfg["bias"],
-            attention_bias=model_cfg["attn_bias"], softmax_scale=model_cfg["softmax_scale"], rope_theta=model_cfg["rope_theta"],
-            tie_word_embeddings=model_cfg["tie_embeddings"], bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id,
+            num_attention_heads=model_cfg["n_heads"], num_key_value_heads=model_cfg.get("n_kv_heads"),
+            intermediate_size=model_cfg["d_ff"], max_position_embeddings=model_cfg["max_seq_len"],
+            norm_placement=model_cfg["norm"], norm_layer=model_cfg.get("norm_layer", "layernorm"),
+            feedforward=model_cfg.get("feedforward", "gelu"), mlp_bias=model_cfg["bias"],
+            attention_bias=model_cfg["attn_bias"], qk_norm=bool(model_cfg.get("qk_norm")),
+            softmax_scale=model_cfg["softmax_scale"], logit_softcap=model_cfg.get("logit_softcap"),
+            rope_theta=model_cfg["rope_theta"], tie_word_embeddings=model_cfg["tie_embeddings"],
+            bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id,
         )
         B6Config.register_for_auto_class()
         B6ForCausalLM.register_for_auto_class("AutoModelForCausalLM")

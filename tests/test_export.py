@@ -167,15 +167,37 @@ def test_safetensors_holds_every_weight_under_b6labs_names(runs, tmp_path, capsy
         assert torch.equal(model.eval()(probe), b6(probe))
 
 
+MODEL_OPTIONS = [  # the model options of issue 11, each set exported as B6ForCausalLM
+    ["model.norm=peri"],
+    ["model.norm_layer=rmsnorm", "model.feedforward=swiglu", "model.n_kv_heads=1"],
+    ["model.norm_layer=layernorm-nobias", "model.qk_norm=true", "model.logit_softcap=5.0", "model.feedforward=relu2",
+     "model.bias=true"],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", MODEL_OPTIONS, ids=lambda o: ",".join(x.split(".", 1)[1] for x in o))
+def test_model_options_export_as_b6_for_causal_lm(tmp_path, capsys, overrides):
+    from b6lab import registry
+    from b6lab.config import ModelConfig
+
+    registry.load_plugins()
+    keys = {o.split("=")[0].split(".")[1] for o in overrides}
+    if not keys <= set(ModelConfig.__dataclass_fields__) or ("model.norm=peri" in overrides
+                                                             and "peri" not in registry.registrations("norm")):
+        pytest.skip("this b6lab has no such model options yet")
+    run = make_loud(train(tmp_path / "run", *overrides))
+    code, out, err = export_cli(capsys, run, tmp_path / "hf")
+    assert code == 0, err
+    assert_round_trip(run, tmp_path / "hf", "B6ForCausalLM", trust_remote_code=True)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"norm": "my-norm"}, "norm plugin 'my-norm' has no Hugging Face form"),
     ({"attention": "sliding-window"}, "attention plugin 'sliding-window' has no Hugging Face form"),
-    ({"feedforward": "swiglu"}, "feedforward plugin 'swiglu' has no Hugging Face form"),
-    ({"norm_layer": "rmsnorm"}, "model.norm_layer='rmsnorm' is not something --format hf can express"),
-    ({"n_kv_heads": 1}, "model.n_kv_heads=1"),
-    ({"qk_norm": True}, "model.qk_norm=True"),
-    ({"logit_softcap": 30.0}, "model.logit_softcap=30.0"),
-    ({"window": 16}, "model.window=16"),
+    ({"feedforward": "geglu"}, "feedforward plugin 'geglu' has no Hugging Face form"),
+    ({"norm_layer": "scalenorm"}, "model.norm_layer='scalenorm' has no Hugging Face form"),
+    ({"window": 16}, "model.window=16 is not something --format hf can express"),
 ])
 def test_what_hf_cannot_express_is_refused_by_name(runs, tmp_path, capsys, change, message):
     """Options other engineers add to the model (the config a checkpoint carries) fail safe."""

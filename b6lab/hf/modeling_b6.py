@@ -3,9 +3,10 @@
 `b6lab export --format hf` copies this file into the exported folder, and its config.json's
 auto_map points at it, so `from_pretrained(folder, trust_remote_code=True)` works wherever torch
 and transformers are installed, without b6lab. It is self-contained for that reason: it imports
-nothing from b6lab, and restates b6lab/model.py's math (RoPE with half-split pairs, tanh GELU,
-LayerNorm, the built-in norm placements) with the same module names, so b6lab's state dict loads
-into it key for key. tests/test_export.py checks that the logits agree.
+nothing from b6lab, and restates b6lab/model.py's math (RoPE with half-split pairs; the built-in
+norm placements, norm layers and feed-forwards; grouped-query attention, QK-norm, logit
+soft-capping) with the same module names, so b6lab's state dict loads into it key for key.
+`b6lab export` compares the logits before writing, and tests/test_export.py after loading.
 """
 
 from __future__ import annotations
@@ -26,16 +27,26 @@ class B6Config(PretrainedConfig):
     model_type = "b6"
 
     def __init__(self, vocab_size=256, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                 intermediate_size=1024, max_position_embeddings=256, norm_placement="pre", mlp_bias=False,
-                 attention_bias=False, softmax_scale=None, rope_theta=10000.0, layer_norm_eps=1e-5,
-                 initializer_range=0.02, tie_word_embeddings=True, **kwargs):
+                 num_key_value_heads=None, intermediate_size=1024, max_position_embeddings=256, norm_placement="pre",
+                 norm_layer="layernorm", feedforward="gelu", mlp_bias=False, attention_bias=False, qk_norm=False,
+                 softmax_scale=None, logit_softcap=None, rope_theta=10000.0, initializer_range=0.02,
+                 tie_word_embeddings=True, **kwargs):
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
         self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
+        self.num_key_value_heads = num_key_value_heads or num_attention_heads
         self.intermediate_size, self.max_position_embeddings = intermediate_size, max_position_embeddings
-        self.norm_placement, self.mlp_bias, self.attention_bias = norm_placement, mlp_bias, attention_bias
-        self.softmax_scale, self.rope_theta, self.layer_norm_eps = softmax_scale, rope_theta, layer_norm_eps
+        self.norm_placement, self.norm_layer, self.feedforward = norm_placement, norm_layer, feedforward
+        self.mlp_bias, self.attention_bias, self.qk_norm = mlp_bias, attention_bias, qk_norm
+        self.softmax_scale, self.logit_softcap, self.rope_theta = softmax_scale, logit_softcap, rope_theta
         self.initializer_range = initializer_range
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+
+NORM_LAYERS = {
+    "layernorm": lambda dim: nn.LayerNorm(dim),
+    "layernorm-nobias": lambda dim: nn.LayerNorm(dim, bias=False),
+    "rmsnorm": lambda dim: nn.RMSNorm(dim, eps=1e-5),
+}
 
 
 class PreLN(nn.Module):
@@ -75,6 +86,10 @@ class SandwichLN(nn.Module):
         return x + self.ln_ffn_out(ffn(self.ln_ffn_in(x)))
 
 
+class PeriLN(SandwichLN):
+    embedding_norm = True  # and a norm on the embeddings
+
+
 class DeepNorm(nn.Module):
     final_norm = False
 
@@ -88,11 +103,11 @@ class DeepNorm(nn.Module):
         return self.ln_ffn(self.alpha * x + ffn(x))
 
 
-PLACEMENTS = {"pre": PreLN, "post": PostLN, "sandwich": SandwichLN, "deepnorm": DeepNorm}
+PLACEMENTS = {"pre": PreLN, "post": PostLN, "sandwich": SandwichLN, "peri": PeriLN, "deepnorm": DeepNorm}
 
 
-def _norm(config):
-    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+def _norm(config, dim=None):
+    return NORM_LAYERS[config.norm_layer](dim or config.hidden_size)
 
 
 def apply_rope(x, cos, sin):
@@ -103,33 +118,54 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
+    """n_heads query heads and n_kv_heads key/value heads (fewer: grouped-query), from one fused
+    projection whose rows are all query heads, then all key heads, then all value heads."""
+
     def __init__(self, config, layer: int):
         super().__init__()
         d = config.hidden_size
-        self.qkv = nn.Linear(d, 3 * d, bias=config.attention_bias)
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = d // self.n_heads
+        self.qkv = nn.Linear(d, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=config.attention_bias)
         self.proj = nn.Linear(d, d, bias=config.attention_bias)
-        self.n_heads, self.head_dim = config.num_attention_heads, d // config.num_attention_heads
+        self.q_norm = _norm(config, self.head_dim) if config.qk_norm else None
+        self.k_norm = _norm(config, self.head_dim) if config.qk_norm else None
         self.scale = config.softmax_scale or self.head_dim**-0.5
         self.layer = layer
 
     def forward(self, x, rope, mask, cache):
         B, S, C = x.shape
-        q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        H, K = self.n_heads, self.n_kv_heads
+        q, k, v = self.qkv(x).view(B, S, H + 2 * K, self.head_dim).split([H, K, K], dim=2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v, self.layer)
+        if K != H:
+            k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
         causal = mask is None and S > 1
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(B, S, C))
 
 
 class FeedForward(nn.Module):
+    """gelu: down(gelu_tanh(up x)); relu2: down(relu(up x)^2); swiglu: down(silu(gate x) * up x)."""
+
     def __init__(self, config):
         super().__init__()
+        self.kind = config.feedforward
+        if self.kind == "swiglu":
+            self.gate = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.up = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x):
+        if self.kind == "swiglu":
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        if self.kind == "relu2":
+            return self.down(F.relu(self.up(x)).square())
         return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
@@ -155,9 +191,11 @@ class B6ForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         if config.norm_placement not in PLACEMENTS:
             raise ValueError(f"norm_placement {config.norm_placement!r} is not one of {', '.join(PLACEMENTS)}")
+        placement = PLACEMENTS[config.norm_placement]
         self.tok_emb = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.emb_norm = _norm(config) if getattr(placement, "embedding_norm", False) else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
-        self.final_norm = _norm(config) if PLACEMENTS[config.norm_placement].final_norm else nn.Identity()
+        self.final_norm = _norm(config) if placement.final_norm else nn.Identity()
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -197,9 +235,13 @@ class B6ForCausalLM(PreTrainedModel, GenerationMixin):
         if past or (attention_mask is not None and not bool(attention_mask.all())):
             mask = _attention_mask(attention_mask, B, S, past, input_ids.device)
         x = self.tok_emb(input_ids)
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         for block in self.blocks:
             x = block(x, rope, mask, cache)
         logits = self.lm_head(self.final_norm(x))
+        if self.config.logit_softcap:
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)

@@ -1,7 +1,7 @@
 """Export a checkpoint: --format hf writes a folder transformers' Auto classes load; --format safetensors the weights and config alone.
 
 CHECKPOINT is a checkpoint folder or a run folder (its best checkpoint, else its last). A Pre-LN
-B6 exports as a GPT-NeoX; other norm placements as B6ForCausalLM, loaded with
+B6 exports as a GPT-NeoX; every other built-in choice as B6ForCausalLM, loaded with
 trust_remote_code=True. A plugin or option the hf format cannot express is refused by name.
 """
 

@@ -33,7 +33,7 @@ def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, objec
     folder = checkpoint_folder(path)
     model_state, _, config = checkpoint.load(folder)
     cfg = config_from_dict(config)
-    tokenizer_path = folder / TOKENIZER_FILE
+    tokenizer_path = checkpoint.find(folder) / TOKENIZER_FILE
     if tokenizer_path.exists():
         with open(tokenizer_path, "rb") as f:
             tokenizer = pickle.load(f)

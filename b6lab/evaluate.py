@@ -102,7 +102,6 @@ def evaluate_text(ckpt: Checkpoint, *, split: str = "val", max_batches: int | No
     source = build_source(cfg.data, split)
     blocks = split_blocks(source, tokenizer, split, cfg.seq_len)
     byte_lengths = token_byte_lengths(tokenizer).to(device)
-    autocast = (torch.autocast(device.type, dtype=PRECISIONS[precision]) if PRECISIONS[precision] else contextlib.nullcontext())
     loss_sum, tokens, n_bytes, batches = 0.0, 0, 0, 0
     while max_batches is None or batches < max_batches:
         batch = list(itertools.islice(blocks, cfg.train.batch_size))
@@ -111,7 +110,7 @@ def evaluate_text(ckpt: Checkpoint, *, split: str = "val", max_batches: int | No
         tokens_in = torch.from_numpy(np.stack(batch)).to(device)
         x, y = tokens_in[:, :-1], tokens_in[:, 1:]
         docs = Documents.from_tokens(x, tokenizer.eos_id) if cfg.data.doc_masking else None
-        with autocast:
+        with autocast(device, precision):
             mean_loss = model(x, y, docs=docs).float().item()
         loss_sum += mean_loss * y.numel()
         tokens += y.numel()
@@ -125,6 +124,12 @@ def evaluate_text(ckpt: Checkpoint, *, split: str = "val", max_batches: int | No
             "evaluate on more text or set a shorter data.seq_len"
         )
     return {"checkpoint": str(ckpt.folder), "data": source.fingerprint, "split": split, **_figures(loss_sum, tokens, n_bytes, batches)}
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of `precision` (fp32: none)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def _figures(loss_sum: float, tokens: int, n_bytes: int, batches: int) -> dict:

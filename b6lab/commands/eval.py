@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from b6lab.config import parse_override
     from b6lab.errors import UsageError
-    from b6lab.evaluate import evaluate_text, load_checkpoint
+    from b6lab.evaluate import autocast, evaluate_text, load_checkpoint
 
     for name in ("max_batches", "limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -52,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
         from b6lab.multiple_choice import evaluate_choices, read_task
 
         questions = read_task(args.task, args.limit)
-        figures = evaluate_choices(
-            ckpt.model, ckpt.tokenizer, questions, max_length=ckpt.cfg.model.max_seq_len,
-            batch_size=ckpt.cfg.train.batch_size, target_delimiter=args.target_delimiter,
-            on_batch=lambda done, total: progress.show(done, total, f"{done}/{total} choices scored"),
-        )
+        with autocast(next(ckpt.model.parameters()).device, args.precision):
+            figures = evaluate_choices(
+                ckpt.model, ckpt.tokenizer, questions, max_length=ckpt.cfg.model.max_seq_len,
+                batch_size=ckpt.cfg.train.batch_size, target_delimiter=args.target_delimiter,
+                on_batch=lambda done, total: progress.show(done, total, f"{done}/{total} choices scored"),
+            )
         figures = {"checkpoint": str(ckpt.folder), "task": args.task, **figures}
     else:
         max_batches = args.max_batches

@@ -123,7 +123,8 @@ def evaluate_text(ckpt: Checkpoint, *, split: str = "val", max_batches: int | No
             f"the {split} split of {source.fingerprint} holds fewer than data.seq_len + 1 = {cfg.seq_len + 1} tokens; "
             "evaluate on more text or set a shorter data.seq_len"
         )
-    return {"checkpoint": str(ckpt.folder), "data": source.fingerprint, "split": split, **_figures(loss_sum, tokens, n_bytes, batches)}
+    figures = _figures(loss_sum, tokens, n_bytes, batches)
+    return {"checkpoint": str(ckpt.folder), "data": source.fingerprint, "split": split, **figures}
 
 
 def autocast(device: torch.device, precision: str):

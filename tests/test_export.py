@@ -87,7 +87,8 @@ def test_a_pre_ln_b6_exports_as_gpt_neox_with_the_same_logits_and_greedy_tokens(
     code, out, err = export_cli(capsys, runs["pre"], tmp_path / "hf")
     assert code == 0, err
     assert "GPT-NeoX" in out
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    written = {p.name for p in (tmp_path / "hf").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= written
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["model_type"] == "gpt_neox" and config["use_parallel_residual"] is False and "auto_map" not in config
     assert_round_trip(runs["pre"], tmp_path / "hf", "GPTNeoXForCausalLM")

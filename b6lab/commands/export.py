@@ -1,4 +1,4 @@
-"""Export a checkpoint: --format hf writes a folder transformers' Auto classes load; --format safetensors the weights and config alone.
+"""Export a checkpoint for Hugging Face transformers (--format hf) or as plain safetensors weights.
 
 CHECKPOINT is a checkpoint folder or a run folder (its best checkpoint, else its last). A Pre-LN
 B6 exports as a GPT-NeoX; every other built-in choice as B6ForCausalLM, loaded with

@@ -228,7 +228,8 @@ class B6ForCausalLM(PreTrainedModel, GenerationMixin):
         # Computed here rather than kept as a buffer: from_pretrained builds the model on the meta
         # device and fills in only what the weights file holds.
         head_dim = self.config.hidden_size // self.config.num_attention_heads
-        inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=input_ids.device) / head_dim))
+        pairs = torch.arange(0, head_dim, 2, dtype=torch.float32, device=input_ids.device)
+        inv_freq = 1.0 / (self.config.rope_theta ** (pairs / head_dim))
         angles = position_ids.float()[..., None] * inv_freq
         rope = (angles.cos(), angles.sin())
         mask = None

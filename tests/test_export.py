@@ -137,19 +137,36 @@ def test_a_softmax_scale_of_its_own_exports_as_b6_for_causal_lm(tmp_path, capsys
     assert_round_trip(run, tmp_path / "hf", "B6ForCausalLM", trust_remote_code=True)
 
 
-def test_a_bpe_tokenizer_round_trips_through_auto_tokenizer(tmp_path, capsys):
+def gpt2_style_files(folder):
+    """vocab.json and merges.txt in GPT-2's format (its byte alphabet, a few merges, <|endoftext|>),
+    so the gpt2 tokenizer plugin runs offline through data.tokenizer_path."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir()
+    symbols = list(bytes_to_unicode().values())
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("r", "e")]
+    vocab = {symbol: i for i, symbol in enumerate(symbols + ["".join(m) for m in merges] + ["<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return folder
+
+
+@pytest.mark.parametrize("tokenizer", ["bpe", "gpt2"])
+def test_byte_level_bpe_tokenizers_round_trip_through_auto_tokenizer(tmp_path, capsys, tokenizer):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(inspect.getsource(argparse))  # real text, no download
-    run = train(tmp_path / "run", "data.source=text", f"data.path={corpus}", "data.tokenizer=bpe", "data.bpe_vocab_size=300",
-                "data.bpe_train_mb=0.1")
+    options = (["data.bpe_vocab_size=300", "data.bpe_train_mb=0.1"] if tokenizer == "bpe"
+               else [f"data.tokenizer_path={gpt2_style_files(tmp_path / 'gpt2')}"])
+    run = train(tmp_path / "run", "data.source=text", f"data.path={corpus}", f"data.tokenizer={tokenizer}", *options)
     code, _, err = export_cli(capsys, run, tmp_path / "hf")
     assert code == 0, err
-    _, tokenizer, _ = load_for_sampling(run, "cpu")
+    _, b6_tokenizer, _ = load_for_sampling(run, "cpu")
     hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    ids = tokenizer.encode(TEXT)
+    ids = b6_tokenizer.encode(TEXT)
+    assert len(ids) < len(TEXT.encode())  # merges applied
     assert hf_tokenizer.encode(TEXT, add_special_tokens=False) == ids and hf_tokenizer.decode(ids) == TEXT
-    assert hf_tokenizer.eos_token_id == tokenizer.eos_id
-    assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == tokenizer.eos_id
+    assert hf_tokenizer.eos_token_id == b6_tokenizer.eos_id
+    assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == b6_tokenizer.eos_id
 
 
 def test_safetensors_holds_every_weight_under_b6labs_names(runs, tmp_path, capsys):

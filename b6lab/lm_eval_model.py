@@ -13,16 +13,24 @@ when not a number) apply.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
-import torch
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-from tqdm import tqdm
+if importlib.util.find_spec("lm_eval") is None:
+    _MISSING = "lm-evaluation-harness is not installed: pip install -e '.[eval]' (or pip install lm-eval)"
+    if __name__ == "__main__":
+        print(f"b6lab.lm_eval_model: error: {_MISSING}", file=sys.stderr)
+        sys.exit(2)
+    raise ImportError(_MISSING)
 
-from b6lab.generate import load_for_sampling, sample
-from b6lab.scoring import loglikelihoods
+import torch  # noqa: E402
+from lm_eval.api.model import TemplateLM  # noqa: E402
+from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from b6lab.generate import load_for_sampling, sample  # noqa: E402
+from b6lab.scoring import loglikelihoods  # noqa: E402
 
 
 @register_model("b6lab")
@@ -101,4 +109,10 @@ class B6LabLM(TemplateLM):
 if __name__ == "__main__":
     from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+    from b6lab.errors import UsageError
+
+    try:
+        cli_evaluate()
+    except UsageError as exc:  # a checkpoint that is not one, say: one line, as b6lab's own commands
+        print(f"b6lab.lm_eval_model: error: {exc}", file=sys.stderr)
+        sys.exit(2)

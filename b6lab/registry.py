@@ -7,7 +7,6 @@ in its `plugins:` list. Each plugin's hooks call `register(name, factory, unavai
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -22,7 +21,7 @@ import pluggy
 
 import b6lab
 from b6lab import hookspecs
-from b6lab.errors import PluginError
+from b6lab.errors import PluginError, unknown
 
 KINDS = ("attention", "norm", "optimizer", "scheduler", "dataset", "tokenizer")
 
@@ -186,6 +185,4 @@ def get(kind: str, name: str) -> Registration:
     known = registrations(kind)
     if name in known:
         return known[name]
-    closest = difflib.get_close_matches(str(name), list(known), n=1)
-    hint = f" (did you mean {closest[0]!r}?)" if closest else ""
-    raise PluginError(f"unknown {kind} plugin {name!r}{hint}; known: {', '.join(sorted(known))}")
+    raise PluginError(unknown(name, sorted(known), f"{kind} plugin"))

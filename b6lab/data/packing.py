@@ -239,6 +239,8 @@ def validation_batches(source, tokenizer, *, seq_len: int, batch_size: int, max_
 
     A split too small for that many is used whole (its last batch may be smaller)."""
     blocks = list(itertools.islice(split_blocks(source, tokenizer, "val", seq_len), batch_size * max_batches))
+    if not blocks and next(iter(source.documents("val")), None) is None and next(iter(source.documents("train")), None) is None:
+        raise DataError(f"{source.fingerprint} holds no text (both splits are empty); check the data source's files or options")
     if not blocks:
         raise DataError(
             f"the validation split of {source.fingerprint} holds fewer than seq_len + 1 = {seq_len + 1} tokens; "

@@ -140,6 +140,7 @@ class TrainConfig:
     adaptive_batch: bool = True  # on CUDA out-of-memory, halve the micro-batch, double accumulation
     out_dir: Optional[str] = None  # None: runs/<config name>
     threads: Optional[int] = None  # CPU threads for torch; None: torch's default
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicas, or FSDP2 shards per block
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_steps", "log_interval"):

@@ -25,7 +25,7 @@ from b6lab.attention import AttentionContext, Documents
 from b6lab.config import RunConfig, dump_config
 from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import UsageError
-from b6lab.train import checkpoint, hardware
+from b6lab.train import checkpoint, distributed, hardware
 from b6lab.train.checkpoint import TOKENIZER_FILE
 from b6lab.train.records import MetricsFile, Progress, WandbRun, write_json
 
@@ -58,13 +58,14 @@ class Trainer:
         _seed_everything(cfg.train.seed)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        self.ranks = distributed.current()
         self.source = parts.build_source(cfg.data)
-        self.tokenizer = parts.build_tokenizer(cfg.data, self.source)
+        self.tokenizer = distributed.main_first(lambda: parts.build_tokenizer(cfg.data, self.source))
         model_cfg = parts.resolve_vocab(cfg.model, self.tokenizer)
         self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
         state = saved[1] if saved else None
         if state:  # an out-of-memory retreat before the crash keeps its smaller micro-batch
-            self.plan.batch_size, self.plan.grad_accum_steps = state["batch_size"], state["grad_accum_steps"]
+            self.plan.batch_size, self.plan.grad_accum_steps = distributed.resumed_micro_batch(state), state["grad_accum_steps"]
         self.device = torch.device(self.plan.device)
         compute_dtype = self.plan.dtype
         context = AttentionContext(self.device, compute_dtype, model_cfg.head_dim, model_cfg.dropout)
@@ -72,6 +73,7 @@ class Trainer:
         self.model_cfg = model_cfg
         self.model, self.attention = parts.build_model(model_cfg, context)
         self.model.to(self.device)
+        self.parallel_model = distributed.wrap(self.model, cfg.train.parallel, self.device)
         self.optimizer = parts.build_optimizer(cfg.optim, self.model)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.schedule = parts.build_schedule(cfg.schedule, cfg.train.max_steps)
@@ -87,17 +89,19 @@ class Trainer:
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=self.plan.batch_size,
             shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
             prefetch_factor=cfg.data.prefetch_factor, pin_memory=self.device.type == "cuda",
-            state=state["data"] if state else None,
+            state=state["data"] if state else None, rank=self.ranks.rank, ranks=self.ranks.world_size,
         )
-        # eval_steps effective batches, in micro-batches: the same sequences whatever the accumulation.
-        self.val_batches = validation_batches(
+        # eval_steps global batches, in micro-batches: the same sequences whatever the accumulation
+        # and the number of processes (each evaluates its share).
+        self.val_batches = distributed.validation_share(validation_batches(
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
-            max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps,
-        )
-        self.step_model = torch.compile(self.model) if self.plan.compile else self.model
+            max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size,
+        ), cfg.train.parallel)
+        self.step_model = torch.compile(self.parallel_model) if self.plan.compile else self.parallel_model
         self.params = self.model.num_params()
         self.record = self._record()
-        dump_config(cfg, self.out_dir / "config.yaml", self.record)
+        if self.ranks.is_main:
+            dump_config(cfg, self.out_dir / "config.yaml", self.record)
 
     def _restore(self, model_state, state, _config) -> None:
         self.model.load_state_dict(model_state)
@@ -135,13 +139,14 @@ class Trainer:
     def run(self) -> dict:
         cfg, train = self.cfg, self.cfg.train
         resuming = self.step > 0
-        self.metrics = MetricsFile(self.out_dir / "metrics.jsonl", resume_step=self.step if resuming else None)
+        main = self.ranks.is_main
+        self.metrics = MetricsFile(self.out_dir / "metrics.jsonl", resume_step=self.step if resuming else None) if main else None
         self.wandb = None
-        if self.cfg.logging.wandb.enabled:
+        if self.cfg.logging.wandb.enabled and main:
             self.wandb = WandbRun(cfg.logging.wandb, self.out_dir, cfg.to_dict() | {"run": self.record}, self.wandb_id)
             self.wandb_id = self.wandb.id
         self._announce(resuming)
-        progress = Progress(cfg.logging.progress, train.max_steps, self.step, self.out_dir.name, self.say)
+        progress = Progress(cfg.logging.progress and main, train.max_steps, self.step, self.out_dir.name, self.say)
         status, reason = "completed", None
         start_wall, start_seconds = time.perf_counter(), self.train_seconds
         try:
@@ -171,7 +176,7 @@ class Trainer:
                 group["lr"] = base * multiplier
             loss, grad_norm = self.train_step()
             self.step += 1
-            step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.cfg.seq_len
+            step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.ranks.world_size * self.cfg.seq_len
             self.tokens += step_tokens
             window_tokens += step_tokens
             loss_sum += loss
@@ -180,12 +185,12 @@ class Trainer:
             if self.step % train.log_interval == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 self.train_seconds += elapsed
-                mean_loss = (loss_sum / loss_count).item()
+                mean_loss = distributed.mean_over_ranks(loss_sum, loss_count)
                 if not math.isfinite(mean_loss):
                     raise Diverged(f"the training loss became {mean_loss} by step {self.step}")
                 record = {
                     "step": self.step, "tokens": self.tokens, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                    "tokens_per_sec": window_tokens / elapsed, "grad_norm": float(grad_norm),
+                    "tokens_per_sec": window_tokens / elapsed, "grad_norm": distributed.full_value(grad_norm),
                     "micro_batch": self.plan.batch_size, **_memory(self.device),
                 }
                 self._log(record)
@@ -215,15 +220,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.plan.grad_accum_steps
         total = torch.zeros((), device=self.device)
-        for _ in range(accum):
+        for i in range(accum):
             x, y = next(self.batches)
             if self.fault_injector:
                 self.fault_injector(self.step, x.size(0))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
-            with self.autocast:
-                loss = self.step_model(x, y, docs=docs) / accum
-            self.scaler.scale(loss).backward()
+            with distributed.gradient_sync(self.parallel_model, sync=i == accum - 1):
+                with self.autocast:
+                    loss = self.step_model(x, y, docs=docs) / accum
+                self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip or math.inf  # inf: measure the norm, clip nothing
@@ -255,14 +261,16 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
-        total = torch.zeros((), device=self.device)
-        for x, y in self.val_batches:
+        total, counted = torch.zeros((), device=self.device), 0
+        for x, y, counts in self.val_batches:
             x, y = x.to(self.device), y.to(self.device)
             docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
             with self.autocast:
-                total += self.step_model(x, y, docs=docs).float()
+                loss = self.step_model(x, y, docs=docs).float()
+            if counts:
+                total, counted = total + loss, counted + 1
         self.model.train()
-        return (total / len(self.val_batches)).item()
+        return distributed.mean_over_ranks(total, counted)
 
     def _evaluate_and_keep_best(self, progress: Progress, save_last: bool) -> None:
         val_loss = self.evaluate()
@@ -283,6 +291,8 @@ class Trainer:
             self.on_eval(record, saved)
 
     def _save(self, name: str) -> Path | None:
+        if not self.ranks.is_main:  # DDP: every rank holds the same weights and optimizer state
+            return None
         folder = self.ckpt_dir / name
         needed = checkpoint.size_estimate(self.model, self.optimizer) * 1.2
         free = shutil.disk_usage(self.out_dir).free
@@ -296,12 +306,15 @@ class Trainer:
             "train_seconds": self.train_seconds, "rng": checkpoint.rng_state(),
             "data": self._data_before_step or self.batches.state_dict(),
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
+            "world_size": self.ranks.world_size,
         }
         checkpoint.save(folder, model_state=self.model.state_dict(), state=state, config=self.cfg.to_dict() | {"run": self.record},
                         extra={TOKENIZER_FILE: self.tokenizer})
         return folder
 
     def _log(self, record: dict) -> None:
+        if not self.ranks.is_main:
+            return
         self.metrics.write(record)
         if self.wandb:
             self.wandb.log(record)
@@ -312,6 +325,9 @@ class Trainer:
         self.say(f"b6lab: {what} {cfg.name}: {self.params / 1e6:.2f}M params, {self.model_cfg.n_layers} layers x "
                  f"{self.model_cfg.d_model}, attention {self.attention}, norm {cfg.model.norm}, optimizer {cfg.optim.name}")
         self.say(f"  device: {self.plan.describe()}")
+        if self.ranks.world_size > 1:
+            self.say("  " + distributed.describe(self.ranks, cfg.train.parallel, self.plan.batch_size,
+                                                self.plan.grad_accum_steps, cfg.seq_len))
         for note in self.plan.notes:
             self.say(f"  {note}")
         self.say(f"  data: {cfg.data.source} ({self.source.fingerprint}), tokenizer {cfg.data.tokenizer} "
@@ -327,8 +343,9 @@ class Trainer:
         }
         if status != "completed" and self.step > 0 and status != "diverged":
             self._save("last")  # an interrupted or crashed run resumes from where it stopped
-        write_json(self.out_dir / "summary.json", summary)
-        self.metrics.close()
+        if self.ranks.is_main:
+            write_json(self.out_dir / "summary.json", summary)
+            self.metrics.close()
         if self.wandb:
             self.wandb.finish(summary, self.ckpt_dir / "best")
         return summary

@@ -107,6 +107,23 @@ def test_a_killed_rank_resumes_to_the_same_losses(two_processes, tmp_path):
     assert records(out_dir, "loss") == pytest.approx(records(two_processes[0], "loss"), abs=TOLERANCE)
 
 
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_resumes_on_another_number_of_processes(tmp_path):
+    # A constant learning rate, so that stopping at step 8 and going on to 16 is one run of 16.
+    constant = "schedule.name=constant"
+    reference = records(one_process(tmp_path / "one", "train.batch_size=8", constant), "loss")
+    out_dir = tmp_path / "fsdp"
+    process = torchrun(out_dir, "--set=train.parallel=fsdp", f"--set={constant}", f"--set=train.max_steps={STEPS // 2}")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "(fsdp, gloo)" in output
+    assert records(out_dir, "loss") == pytest.approx(reference[: STEPS // 2], abs=TOLERANCE)
+
+    cfg = load_config(out_dir / "config.yaml", overrides=[f"train.max_steps={STEPS}"])
+    Trainer(cfg, out_dir, resume=True, say=lambda _: None).run()  # one process, micro-batch 8
+    assert records(out_dir, "loss") == pytest.approx(reference, abs=TOLERANCE)
+
+
 def test_gpu_processes_on_a_machine_without_gpus_is_a_one_line_error(capsys, tiny_overrides):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -219,3 +219,36 @@ def resumed_micro_batch(state: dict) -> int:
         raise UsageError(f"the checkpoint's global batch of {global_batch} sequences does not split over "
                          f"{world_size} processes; resume on a number of processes that divides it")
     return global_batch // world_size
+
+
+def checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, parallel: str) -> tuple[dict, dict]:
+    """(model state, optimizer state) for a checkpoint. Under FSDP2 every rank must call it: the
+    shards are gathered (through torch.distributed.checkpoint's state_dict API) into full, unsharded
+    tensors on the CPU, keyed by parameter name, so the checkpoint loads on any number of processes
+    and `b6lab generate` reads it like any other."""
+    if parallel != "fsdp":
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                          optimizer_state: dict, parallel: str) -> None:
+    """The inverse of checkpoint_state; under FSDP2 each rank keeps its shard of the full tensors."""
+    if parallel != "fsdp":
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
+def saves_alone(parallel: str) -> bool:
+    """Whether rank 0 can write a checkpoint without the others (not under FSDP2, whose shards it
+    must gather: after a crash the other ranks may be gone)."""
+    return parallel != "fsdp" or current().world_size == 1

@@ -104,8 +104,7 @@ class Trainer:
             dump_config(cfg, self.out_dir / "config.yaml", self.record)
 
     def _restore(self, model_state, state, _config) -> None:
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_checkpoint_state(self.model, self.optimizer, model_state, state["optimizer"], self.cfg.train.parallel)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val_loss"]
         self.last_val, self.train_seconds = state.get("last_val_loss"), state["train_seconds"]
@@ -291,7 +290,8 @@ class Trainer:
             self.on_eval(record, saved)
 
     def _save(self, name: str) -> Path | None:
-        if not self.ranks.is_main:  # DDP: every rank holds the same weights and optimizer state
+        model_state, optimizer_state = distributed.checkpoint_state(self.model, self.optimizer, self.cfg.train.parallel)
+        if not self.ranks.is_main:
             return None
         folder = self.ckpt_dir / name
         needed = checkpoint.size_estimate(self.model, self.optimizer) * 1.2
@@ -301,14 +301,14 @@ class Trainer:
                      f"skipped checkpoints/{name}; the previous one stays")
             return None
         state = {
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+            "optimizer": optimizer_state, "scaler": self.scaler.state_dict(), "step": self.step,
             "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
             "train_seconds": self.train_seconds, "rng": checkpoint.rng_state(),
             "data": self._data_before_step or self.batches.state_dict(),
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
             "world_size": self.ranks.world_size,
         }
-        checkpoint.save(folder, model_state=self.model.state_dict(), state=state, config=self.cfg.to_dict() | {"run": self.record},
+        checkpoint.save(folder, model_state=model_state, state=state, config=self.cfg.to_dict() | {"run": self.record},
                         extra={TOKENIZER_FILE: self.tokenizer})
         return folder
 
@@ -341,7 +341,7 @@ class Trainer:
             "wall_seconds": round(train_seconds, 3), "tokens_per_sec": self.tokens / train_seconds if train_seconds else None,
             "attention": self.attention, "precision": self.plan.precision, "device": self.plan.device,
         }
-        if status != "completed" and self.step > 0 and status != "diverged":
+        if status != "completed" and self.step > 0 and status != "diverged" and distributed.saves_alone(self.cfg.train.parallel):
             self._save("last")  # an interrupted or crashed run resumes from where it stopped
         if self.ranks.is_main:
             write_json(self.out_dir / "summary.json", summary)

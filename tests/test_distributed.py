@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from b6lab import parts
 from b6lab.cli import main
@@ -122,6 +123,28 @@ def test_fsdp_matches_one_process_and_resumes_on_another_number_of_processes(tmp
     cfg = load_config(out_dir / "config.yaml", overrides=[f"train.max_steps={STEPS}"])
     Trainer(cfg, out_dir, resume=True, say=lambda _: None).run()  # one process, micro-batch 8
     assert records(out_dir, "loss") == pytest.approx(reference, abs=TOLERANCE)
+
+
+def sweep_file(folder: Path, workers: int) -> Path:
+    settings = dict(s.split("=") for s in [*SETTINGS, "train.batch_size=4"])
+    sweep = {"name": "workers", "base": {"preset": "tiny", "set": {k: yaml.safe_load(v) for k, v in settings.items()}},
+             "grid": {"model.norm": ["pre"]}, "seeds": [0], "resources": {"workers": workers, "cpu": 1},
+             "storage": str(folder / "sweep")}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.mark.slow
+def test_a_trial_on_two_ray_train_workers_matches_torchrun(two_processes, tmp_path, capsys):
+    assert main(["sweep", str(sweep_file(tmp_path, workers=64))]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after Ray's own start-up warnings
+    assert error.startswith("b6lab sweep: error: each trial asks for 64 workers x 1 CPU") and "but Ray has" in error
+
+    assert main(["sweep", str(sweep_file(tmp_path, workers=2))]) == 0
+    [metrics] = (tmp_path / "sweep").glob("trials/*/metrics.jsonl")
+    assert records(metrics.parent, "loss") == pytest.approx(records(two_processes[0], "loss"), abs=TOLERANCE)
+    assert records(metrics.parent, "val_loss") == pytest.approx(records(two_processes[0], "val_loss"), abs=TOLERANCE)
 
 
 def test_gpu_processes_on_a_machine_without_gpus_is_a_one_line_error(capsys, tiny_overrides):

@@ -35,7 +35,7 @@ SWEEP_KEYS = ("name", "base", "grid", "seeds", "metric", "resources", "max_concu
               "max_failures", "skip_unavailable", "storage")
 BASE_KEYS = ("preset", "set", "file")  # beside the config's own sections, which may sit inline
 METRICS = ("val_loss",)  # what every trial reports at each evaluation; minimised
-RESOURCE_KEYS = ("cpu", "gpu")
+RESOURCE_KEYS = ("cpu", "gpu", "workers")
 SCHEDULERS = {
     # name -> its keys and their types; "time_attr" counts training steps or tokens.
     "asha": {"time_attr": str, "grace_period": int, "max_t": int, "reduction_factor": float, "brackets": int},
@@ -93,6 +93,7 @@ class Experiment:
     metric: str = "val_loss"
     cpus: float = 1.0
     gpus: float = 0.0
+    workers: int = 1  # >1: each trial is a Ray Train TorchTrainer of this many workers, each with cpus/gpus
     max_concurrent: int | None = None
     scheduler: dict | None = None
     plugins: list[str] = field(default_factory=list)  # absolute paths (or module names)
@@ -162,6 +163,7 @@ def parse_experiment(data: dict, path: Path) -> Experiment:
         metric=_choice(data.get("metric", "val_loss"), METRICS, "metric", file),
         cpus=cpus,
         gpus=gpus,
+        workers=_count(data.get("resources", {}).get("workers", 1), "resources.workers", file, minimum=1),
         max_concurrent=_count(data.get("max_concurrent"), "max_concurrent", file, minimum=1, optional=True),
         scheduler=_scheduler(data.get("scheduler"), file),
         plugins=[resolve_plugin_spec(spec, folder) for spec in _string_list(data.get("plugins", []), "plugins", file)],

@@ -252,3 +252,14 @@ def saves_alone(parallel: str) -> bool:
     """Whether rank 0 can write a checkpoint without the others (not under FSDP2, whose shards it
     must gather: after a crash the other ranks may be gone)."""
     return parallel != "fsdp" or current().world_size == 1
+
+
+def sum_over_ranks(value: float) -> float:
+    """A figure summed over all processes (throughput in total); alone, the figure itself."""
+    if current().world_size == 1:
+        return value
+    total = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    return total.item()

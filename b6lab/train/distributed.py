@@ -95,6 +95,8 @@ def launch(nproc: int, train_args: list[str], device: str) -> int:
     """`b6lab train --nproc N`: torchrun's launcher, on this machine, with the same arguments."""
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    if launched_by_torchrun():
+        raise UsageError("--nproc launches torchrun; under torchrun leave it out (torchrun's --nproc-per-node says how many)")
     if _wants_cuda(device):
         _check_cuda(device, nproc)
     elif nproc > (os.cpu_count() or 1):

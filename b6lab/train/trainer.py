@@ -243,8 +243,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         old = self.plan.batch_size
-        if not self.cfg.train.adaptive_batch or old == 1:
-            why = "train.adaptive_batch is off" if old > 1 else "even a micro-batch of 1 does not fit"
+        # Data-parallel processes share one stream of global batches: one cannot shrink its share alone.
+        alone = self.ranks.world_size == 1
+        if not self.cfg.train.adaptive_batch or old == 1 or not alone:
+            why = "even a micro-batch of 1 does not fit" if old == 1 else (
+                "train.adaptive_batch is off" if alone else "a data-parallel run keeps its micro-batch")
             raise UsageError(
                 f"out of memory at micro-batch {old} ({why}); try model.gradient_checkpointing=true, a shorter "
                 "data.seq_len or a smaller model"

@@ -422,8 +422,8 @@ class Trainer:
         save a non-finite state, DiskFull when the disk runs out."""
         self._check_finite()
         model_state, optimizer_state = distributed.checkpoint_state(self.model, self.optimizer, self.cfg.train.parallel)
-        self.saved_steps[name] = self.step
         if not self.ranks.is_main:
+            self.saved_steps[name] = self.step
             return None
         folder = self.ckpt_dir / name
         needed = checkpoint.size_estimate(self.model, self.optimizer) * 1.2

@@ -188,6 +188,19 @@ def mean_over_ranks(total: torch.Tensor, count: int) -> float:
     return (both[0] / both[1]).item()
 
 
+def all_finite(tensors) -> bool:
+    """Whether every element of `tensors` is finite. FSDP2 parameters (DTensors) are checked shard by
+    shard and the answers combined, so that all ranks agree; DDP replicas are equal, so each rank's
+    own answer is everyone's (and a crashed run's main process can check alone)."""
+    sharded = any(hasattr(t, "to_local") for t in tensors)
+    local = torch.stack([torch.isfinite(t.to_local() if hasattr(t, "to_local") else t).all() for t in tensors]).all()
+    if not sharded or current().world_size == 1:
+        return bool(local)
+    flag = local.float().reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def full_value(value: torch.Tensor) -> float:
     """A float of a tensor that may be an FSDP2 DTensor (the gradient norm)."""
     if hasattr(value, "full_tensor"):

@@ -377,7 +377,7 @@ class Trainer:
                 first = int(bad[0])
                 raise Diverged(self.step - len(self._window) + 1 + first,
                                f"the training loss became {losses[first].item()}")
-        if weights and not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():
+        if weights and not distributed.all_finite(list(self.model.parameters())):
             raise Diverged(self.step, "the weights became non-finite")
 
     @torch.no_grad()

@@ -47,6 +47,17 @@ def _paths(value, path: str):
             yield from _paths(sub, f"{path}.{key}")
 
 
+def flatten(config: dict, prefix: str = "") -> dict:
+    """A nested config as {dotted key: leaf value}: {"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def read_yaml(path: str | Path, kind: str = "config file", holds: str = "sections") -> dict:
     """The mapping a YAML file holds; a missing file, bad YAML or a non-mapping is a one-line error."""
     path = Path(path)

@@ -24,17 +24,26 @@ import b6lab
 from b6lab.errors import ConfigError
 
 
-class GELU(nn.Module):
-    """down(gelu(up(x))), GPT-2's MLP (tanh-approximated GELU)."""
+class Dense(nn.Module):
+    """down(activation(up(x))): the two-matrix MLP of GPT-2 (GELU) and Primer (squared ReLU)."""
 
-    def __init__(self, d_model: int, d_ff: int, bias: bool):
+    def __init__(self, d_model: int, d_ff: int, bias: bool, activation):
         super().__init__()
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
         self.down.residual_projection = True
+        self.activation = activation
 
     def forward(self, x):
-        return self.down(F.gelu(self.up(x), approximate="tanh"))
+        return self.down(self.activation(self.up(x)))
+
+
+def gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")  # GPT-2's approximation
+
+
+def relu_squared(x):
+    return F.relu(x).square()
 
 
 class SwiGLU(nn.Module):
@@ -51,27 +60,14 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-class ReLU2(nn.Module):
-    """down(relu(up(x))^2), squared ReLU (So et al. 2021, "Primer"; modded-nanogpt)."""
-
-    def __init__(self, d_model: int, d_ff: int, bias: bool):
-        super().__init__()
-        self.up = nn.Linear(d_model, d_ff, bias=bias)
-        self.down = nn.Linear(d_ff, d_model, bias=bias)
-        self.down.residual_projection = True
-
-    def forward(self, x):
-        return self.down(F.relu(self.up(x)).square())
-
-
 def gelu(d_model: int, d_ff: int | None = None, bias: bool = False):
     """GELU MLP, GPT-2's; d_ff defaults to 4 * d_model."""
-    return GELU(d_model, d_ff or 4 * d_model, bias)
+    return Dense(d_model, d_ff or 4 * d_model, bias, gelu_tanh)
 
 
 def relu2(d_model: int, d_ff: int | None = None, bias: bool = False):
     """Squared-ReLU MLP (Primer); d_ff defaults to 4 * d_model."""
-    return ReLU2(d_model, d_ff or 4 * d_model, bias)
+    return Dense(d_model, d_ff or 4 * d_model, bias, relu_squared)
 
 
 def swiglu(d_model: int, d_ff: int | None = None, bias: bool = False, *, ff_match_dense: bool = False, ff_multiple_of: int = 16):

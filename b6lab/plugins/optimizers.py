@@ -113,13 +113,8 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon.param_groups, self.adamw.param_groups = self.param_groups[:n], self.param_groups[n:]
         self.muon.state = self.adamw.state = self.state
 
-    @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.muon.step()
+        loss = self.muon.step(closure)  # the closure (if any) runs once, inside the first optimizer
         self.adamw.step()
         return loss
 

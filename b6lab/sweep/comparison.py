@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from b6lab.config_sources import flatten
 from b6lab.errors import UsageError
 from b6lab.sweep import folders
 from b6lab.sweep.folders import METRICS, RunResult
@@ -66,7 +67,7 @@ def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric:
 
 def group(runs: list[RunResult], chosen: list[str], judge_the_rest: bool) -> tuple[list[str], dict, list[str]]:
     """The keys judged, the keys beside each, and the keys averaged over. Sets each run's labels."""
-    flats = [folders.flatten(run.config) for run in runs]
+    flats = [flatten(run.config) for run in runs]
     for key in chosen:
         if not any(key in run.grid or key in flat for run, flat in zip(runs, flats)):
             differing = ", ".join(folders.differing_keys(runs)) or "none (they differ only by seed)"

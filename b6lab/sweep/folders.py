@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 import b6lab
+from b6lab.config_sources import flatten
 from b6lab.errors import UsageError
 from b6lab.sweep.grid import Experiment
 from b6lab.train.records import read_metrics, write_json
@@ -169,16 +170,6 @@ def differing_keys(runs: list[RunResult]) -> list[str]:
     flats = [flatten(run.config) for run in runs]
     keys = list(dict.fromkeys(key for flat in flats for key in flat))
     return [key for key in keys if not key.startswith(IGNORED) and len({label_of(f.get(key)) for f in flats}) > 1]
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def label_of(value) -> str:

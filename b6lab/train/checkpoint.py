@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import yaml
 
+from b6lab.config_sources import flatten
 from b6lab.errors import ConfigError, DataError, exception_line
 
 TOKENIZER_FILE = "tokenizer.pkl"
@@ -166,7 +167,7 @@ CHANGEABLE_ON_RESUME = ("model.dropout", "model.attention", "model.gradient_chec
 
 def check_resumable(saved_config: dict, config: dict, say) -> None:
     """A setting a resumed run cannot honour is an error naming the key; the others take effect (and are said)."""
-    before, now = _flatten(saved_config), _flatten(config)
+    before, now = flatten(saved_config), flatten(config)
     for key in dict.fromkeys([*before, *now]):  # config order: a plugin's name before its options
         if key.startswith("run.") or key.startswith(CHANGEABLE_ON_RESUME) or before.get(key) == now.get(key):
             continue
@@ -176,16 +177,6 @@ def check_resumable(saved_config: dict, config: dict, say) -> None:
                 f"{now.get(key)!r}): the saved weights and data position depend on it; start a new run "
                 "with another train.out_dir to change it", key=key)
         say(f"  resuming with {key} = {now.get(key)!r} (was {before.get(key)!r})")
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def rng_state() -> dict:

@@ -185,7 +185,7 @@ CORRUPT = {
 
 @pytest.mark.parametrize("name", CORRUPT)
 @pytest.mark.parametrize("position", ["first", "after a good shard"])
-def test_a_corrupt_shard_is_a_data_error_naming_the_file(name, position, tmp_path):
+def test_a_corrupt_shard_is_a_data_error_naming_the_file(name, position, tmp_path, capfd):
     good_name = {"bad.parquet": "a-good.parquet", "bad.txt": "a-good.txt"}.get(name, "a-good.jsonl")
     good = tmp_path / good_name
     if name == "bad.parquet":
@@ -206,6 +206,7 @@ def test_a_corrupt_shard_is_a_data_error_naming_the_file(name, position, tmp_pat
     message = str(error.value)
     assert str(bad) in message and "\n" not in message
     assert str(good) not in message
+    assert str(bad) not in capfd.readouterr().err  # the one line is ours: datasets logs nothing before it
 
 
 def test_a_missing_text_field_is_named_with_the_fields_there_are(tmp_path):

@@ -343,24 +343,10 @@ def load_config(
     resolved_plugins = []
     for spec in plugins:
         plugin_base = base_dir if layers.where("plugins") == file_label else Path.cwd()
-        resolved_plugins.append(resolve_plugin_spec(spec, plugin_base))
+        resolved_plugins.append(registry.resolve_plugin_spec(spec, plugin_base))
         registry.load_plugin_path(resolved_plugins[-1])
     layers.values["plugins"] = resolved_plugins
     return build_config(layers)
-
-
-def resolve_plugin_spec(spec: str, base_dir: Path) -> str:
-    """Plugin files become absolute (relative to `base_dir`, else the working directory), so a Ray
-    worker in another folder finds them too; a module name stays as it is."""
-    if spec.endswith(".py") or "/" in spec:
-        candidate = Path(spec).expanduser()
-        if not candidate.is_absolute():
-            for base in (base_dir, Path.cwd()):
-                if (base / candidate).exists():
-                    return str((base / candidate).resolve())
-            return str((base_dir / candidate).resolve())
-        return str(candidate)
-    return spec
 
 
 def _gpu_expected(overrides: list[tuple[str, Any]]) -> bool:

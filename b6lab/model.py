@@ -161,8 +161,13 @@ class B6(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.blocks = nn.ModuleList(Block(cfg, attention_backend, norm_placement, i) for i in range(cfg.n_layers))
-        # Post-LN style placements already end each block with a norm; the others need a final one.
-        self.final_norm = nn.LayerNorm(cfg.d_model) if self.blocks[0].wiring.final_norm else nn.Identity()
+        # Post-LN style placements already end each block with a norm; the others need a final one,
+        # which a placement may supply itself (each block's wiring built one: the last block's is used).
+        final = self.blocks[-1].wiring.final_norm
+        if isinstance(final, nn.Module):
+            for block in self.blocks:
+                del block.wiring.final_norm
+        self.final_norm = final if isinstance(final, nn.Module) else nn.LayerNorm(cfg.d_model) if final else nn.Identity()
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight

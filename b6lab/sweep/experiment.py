@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from b6lab.config import SECTIONS, read_yaml, resolve_plugin_spec
+from b6lab.config import SECTIONS, read_yaml
+from b6lab.registry import resolve_plugin_spec
 from b6lab.errors import ConfigError
 
 SWEEP_KEYS = ("name", "base", "grid", "seeds", "metric", "resources", "max_concurrent", "scheduler", "plugins",

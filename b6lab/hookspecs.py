@@ -46,14 +46,17 @@ def b6lab_register_norm(register):
 
 @hookspec
 def b6lab_register_optimizer(register):
-    """Register optimizers: factory(param_groups, **options) -> torch.optim.Optimizer over those groups."""
+    """Register optimizers: factory(param_groups, **options) -> torch.optim.Optimizer over those groups.
+
+    Two groups: weight matrices, then norms and biases with weight_decay 0.0; each group needs an `lr`.
+    """
 
 
 @hookspec
 def b6lab_register_scheduler(register):
     """Register LR schedules: factory(max_steps, **options) -> function step -> multiplier of the peak lr.
 
-    Steps count from 0 (before the first update) to max_steps.
+    `step` counts the updates done so far: 0 before the first, max_steps - 1 before the last.
     """
 
 
@@ -68,4 +71,7 @@ def b6lab_register_dataset(register):
 
 @hookspec
 def b6lab_register_tokenizer(register):
-    """Register tokenizers: factory(corpus, **options) -> tokenizer (encode, decode, vocab_size, eos_id); it must pickle."""
+    """Register tokenizers: factory(corpus, **options) -> tokenizer (encode, decode, vocab_size, eos_id).
+
+    `corpus` is a b6lab.data.documents.Corpus (source, cache_dir, text_sample); the tokenizer must pickle.
+    """

@@ -77,7 +77,12 @@ class Registration:
 
     def why_unavailable(self, **context) -> str | None:
         """None if this part can run in `context` (device, dtype, head_dim), else the reason."""
-        return self.unavailable(**context) if self.unavailable else None
+        if self.unavailable is None:
+            return None
+        try:
+            return self.unavailable(**context)
+        except Exception as exc:
+            raise PluginError(f"{self.label}: its unavailable(**context) raised {exception_line(exc)}") from exc
 
     def build(self, *args, **options):
         return self.factory(*args, **options)

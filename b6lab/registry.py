@@ -393,6 +393,18 @@ def get(kind: str, name: str) -> Registration:
     raise PluginError(f"unknown {kind} plugin {name!r}{hint}; known: {', '.join(sorted(known))}")
 
 
+def source_changes(recorded: dict) -> list[str]:
+    """How the parts a run was made with (its config.yaml's `run.plugins`) differ from what is
+    registered now: another file or package, or another version of it. One line each."""
+    notes = []
+    for kind, was in (recorded or {}).items():
+        now = registrations(kind).get(was.get("name")) if kind in KINDS else None
+        if now is not None and (now.source, now.version) != (was.get("source"), was.get("version")):
+            notes.append(f"{kind} plugin {now.name!r} comes from {now.source} ({now.version}), but the run was made "
+                         f"with {was.get('source')} ({was.get('version')}): restore that one to continue exactly")
+    return notes
+
+
 def kinds_of(name: str) -> list[str]:
     """The kinds that have a part called `name` (most names belong to one kind)."""
     return [kind for kind in KINDS if name in registrations(kind)]

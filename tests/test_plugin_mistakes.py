@@ -439,3 +439,24 @@ def b6lab_register_attention(register):
     assert (f"attention plugin 'alibi' is registered twice: by package b6lab-alibi 0.1.0 (entry point alibi) "
             f"and by file {path}") in line
     assert f"drop {path} from plugins: (on resume: --set plugins=[])" in line and "pip uninstall b6lab-alibi" in line
+
+
+def test_resuming_or_sampling_with_a_changed_plugin_says_which_sources_differ(tmp_path, capsys):
+    path = plugin_file(tmp_path, (ROOT / "plugins" / "sgd_momentum.py").read_text(), name="sgd.py")
+    run = tmp_path / "run"
+    sets = [f"plugins=[{path}]", "optim.name=sgd", "data.tokenizer=byte", "train.max_steps=2", "train.eval_interval=2",
+            "train.eval_steps=1", "logging.progress=false", f"train.out_dir={run}"]
+    assert main(["train", "--preset", "tiny", *[arg for text in sets for arg in ("--set", text)]]) == 0
+    made_with = registry.get("optimizer", "sgd").version
+    registry.unregister_plugin(f"file:{path}")
+    path.write_text(path.read_text() + "\n# edited after the run\n")
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "def", "--max-new-tokens", "2"]) == 0
+    err = capsys.readouterr().err
+    now = registry.get("optimizer", "sgd").version
+    assert now != made_with
+    assert (f"optimizer plugin 'sgd' comes from file {path} ({now}), but the run was made with file {path} "
+            f"({made_with}): restore that one to continue exactly") in err
+    registry.unregister_plugin(f"file:{path}")
+    assert main(["train", "--resume", "--set", f"train.out_dir={run}", "--set", "train.max_steps=3"]) == 0
+    assert "note: optimizer plugin 'sgd' comes from file" in capsys.readouterr().err

@@ -101,9 +101,9 @@ def build_attention(cfg: ModelConfig, context: AttentionContext):
     return backend, getattr(backend, "chosen", cfg.attention)
 
 
-def norm_placement(cfg: ModelConfig):
+def norm_placement(cfg: ModelConfig, context: AttentionContext):
     """`placement(d_model, n_layers)`, building the norm plugin's wiring of one block; the first is checked."""
-    reg = usable("norm", cfg.norm)
+    reg = usable("norm", cfg.norm, **context.as_kwargs())
     options = plugin_kwargs(cfg, reg)
     checked = []
 
@@ -120,7 +120,7 @@ def norm_placement(cfg: ModelConfig):
 
 def build_model(cfg: ModelConfig, context: AttentionContext) -> tuple[B6, str]:
     backend, chosen = build_attention(cfg, context)
-    return B6(cfg, backend, norm_placement(cfg)), chosen
+    return B6(cfg, backend, norm_placement(cfg, context)), chosen
 
 
 def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
@@ -197,7 +197,7 @@ def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
     checked: building them can mean reading a corpus. Returns the name of the attention backend
     that runs (what `auto` chose)."""
     _, attention = build_attention(cfg.model, context)
-    norm_placement(cfg.model)(cfg.model.d_model, cfg.model.n_layers)
+    norm_placement(cfg.model, context)(cfg.model.d_model, cfg.model.n_layers)
     build_schedule(cfg.schedule, cfg.train.max_steps)
     _optimizer_over(cfg.optim, contracts.stand_in_groups(), probe=True)
     for kind, section, name in (("dataset", cfg.data, cfg.data.source), ("tokenizer", cfg.data, cfg.data.tokenizer)):

@@ -215,8 +215,12 @@ def _validation_message(plugin: object, exc: Exception) -> str:
     for hook in HOOKS:
         function = getattr(plugin, hook, None)
         if function is not None and list(inspect.signature(function).parameters) != ["register"]:
-            return f"{hook}{inspect.signature(function)} must take one argument called `register`: def {hook}(register)"
+            return _hook_arguments(hook, function)
     return exception_line(exc)
+
+
+def _hook_arguments(hook: str, function: Callable) -> str:
+    return f"{hook}{inspect.signature(function)} must take one argument called `register`: def {hook}(register)"
 
 
 def _run_hooks(plugin: object, plugin_name: str, source: str, version: str) -> list[Registration]:
@@ -227,6 +231,8 @@ def _run_hooks(plugin: object, plugin_name: str, source: str, version: str) -> l
         for impl in caller.get_hookimpls():
             if impl.plugin_name != plugin_name:
                 continue
+            if tuple(impl.argnames) != ("register",):  # pluggy accepts a hook that takes no argument
+                raise PluginError(f"{source}: {_hook_arguments(hook_name, impl.function)}")
 
             def register(*args, _kind=kind, **kwargs):
                 parts.append(_registration(_kind, source, version, args, kwargs))

@@ -160,6 +160,7 @@ def test_plugins_check_reports_a_broken_plugin(tmp_path, capsys):
     assert "no plugin is called 'no-such-part'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_readme_packaging_example_installs_as_written(tmp_path):
     """The pyproject.toml of plugins/README.md, built and installed with pip (no network: the build
     backend is the environment's, --no-build-isolation), then seen by `b6lab plugins`."""

@@ -399,6 +399,7 @@ def b6lab_register_tokenizer(register):
 '''
 
 
+@pytest.mark.slow
 def test_a_tokenizer_from_a_plugin_file_unpickles_in_another_process(tmp_path):
     path = plugin_file(tmp_path, TOKENIZER_PLUGIN, name="letters.py")
     registry.load_plugin_path(str(path))
@@ -413,6 +414,7 @@ def test_a_tokenizer_from_a_plugin_file_unpickles_in_another_process(tmp_path):
     assert done.stdout.strip() == "[104, 105]"
 
 
+@pytest.mark.slow
 def test_a_file_plugin_also_installed_as_a_package_names_both_and_the_fix(tmp_path):
     """A run made with plugins: [alibi.py], resumed once the same plugin is installed."""
     path = plugin_file(tmp_path, ATTENTION_OK + '''
@@ -441,6 +443,7 @@ def b6lab_register_attention(register):
     assert f"drop {path} from plugins: (on resume: --set plugins=[])" in line and "pip uninstall b6lab-alibi" in line
 
 
+@pytest.mark.slow
 def test_resuming_or_sampling_with_a_changed_plugin_says_which_sources_differ(tmp_path, capsys):
     path = plugin_file(tmp_path, (ROOT / "plugins" / "sgd_momentum.py").read_text(), name="sgd.py")
     run = tmp_path / "run"
@@ -460,3 +463,11 @@ def test_resuming_or_sampling_with_a_changed_plugin_says_which_sources_differ(tm
     registry.unregister_plugin(f"file:{path}")
     assert main(["train", "--resume", "--set", f"train.out_dir={run}", "--set", "train.max_steps=3"]) == 0
     assert "note: optimizer plugin 'sgd' comes from file" in capsys.readouterr().err
+
+
+def test_a_hook_without_its_register_argument(tmp_path, capsys):
+    assert_fails(tmp_path, capsys, '''
+        @b6lab.hookimpl
+        def b6lab_register_optimizer():
+            pass
+    ''', says="b6lab_register_optimizer() must take one argument called `register`")

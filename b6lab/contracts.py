@@ -82,13 +82,18 @@ def _probe_attention(checks: _Checks, backend, context: AttentionContext, probe:
     scale = D**-0.5
 
     def call(fn, q_, k_, v_, causal, docs=None, what="causal attention"):
+        arguments = dict(causal=causal, docs=docs, dropout_p=0.0, scale=scale)
+        try:
+            inspect.signature(fn).bind(q_, k_, v_, **arguments)
+        except TypeError as exc:
+            checks.fail(f"its backend cannot be called as {BACKEND_CALL}: {exc}")
+        except ValueError:
+            pass  # a builtin without a signature: calling it will tell
         try:
             with torch.no_grad():
-                out = fn(q_, k_, v_, causal=causal, docs=docs, dropout_p=0.0, scale=scale)
+                out = fn(q_, k_, v_, **arguments)
         except UsageError:
             raise
-        except TypeError as exc:
-            checks.fail(f"its backend cannot be called as {BACKEND_CALL} ({what}): {exception_line(exc)}")
         except Exception as exc:
             checks.fail(f"its backend raised {exception_line(exc)} ({what})")
         expected = (q_.size(0), q_.size(1), q_.size(2), v_.size(-1))

@@ -18,7 +18,6 @@ of each backend's output from `eager` on the same inputs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -63,6 +62,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
 def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: float | None = None) -> dict:
     """Time `steps` trainer steps after `warmup` ones; the result is what `b6lab bench --json` prints."""
     from b6lab.model import flops_per_token
+    from b6lab.train import hardware
     from b6lab.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="b6lab-bench-") as tmp:
@@ -77,7 +77,7 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             step_times = [_timed_step(trainer) for _ in range(steps)]
-            memory = _peak_memory_mb(device)
+            memory = hardware.peak_memory(device)  # CUDA: during the timed steps
         finally:
             trainer.batches.close()
 
@@ -94,7 +94,7 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
     result = {
         "tokens_per_sec": tokens_per_sec,
         "mfu": flops * tokens_per_sec / peak,
-        "peak_mem_mb": memory["peak_mem_mb"],
+        "peak_mem_mb": memory.get("peak_mem_mb", memory.get("peak_rss_mb")),
         "params": trainer.params,
         "step_time_s": statistics.median(step_times) if step_times else None,
         "step_times_s": [round(t, 4) for t in step_times],
@@ -115,7 +115,7 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
         "seq_len": cfg.seq_len,
         "gradient_checkpointing": plan.gradient_checkpointing,
         "threads": torch.get_num_threads(),
-        "memory_kind": memory["kind"],
+        "memory_kind": "cuda max allocated" if device.type == "cuda" else "peak RSS",
     }
     if "children_mb" in memory:
         result["children_mb"] = memory["children_mb"]
@@ -132,25 +132,6 @@ def _timed_step(trainer) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _peak_memory_mb(device: torch.device) -> dict:
-    """CUDA: the most memory tensors held during the timed steps. CPU: the process's peak RSS,
-    and beside it what its child processes (data-loading workers, torch.compile's compiler
-    pool) hold of their own (their unique set size, not shared with the trainer), where psutil
-    can tell."""
-    from b6lab.train.hardware import peak_memory_mb
-
-    if device.type == "cuda":
-        return {"peak_mem_mb": peak_memory_mb(device), "kind": "cuda max allocated"}
-    memory = {"peak_mem_mb": peak_memory_mb(device), "kind": "peak RSS"}
-    with contextlib.suppress(Exception):
-        import psutil
-
-        children = psutil.Process().children(recursive=True)
-        if children:
-            memory["children_mb"] = sum(child.memory_full_info().uss for child in children) / 2**20
-    return memory
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # DataLoader workers fork after the tokenizer has been used; rust-side threads would warn.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports torch: seconds in which a Ctrl-C is still a one-line stop
+    except KeyboardInterrupt:
+        print("\nb6lab: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

@@ -24,15 +24,19 @@ import torch.nn.functional as F
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The x86 CPU's feature flags from /proc/cpuinfo; empty elsewhere (other systems, ARM)."""
+def cpu_info() -> dict[str, str]:
+    """The first CPU's entries in /proc/cpuinfo ("model name", "flags", ...); empty where there is none."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return frozenset()
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The x86 CPU's feature flags; empty elsewhere (other systems, ARM)."""
+    return frozenset(cpu_info().get("flags", "").split())
 
 
 def cpu_has_bf16_instructions() -> bool:

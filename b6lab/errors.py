@@ -5,6 +5,8 @@ a missing file). The command line prints its message as one line and exits with 
 never with a traceback. Everything else is a bug and keeps its traceback.
 """
 
+import difflib
+
 
 class UsageError(Exception):
     """A mistake in what the user asked for; the message says what, where, and what is accepted."""
@@ -35,3 +37,13 @@ def exception_line(exc: BaseException, limit: int | None = 300) -> str:
     """`TypeName: first line of its message` (cut to `limit` characters): a library's error in one line."""
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first[:limit]}"
+
+
+def unknown(value, choices, what: str) -> str:
+    """`unknown WHAT 'value' (did you mean 'closest'?); known: a, b, c`: every unknown-name message."""
+    names = [str(c) for c in choices]
+    # A name the value shortens (grace for grace_period) first, else the closest spelling.
+    shortened = [n for n in names if n.startswith(str(value))]
+    closest = difflib.get_close_matches(str(value), shortened or names, n=1, cutoff=0 if shortened else 0.6)
+    hint = f" (did you mean {closest[0]!r}?)" if closest else ""
+    return f"unknown {what} {value!r}{hint}; known: {', '.join(names)}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import torch
 from b6lab import parts
 from b6lab.attention import AttentionContext
 from b6lab.config import config_from_dict
-from b6lab.errors import UsageError
+from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.model import B6, KVCache
 from b6lab.train import checkpoint
-from b6lab.train.checkpoint import TOKENIZER_FILE
 
 
 def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, object, str]:
@@ -26,11 +24,8 @@ def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, objec
         raise UsageError(f"{path} is not a checkpoint (a folder with model.pt) nor a run folder with checkpoints/")
     model_state, _, config = checkpoint.load(folder)
     cfg = config_from_dict(config)
-    tokenizer_path = checkpoint.find(folder) / TOKENIZER_FILE
-    if tokenizer_path.exists():
-        with open(tokenizer_path, "rb") as f:
-            tokenizer = pickle.load(f)
-    else:
+    tokenizer = checkpoint.load_tokenizer(checkpoint.find(folder))
+    if tokenizer is None:
         tokenizer = parts.build_tokenizer(cfg.data, parts.build_source(cfg.data))
     model_cfg = replace(cfg.model, vocab_size=config["run"]["resolved"]["vocab_size"], dropout=0.0, gradient_checkpointing=False)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -41,7 +36,10 @@ def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, objec
         note = "; ".join(filter(None, [note, f"attention {model_cfg.attention} cannot run here ({reason}); sampling with auto"]))
         model_cfg = replace(model_cfg, attention="auto")
     model, _ = parts.build_model(model_cfg, context)
-    model.load_state_dict(model_state)
+    try:
+        model.load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise DataError(f"{folder}'s model.pt does not fit its config.yaml ({exception_line(exc, 200)})") from None
     return model.to(dev).eval(), tokenizer, note
 
 

@@ -22,7 +22,7 @@ from b6lab import contracts, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
 from b6lab.data.documents import Corpus
-from b6lab.errors import PluginError, UsageError, exception_line
+from b6lab.errors import ConfigError, PluginError, UsageError, exception_line
 from b6lab.model import B6
 
 SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", OptimConfig: "optim", ScheduleConfig: "schedule"}
@@ -141,10 +141,33 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
 
 def _optimizer_over(cfg: OptimConfig, groups: list[dict], probe: bool = False) -> torch.optim.Optimizer:
     reg = usable("optimizer", cfg.name)
+    check_optimizer_options(cfg, reg)
     with plugin_errors(reg, "optim.name"):
         optimizer = reg.build(groups, **plugin_kwargs(cfg, reg))
         contracts.check_optimizer(optimizer, groups, probe=probe)
     return optimizer
+
+
+# The options most optimizers share, checked by name whatever the plugin (a sweep's pre-check too).
+OPTIMIZER_RULES = {
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "eps": (lambda v: v > 0, "a number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.9, 0.99]"),
+}
+
+
+def check_optimizer_options(cfg: OptimConfig, reg: registry.Registration) -> None:
+    for key, value in plugin_kwargs(cfg, reg).items():
+        if key in OPTIMIZER_RULES and value is not None:
+            ok, accepted = OPTIMIZER_RULES[key]
+            try:
+                good = ok(value)
+            except TypeError:
+                good = False
+            if not good:
+                raise ConfigError(f"must be {accepted}, got {value!r}", key=f"optim.{key}")
 
 
 def build_schedule(cfg: ScheduleConfig, max_steps: int):
@@ -163,8 +186,15 @@ def build_source(cfg: DataConfig):
     return source
 
 
-def cache_dir(cfg: DataConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("B6LAB_CACHE") or Path.home() / ".cache" / "b6lab").expanduser()
+def cache_dir(cfg: DataConfig | None = None) -> Path:
+    """Where b6lab caches (trained tokenizers): data.cache_dir, else $B6LAB_CACHE, else
+    $XDG_CACHE_HOME/b6lab, else ~/.cache/b6lab (the XDG default)."""
+    chosen = (cfg.cache_dir if cfg else None) or os.environ.get("B6LAB_CACHE")
+    if chosen:
+        return Path(chosen).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec: an unset, empty or relative XDG_CACHE_HOME means ~/.cache.
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "b6lab"
 
 
 def build_tokenizer(cfg: DataConfig, source):
@@ -180,8 +210,6 @@ def resolve_vocab(cfg: ModelConfig, tokenizer) -> ModelConfig:
     if cfg.vocab_size is None:
         return replace(cfg, vocab_size=-(-tokenizer.vocab_size // 64) * 64)
     if cfg.vocab_size < tokenizer.vocab_size:
-        from b6lab.errors import ConfigError
-
         raise ConfigError(
             f"{cfg.vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}); "
             "leave it unset to follow the tokenizer",

@@ -11,7 +11,6 @@ plugin's file or package right then. What they registered is kept until a plugin
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.metadata
@@ -28,7 +27,7 @@ import pluggy
 
 import b6lab
 from b6lab import hookspecs
-from b6lab.errors import PluginError, UsageError, exception_line
+from b6lab.errors import PluginError, UsageError, exception_line, unknown
 
 KINDS = tuple(hookspecs.FACTORY_ARGUMENTS)
 HOOKS = {f"b6lab_register_{kind}": kind for kind in KINDS}
@@ -199,9 +198,7 @@ def _check_hook_names(plugin: object, source: str) -> None:
     for attr in dir(plugin):
         value = inspect.getattr_static(plugin, attr, None)
         if attr.startswith("b6lab_") and callable(value) and attr not in HOOKS:
-            closest = difflib.get_close_matches(attr, list(HOOKS), n=1, cutoff=0.5)
-            hint = f"did you mean {closest[0]}? " if closest else ""
-            raise PluginError(f"{source}: {attr} is not a b6lab hook; {hint}hooks are {', '.join(HOOKS)}")
+            raise PluginError(f"{source}: {unknown(attr, list(HOOKS), 'b6lab hook')}")
         if attr in HOOKS:
             others = [mark[: -len("_impl")] for mark in vars(value) if mark.endswith("_impl") and mark != "b6lab_impl"] \
                 if hasattr(value, "__dict__") else []
@@ -394,9 +391,7 @@ def get(kind: str, name: str) -> Registration:
     known = registrations(kind)
     if name in known:
         return known[name]
-    closest = difflib.get_close_matches(str(name), list(known), n=1)
-    hint = f" (did you mean {closest[0]!r}?)" if closest else ""
-    raise PluginError(f"unknown {kind} plugin {name!r}{hint}; known: {', '.join(sorted(known))}")
+    raise PluginError(unknown(name, sorted(known), f"{kind} plugin"))
 
 
 def source_changes(recorded: dict) -> list[str]:

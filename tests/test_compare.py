@@ -1,13 +1,19 @@
-"""`b6lab compare` over runs made by `b6lab train`, and the seed-spread verdict it gives."""
+"""`b6lab compare` over runs made by `b6lab train`, the verdicts it gives, and its other outputs:
+--by and the two-way table, keys shown beside a plugin choice, --json, --metric val_bpb, and the
+per-block diagnostics plot."""
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from b6lab.cli import main
 from b6lab.config import load_config
+from b6lab.sweep.comparison import Comparison, build, compare
 from b6lab.sweep.folders import RunResult, collect
-from b6lab.sweep.stats import seed_spread, summarize_key, verdict_lines
+from b6lab.sweep.report import verdict_sentences
+from b6lab.sweep.stats import summarize_key
 from b6lab.train.trainer import Trainer
 
 
@@ -33,22 +39,25 @@ def test_compare_puts_train_runs_side_by_side(train_runs, tmp_path, capsys):
     assert out.splitlines()[0].split()[:3] == ["run", "norm", "seed"]
     for name in ("pre-0", "pre-1", "post-0", "post-1"):
         assert name in out
-    assert "final val loss" in out and "seed spread" in out.lower()
+    assert "final val loss" in out and "Holm" in out
+    assert out.count("best") >= 2 and "model.norm" in out
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 5
     for plot in ("val_loss_vs_tokens.png", "final_val_loss_by_key.png"):
         assert (tmp_path / "out" / plot).stat().st_size > 5_000
     report = (tmp_path / "report.md").read_text()
     assert "| run | norm | seed |" in report
     assert "](out/val_loss_vs_tokens.png)" in report
-    assert "model.norm" in report and ("within the seed spread" in report or "beyond the seed spread" in report)
+    assert "| model.norm |" in report and "| verdict |" in report
+    assert ("| worse |" in report) or ("| not distinguishable |" in report)
 
 
 def test_compare_reads_a_folder_of_runs(train_runs, tmp_path):
-    runs, keys = collect([train_runs])
-    assert keys == ["model.norm"]
+    runs, grid_keys = collect([train_runs])
+    assert grid_keys == []  # plain runs: no grid
     assert sorted(run.name for run in runs) == ["post-0", "post-1", "pre-0", "pre-1"]
-    assert all(run.status == "completed" and len(run.curve) == 2 for run in runs)
+    assert all(run.status == "completed" and len(run.curves["val_loss"]) == 2 for run in runs)
     assert {run.seed for run in runs} == {0, 1}
+    assert build([train_runs]).keys == ["model.norm"]  # the one config key that differs
 
 
 def test_compare_of_a_folder_that_holds_no_run_is_a_one_line_error(tmp_path, capsys):
@@ -57,33 +66,56 @@ def test_compare_of_a_folder_that_holds_no_run_is_a_one_line_error(tmp_path, cap
     assert err.count("\n") == 1 and "neither a run folder" in err
 
 
-def runs_with(losses: dict[str, list[float]], status: dict[str, str] | None = None) -> list[RunResult]:
+def runs_with(losses: dict[str, list[float]], status: dict[str, str] | None = None,
+              first_seed: dict[str, int] | None = None) -> list[RunResult]:
     """Finished runs with the given final losses per value of `norm`, one seed per loss."""
     return [
         RunResult(folder=Path(f"{value}-{seed}"), name=f"{value}-{seed}", config={}, grid={"model.norm": value},
                   seed=seed, status=(status or {}).get(f"{value}-{seed}", "completed"), final_val_loss=loss)
-        for value, values in losses.items() for seed, loss in enumerate(values)
+        for value, values in losses.items()
+        for seed, loss in enumerate(values, start=(first_seed or {}).get(value, 0))
     ]
 
 
-def test_a_difference_smaller_than_the_seed_spread_is_called_so():
-    summary = summarize_key(runs_with({"pre": [2.30, 2.34], "post": [2.33, 2.37]}), "model.norm")
+def test_a_difference_smaller_than_the_seed_spread_is_not_distinguishable():
+    runs = runs_with({"pre": [2.30, 2.34], "post": [2.33, 2.37]}, first_seed={"post": 2})  # unpaired
+    summary = summarize_key(runs, "model.norm")
     pre, post = summary.values
-    assert (pre.verdict, post.verdict) == ("best", "within the seed spread")
+    assert (pre.verdict, post.verdict) == ("best", "not distinguishable")
     assert pre.mean == pytest.approx(2.32) and pre.std == pytest.approx(0.0283, abs=1e-4)
-    assert "within the seed spread" in verdict_lines(summary)[0]
+    assert post.test == "Welch t" and post.ci[0] < 0 < post.ci[1] and post.p > 0.05
+    assert post.seeds_needed and post.seeds_needed > 2  # how many seeds would tell them apart
+    sentence = verdict_sentences(summary)[0]
+    assert "not distinguishable at 5%" in sentence and f"about {post.seeds_needed} seeds per value" in sentence
 
 
-def test_a_difference_larger_than_the_seed_spread_is_called_so():
-    summary = summarize_key(runs_with({"pre": [2.300, 2.302], "post": [2.400, 2.404]}), "model.norm")
-    assert [v.verdict for v in summary.values] == ["best", "beyond the seed spread"]
-    assert "post is worse than pre by 0.1010" in verdict_lines(summary)[0]
+def test_a_difference_larger_than_the_seed_spread_is_worse():
+    summary = summarize_key(runs_with({"pre": [2.300, 2.302, 2.299], "post": [2.400, 2.404, 2.401]}), "model.norm")
+    assert [v.verdict for v in summary.values] == ["best", "worse"]
+    post = summary.values[1]
+    assert post.test == "paired t" and post.p < 0.05 and 0.09 < post.ci[0] < post.delta < post.ci[1] < 0.11
+    assert "post is worse than pre by 0.1013" in verdict_sentences(summary)[0]
 
 
-def test_with_one_seed_the_verdict_says_the_spread_is_unknown():
+def test_runs_that_share_seeds_are_paired_and_the_seed_effect_cancels():
+    # Each seed moves both values the same way (their data order): paired, the 0.01 difference is
+    # clear; the same numbers with different seeds (Welch) are not enough.
+    pre, post = [2.30, 2.40, 2.50], [2.31, 2.411, 2.509]
+    paired = summarize_key(runs_with({"pre": pre, "post": post}), "model.norm").values[1]
+    unpaired = summarize_key(runs_with({"pre": pre, "post": post}, first_seed={"post": 3}), "model.norm").values[1]
+    assert (paired.test, paired.verdict) == ("paired t", "worse")
+    assert (unpaired.test, unpaired.verdict) == ("Welch t", "not distinguishable")
+
+
+def test_with_one_seed_the_verdict_is_inconclusive():
     runs = runs_with({"pre": [2.3], "post": [2.4]})
-    assert summarize_key(runs, "model.norm").values[1].verdict == "seed spread unknown (needs 2+ seeds)"
-    assert seed_spread(runs, ["model.norm"]) is None
+    summary = summarize_key(runs, "model.norm")
+    assert [v.verdict for v in summary.values] == ["inconclusive", "inconclusive"]
+    assert "inconclusive, 1 seed" in verdict_sentences(summary)[0] and "2+ seeds" in verdict_sentences(summary)[0]
+    # With the spread measured on a third value, it says how many seeds would settle it.
+    runs = runs_with({"pre": [2.3, 2.32], "post": [2.4], "sandwich": [2.6, 2.61]})
+    post = summarize_key(runs, "model.norm").values[1]
+    assert post.verdict == "inconclusive" and post.seeds_needed is not None
 
 
 def test_diverged_runs_are_left_out_of_the_means_and_reported():
@@ -91,10 +123,169 @@ def test_diverged_runs_are_left_out_of_the_means_and_reported():
     summary = summarize_key(runs, "model.norm")
     post = summary.values[1]
     assert post.mean == pytest.approx(2.35) and post.runs == 1 and post.not_counted == {"diverged": 1}
-    assert "model.norm=post: 1 diverged (not counted)" in verdict_lines(summary)
+    assert post.verdict == "inconclusive"
+    assert "model.norm=post: 1 diverged (not counted)" in verdict_sentences(summary)
 
 
-def test_the_seed_spread_pools_runs_that_differ_only_in_seed():
-    runs = runs_with({"pre": [2.0, 2.2], "post": [3.0, 3.4]})
-    # Variances 0.02 and 0.08 -> pooled std sqrt(0.05).
-    assert seed_spread(runs, ["model.norm"]) == pytest.approx(0.05**0.5)
+# ---------------------------------------------------------------------------------------------
+# Run folders written by the test: the files `b6lab train` leaves, with chosen numbers
+
+
+def write_run(folder: Path, config: dict, loss: float, diagnostics: bool = False, status: str = "completed") -> Path:
+    """A finished run: config.yaml, metrics.jsonl (two evals, and per-block diagnostics after each
+    when asked), summary.json; val_bpb is val_loss / ln 2 as for bytes."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    records = []
+    for step, value in ((5, loss + 0.5), (10, loss)):
+        records.append({"step": step, "tokens": step * 64, "val_loss": value, "val_bpb": value / 0.6931})
+        if diagnostics:
+            layers = config["model"]["n_layers"]
+            grow = 2.0 if config["model"]["norm"] == "post" else 1.0
+            records.append({"step": step, "tokens": step * 64,
+                            "block_grad_norm": [0.1 * grow**i / step for i in range(layers)],
+                            "block_residual_rms": [1.0 + 0.5 * i for i in range(layers)]})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "summary.json").write_text(json.dumps({
+        "status": status, "best_val_loss": loss, "final_val_loss": loss, "best_val_bpb": loss / 0.6931,
+        "final_val_bpb": loss / 0.6931, "tokens": 640, "steps": 10}))
+    return folder
+
+
+def config(norm: str, seed: int, optim: dict | None = None, warmup: int = 0, layers: int = 3) -> dict:
+    return {"name": "t", "model": {"norm": norm, "n_layers": layers, "d_model": 32},
+            "optim": optim or {"name": "lion", "lr": 1e-3, "weight_decay": 0.1},
+            "schedule": {"name": "cosine", "warmup_steps": warmup}, "train": {"seed": seed, "out_dir": f"runs/{seed}"}}
+
+
+ADAMW = {"name": "adamw", "lr": 3e-3, "weight_decay": 0.1, "eps": 1e-8}
+
+
+@pytest.fixture
+def optimizer_runs(tmp_path):
+    """Lion and AdamW (whose eps and lr come with it), 3 seeds each, in two folders of runs."""
+    for seed in range(3):
+        write_run(tmp_path / "lion" / f"s{seed}", config("pre", seed), 2.00 + 0.01 * seed)
+        jitter = (0, 4e-3, -4e-3)[seed]  # the seeds must not move both optimizers by exactly the same
+        write_run(tmp_path / "adamw" / f"s{seed}", config("pre", seed, ADAMW), 2.10 + 0.01 * seed + jitter)
+    return tmp_path
+
+
+def test_options_that_come_with_a_plugin_are_shown_beside_it_not_judged_again(optimizer_runs):
+    result = build([optimizer_runs / "lion", optimizer_runs / "adamw"])
+    assert result.keys == ["optim.name"]  # one finding, not three (name, lr, eps)
+    assert sorted(result.beside["optim.name"]) == ["optim.eps", "optim.lr"]
+    lion, adamw = result.summaries[0].values
+    assert adamw.beside == {"optim.lr": "0.003", "optim.eps": "1e-08"} and lion.beside["optim.eps"] == "-"
+    assert (lion.verdict, adamw.verdict) == ("best", "worse")
+
+
+def test_compare_json_is_one_document_with_every_number_of_each_value(optimizer_runs, tmp_path, capsys):
+    assert main(["compare", str(optimizer_runs / "lion"), str(optimizer_runs / "adamw"), "--json", "--no-plots",
+                 "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # stdout holds the document alone
+    assert doc == compare([optimizer_runs / "lion", optimizer_runs / "adamw"])  # the Python API's document
+    adamw = doc["keys"]["optim.name"]["values"][1]
+    assert adamw["value"] == "adamw" and adamw["n_seeds"] == 3 and adamw["n_runs"] == 3
+    assert adamw["delta"] == pytest.approx(0.10) and adamw["mean"] == pytest.approx(2.11)
+    assert adamw["ci"][0] < 0.10 < adamw["ci"][1] and adamw["p_corrected"] < 0.05
+    assert adamw["verdict"] == "worse" and adamw["test"] == "paired t"
+    assert adamw["std"] == pytest.approx(0.00872, abs=1e-5)
+    assert doc["keys"]["optim.name"]["values"][0]["verdict"] == "best" and doc["ci_level"] == 0.95
+    assert not list((tmp_path / "out").glob("*.png")) and (tmp_path / "out" / "results.csv").exists()
+    assert "wrote" in captured.err
+
+
+def test_metric_val_bpb_compares_the_bits_per_byte(optimizer_runs):
+    doc = compare([optimizer_runs / "lion", optimizer_runs / "adamw"], metric="val_bpb")
+    lion = doc["keys"]["optim.name"]["values"][0]
+    assert doc["metric"] == "val_bpb" and lion["mean"] == pytest.approx(2.01 / 0.6931)
+
+
+def test_metric_val_bpb_of_runs_without_it_is_a_one_line_error(tmp_path, capsys):
+    folder = write_run(tmp_path / "old", config("pre", 0), 2.0)
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if "bpb" not in k}))
+    assert main(["compare", str(folder), "--metric", "val_bpb"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--metric val_bpb: none of these runs recorded it" in err
+
+
+def test_by_two_keys_prints_the_two_way_table_and_averages_the_rest(tmp_path, capsys):
+    for norm, base in (("pre", 2.0), ("post", 2.2)):
+        for warmup, penalty in ((0, 0.3 if norm == "post" else 0.0), (30, 0.0)):  # post needs warmup
+            for lr in (1e-3, 3e-3):
+                for seed in (0, 1):
+                    cfg = config(norm, seed, {"name": "lion", "lr": lr, "weight_decay": 0.1}, warmup=warmup)
+                    write_run(tmp_path / "runs" / f"{norm}-{warmup}-{lr}-{seed}", cfg, base + penalty + 0.01 * seed)
+    assert main(["compare", str(tmp_path / "runs"), "--by", "model.norm,schedule.warmup_steps", "--no-plots",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "model.norm x schedule.warmup_steps" in out
+    row = next(line for line in out.splitlines() if line.startswith("post ") and "(2)" in line)
+    assert "2.5050 ± 0.0071 (2)" in row and "2.2050 ± 0.0071 (2)" in row  # post: warmup 0, warmup 30
+    assert "Averaged within each seed (not grouped by): optim.lr." in out
+    doc = compare([tmp_path / "runs"], by="model.norm,schedule.warmup_steps")
+    cells = {(c["model.norm"], c["schedule.warmup_steps"]): c for c in doc["interaction"]["cells"]}
+    assert cells["post", "0"]["mean"] == pytest.approx(2.505) and cells["pre", "0"]["n_seeds"] == 2
+
+
+def test_by_an_unknown_key_is_a_one_line_error(optimizer_runs, capsys):
+    assert main(["compare", str(optimizer_runs / "lion"), "--by", "model.nrom"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--by model.nrom" in err and "no run has this key" in err
+
+
+def test_block_diagnostics_are_plotted_by_layer_when_runs_recorded_them(tmp_path):
+    for norm in ("pre", "post"):
+        for seed in (0, 1):
+            write_run(tmp_path / "runs" / f"{norm}-{seed}", config(norm, seed, layers=6), 2.0, diagnostics=True)
+    assert main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "block_diagnostics.png").stat().st_size > 5_000
+    runs, _ = collect([tmp_path / "runs"])
+    first, last = runs[0].diagnostics
+    assert (first["step"], last["step"]) == (5, 10) and len(first["block_grad_norm"]) == 6
+
+
+def test_no_diagnostics_no_diagnostics_plot(optimizer_runs, tmp_path):
+    assert main(["compare", str(optimizer_runs / "lion"), str(optimizer_runs / "adamw"),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert not (tmp_path / "out" / "block_diagnostics.png").exists()
+    assert (tmp_path / "out" / "final_val_loss_by_key.png").exists()
+
+
+def test_the_sweep_report_shows_the_first_two_grid_keys_together():
+    runs = [RunResult(folder=Path("x"), name="x", config={}, grid={"a": a, "b": b, "c": "1"}, seed=seed,
+                      status="completed", final_val_loss=1.0 + (a == "y") + 0.1 * (b == "q") + 0.01 * seed)
+            for a in ("x", "y") for b in ("p", "q") for seed in (0, 1)]
+    result = Comparison(runs, ["a", "b", "c"])
+    assert (result.interaction.rows_key, result.interaction.columns_key) == ("a", "b")
+    assert result.interaction.cells["y", "q"].mean == pytest.approx(2.105)
+
+
+def write_sweep(folder: Path, optim: dict | None, shift: float) -> Path:
+    """A finished sweep of model.norm x 2 seeds, as `b6lab sweep` leaves it (sweep.json, trials/)."""
+    trials = []
+    for norm in ("pre", "post"):
+        for seed in (0, 1):
+            name = f"norm={norm},seed={seed}"
+            loss = 2.0 + shift + 0.1 * (norm == "post") + 0.01 * seed + 0.003 * seed * (norm == "post")
+            write_run(folder / "trials" / name, config(norm, seed, optim), loss)
+            trials.append({"name": name, "grid": {"model.norm": norm}, "seed": seed, "folder": f"trials/{name}"})
+    (folder / "sweep.json").write_text(json.dumps({
+        "name": folder.name, "grid": [{"key": "model.norm", "short": "norm", "values": ["pre", "post"]}],
+        "seeds": [0, 1], "trials": trials}))
+    return folder
+
+
+def test_two_sweeps_of_one_grid_give_one_finding_per_choice(tmp_path, capsys):
+    lion = write_sweep(tmp_path / "lion", None, 0.0)
+    adamw = write_sweep(tmp_path / "adamw", ADAMW, 0.2)
+    result = build([lion, adamw])
+    assert result.keys == ["model.norm", "optim.name"]  # the grid key, then what differs between the sweeps
+    assert sorted(result.beside["optim.name"]) == ["optim.eps", "optim.lr"]
+    assert result.interaction.cells["post", "adamw"].seeds == 2
+    assert main(["compare", str(lion), str(adamw), "--no-plots", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr=0.003, optim.eps=1e-08" in out and "optim.eps  " not in out  # beside, never its own table

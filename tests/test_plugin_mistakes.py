@@ -74,7 +74,7 @@ def test_a_misspelled_hook_names_the_file_and_the_closest_hook(tmp_path, capsys)
         @b6lab.hookimpl
         def b6lab_register_attn(register):
             pass
-    ''', says="b6lab_register_attn is not a b6lab hook; did you mean b6lab_register_attention?")
+    ''', says="unknown b6lab hook 'b6lab_register_attn' (did you mean 'b6lab_register_attention'?)")
 
 
 def test_a_hook_without_the_hookimpl_decorator_is_found_by_its_name(tmp_path):
@@ -329,35 +329,51 @@ def b6lab_register_dataset(register):
 ''', "data.source=listing", says="without a documents(split, start=0) method")
 
 
+NESTEROV = '''
+def nesterov(param_groups, *, lr: float = 0.1, momentum: float = 0.9):
+    """SGD with Nesterov momentum: torch refuses momentum 0 with a ValueError."""
+    return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=True)
+
+@b6lab.hookimpl
+def b6lab_register_optimizer(register):
+    register("nesterov", nesterov)
+'''
+NESTEROV_ERROR = "raised ValueError: Nesterov momentum requires a momentum and zero dampening"
+
+
 def test_a_plugins_own_error_is_one_line_naming_it(tmp_path, capsys):
-    status, line = train(tmp_path, capsys, None, "optim.name=adamw", "optim.lr=-1")
+    path = plugin_file(tmp_path, NESTEROV)
+    status, line = train(tmp_path, capsys, path, "optim.name=nesterov", "optim.momentum=0")
     assert status == 2
-    assert line == ("b6lab train: error: optim.name: optimizer plugin 'adamw' (from built-in "
-                    "(b6lab.plugins.optimizers)) raised ValueError: Invalid learning rate: -1.0")
+    assert line == f"b6lab train: error: optim.name: optimizer plugin 'nesterov' (from file {path}) {NESTEROV_ERROR}"
 
 
 def test_debug_shows_the_traceback_before_or_after_the_command(tmp_path, capsys):
+    path = plugin_file(tmp_path, NESTEROV)
     for argv in (["--debug", "train"], ["train", "--debug"]):
-        argv += ["--preset", "tiny", "--set", "optim.name=adamw", "--set", "optim.lr=-1", "--set", "data.tokenizer=byte",
-                 "--set", f"train.out_dir={tmp_path / 'run'}", "--set", "logging.progress=false"]
+        argv += ["--preset", "tiny", "--set", f"plugins=[{path}]", "--set", "optim.name=nesterov", "--set", "optim.momentum=0",
+                 "--set", "data.tokenizer=byte", "--set", f"train.out_dir={tmp_path / 'run'}", "--set", "logging.progress=false"]
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "Traceback" in err and "ValueError: Invalid learning rate: -1.0" in err
+        assert "Traceback" in err and "ValueError: Nesterov momentum requires a momentum" in err
+        assert err.strip().splitlines()[-1].endswith(NESTEROV_ERROR)
 
 
 def test_a_bad_optimizer_option_in_a_sweep_fails_before_the_first_trial(tmp_path, capsys):
+    path = plugin_file(tmp_path, NESTEROV)
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(textwrap.dedent(f"""
-        name: bad-lr
-        base: {{preset: tiny, set: {{data.tokenizer: byte, optim.name: adamw}}}}
-        grid: {{optim.lr: [0.001, -1]}}
+        name: bad-momentum
+        plugins: [{path}]
+        base: {{preset: tiny, set: {{data.tokenizer: byte, optim.name: nesterov}}}}
+        grid: {{optim.momentum: [0.9, 0]}}
         storage: {tmp_path / 'sweep'}
     """))
     assert main(["sweep", str(sweep), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "lr=-1" in err and "optimizer plugin 'adamw' (from built-in (b6lab.plugins.optimizers)) raised ValueError: Invalid learning rate: -1" in err
-    cfg = load_config(preset="tiny", overrides=["optim.name=adamw", "optim.lr=-1"])
-    with pytest.raises(PluginError, match="optimizer plugin 'adamw'"):
+    assert "momentum=0" in err and f"optimizer plugin 'nesterov' (from file {path}) {NESTEROV_ERROR}" in err
+    cfg = load_config(preset="tiny", overrides=[f"plugins=[{path}]", "optim.name=nesterov", "optim.momentum=0"])
+    with pytest.raises(PluginError, match="optimizer plugin 'nesterov'"):
         parts.check_plugins(cfg, CPU)
 
 

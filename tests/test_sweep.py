@@ -80,7 +80,7 @@ def test_each_trial_is_the_base_with_its_grid_values_seed_and_own_folder(tmp_pat
     assert (last["model"]["norm"], last["optim"]["lr"], last["train"]["seed"]) == ("sandwich", 0.003, 1)
     assert last["train"]["max_steps"] == 12  # from base.set
     assert last["train"]["out_dir"] == str(tmp_path / "sweep" / "trials" / trials[-1].name)
-    assert last["logging"]["progress"] is False
+    assert last["logging"]["progress"] is True  # not a terminal: its train.log gets plain progress lines
     assert trials[-1].tokens == 12 * 8 * 64 and trials[-1].params > 100_000
 
 

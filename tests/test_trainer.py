@@ -21,7 +21,7 @@ def run(tmp_path, *overrides, name="run", **trainer_options):
     out = tmp_path / name
     cfg = load_config(preset="tiny", overrides=[
         "logging.progress=false", "train.max_steps=12", "train.eval_interval=6", "train.eval_steps=2",
-        "train.log_interval=1", *overrides,
+        "train.log_interval=1", "train.precision=fp32", *overrides,
     ])
     trainer = Trainer(cfg, out, say=lambda message: None, **trainer_options)
     return trainer.run(), out
@@ -131,7 +131,8 @@ def test_an_interrupted_run_saves_where_it_stopped_and_resumes(tmp_path):
         run(tmp_path, name="interrupted", fault_injector=interrupt)
     out = tmp_path / "interrupted"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "failed" and "interrupted at step 9" in summary["reason"]
+    assert summary["status"] == "failed" and "interrupted (in step 10)" in summary["reason"]
+    assert summary["checkpoints"]["last"] == 9
     cfg = load_config(preset="tiny", overrides=[
         "logging.progress=false", "train.max_steps=12", "train.eval_interval=6", "train.eval_steps=2", "train.log_interval=1",
     ])

@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+from b6lab.errors import UsageError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder (runs/x/checkpoints/best) or a run folder")
@@ -18,9 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    for flag, value, lowest in (("--max-new-tokens", args.max_new_tokens, 0), ("--top-k", args.top_k, 0),
+                                ("--temperature", args.temperature, 0.0)):
+        if value < lowest:
+            raise UsageError(f"{flag} must be >= {lowest}, got {value}")
+    device = args.device
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this machine has no CUDA device torch can use; use --device cpu")
+
+
 def run(args: argparse.Namespace) -> int:
     from b6lab.generate import load_for_sampling, sample
 
+    check_arguments(args)
     model, tokenizer, note = load_for_sampling(args.checkpoint, args.device)
     if note:
         print(f"note: {note}", file=sys.stderr)

@@ -12,6 +12,8 @@ and at the end results.csv, val_loss_vs_tokens.png and final_val_loss_by_key.png
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from b6lab.errors import UsageError
 
@@ -27,52 +29,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume, also run the trials that failed again (from their last checkpoint)")
     parser.add_argument("--address", metavar="ADDR",
                         help="join the Ray cluster at ADDR (default: $RAY_ADDRESS, else start Ray on this machine)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only the sweep's header and its results, not a line per trial event")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed goes with --resume")
+    status, _ = run_sweep(args.experiment, dry_run=args.dry_run, resume=args.resume, retry_failed=args.retry_failed,
+                          address=args.address, quiet=args.quiet)
+    return status
+
+
+def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, retry_failed: bool = False,
+              address: str | None = None, quiet: bool = False) -> tuple[int, Path]:
+    """The sweep command's work (also `b6lab.sweep`): its exit status, and the sweep's folder."""
     from b6lab.sweep import folders, report
     from b6lab.sweep.experiment import load_experiment
     from b6lab.sweep.trials import resolve_trials
+    from b6lab.train.trackers import tensorboard_command
 
-    if args.retry_failed and not args.resume:
-        raise UsageError("--retry-failed goes with --resume")
-    exp = load_experiment(args.experiment)
+    exp = load_experiment(experiment)
     trials = resolve_trials(exp)
     print(report.sweep_header(exp, trials))
-    print(report.text_table(report.trial_rows(trials, exp)))
+    rows = report.trial_rows(trials, exp)
+    if resume:
+        for row, trial in zip(rows, trials):
+            row["status"] = _status_on_resume(trial, row["status"], retry_failed)
+    if not quiet:
+        print(report.text_table(rows))
     skipped = [t for t in trials if t.skip_reason]
     for trial in skipped:
         print(f"  skipped {trial.name}: {trial.skip_reason}")
-    if args.dry_run:
+    if dry_run:
         print("\ndry run: nothing started")
-        return 0
+        return 0, exp.storage
 
-    if args.resume:
+    if resume:
         folders.check_same_sweep(exp, trials)
     elif folders.read_sweep_record(exp.storage) is not None:
         raise UsageError(f"{exp.storage} already holds the sweep {exp.name}; pass --resume to continue it, "
                          f"or give it another name or storage: in {exp.file.name}")
+    _check_wandb_logins(trials)
 
-    import ray
-
-    from b6lab.sweep.tune_runner import check_resources, count_unfinished, run_tuner, start_ray
+    from b6lab.sweep.tune_runner import (check_resources, count_unfinished, run_tuner, start_ray, stop_left_over_ray,
+                                         stop_ray)
+    from b6lab.train.run_folder import RunLock
 
     print()
-    joined_cluster = start_ray(args.address)
-    try:
-        check_resources(exp, joined_cluster)
-        folders.write_sweep_record(exp, trials)
-        run_tuner(exp, trials, resume=args.resume, retry_failed=args.retry_failed)
-        unfinished = count_unfinished(exp)
-    finally:
-        ray.shutdown()
+    with RunLock(exp.storage, "give the sweep another name or storage"):  # one driver per sweep folder
+        stopped = stop_left_over_ray(exp.storage)
+        if stopped:
+            print(f"stopped {stopped} Ray process{'es' if stopped > 1 else ''} left by this sweep's killed driver")
+        joined_cluster = start_ray(address, exp.storage)
+        try:
+            check_resources(exp, joined_cluster)
+            folders.write_sweep_record(exp, trials)
+            run_tuner(exp, trials, resume=resume, retry_failed=retry_failed, quiet=quiet)
+            unfinished = count_unfinished(exp)
+        finally:
+            stop_ray(exp.storage)
 
     runs, keys = folders.read_sweep(exp.storage)
-    print("\n" + report.terminal_report(runs, keys, show_names=False))
-    written = report.write_results(runs, keys, exp.storage, exp.name)
+    print("\n" + report.terminal_report(runs, keys, show_names=False, metric=exp.metric))
+    written = report.write_results(runs, keys, exp.storage, exp.name, exp.metric)
     print(f"\nresults: {', '.join(str(path) for path in written)}")
+    if any(trial.config["logging"].get("tensorboard") for trial in trials):
+        print(f"curves: {tensorboard_command([exp.trials_dir]) or 'no TensorBoard event files were written'}")
     if unfinished:
         print(f"interrupted: {unfinished} trial{'s' if unfinished > 1 else ''} did not finish; "
-              f"`b6lab sweep {args.experiment} --resume` continues")
-        return 130
-    return 1 if any(run.status == "failed" for run in runs) else 0
+              f"`b6lab sweep {experiment} --resume` continues")
+        return 130, exp.storage
+    return (1 if any(run.status == "failed" for run in runs) else 0), exp.storage
+
+
+def _check_wandb_logins(trials) -> None:
+    """A missing wandb login is the same one-line error as `b6lab train`'s, before Ray starts."""
+    from b6lab.config import WandbConfig
+    from b6lab.train.trackers import check_wandb_login
+
+    for settings in {json.dumps(t.config["logging"]["wandb"], sort_keys=True) for t in trials}:
+        check_wandb_login(WandbConfig(**json.loads(settings)))
+
+
+def _status_on_resume(trial, planned: str, retry_failed: bool) -> str:
+    """What --resume will do with a trial: finished ones (completed, diverged, stopped) stay as they are."""
+    from b6lab.sweep.folders import read_run
+    from b6lab.train.run_folder import holds_run
+
+    if planned == "skip" or not holds_run(trial.run_dir):
+        return planned
+    status = read_run(trial.run_dir).status
+    if status == "completed" or status in ("diverged", "stopped") or (status == "failed" and not retry_failed):
+        return status
+    return "rerun" if status == "failed" else "resume"

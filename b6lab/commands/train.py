@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from b6lab import registry
 from b6lab.commands.common import add_config_arguments, config_from_args
 from b6lab.config import load_config, read_yaml
 from b6lab.errors import UsageError
+from b6lab.train.run_folder import holds_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in train.out_dir (default: the newest runs/<name>*) from its last "
                              "checkpoint, with the config it was started with plus any --set")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only the start line, warnings and the result (sets logging.quiet=true)")
 
 
 def run(args: argparse.Namespace) -> int:
     from b6lab.train.trainer import Trainer
 
+    if args.quiet:
+        args.overrides.append("logging.quiet=true")
     cfg = config_from_args(args)
     out_dir = choose_out_dir(cfg.train.out_dir, cfg.name, args.resume)
     if args.resume and (out_dir / "config.yaml").exists():
@@ -32,37 +38,47 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
     trainer = Trainer(cfg, out_dir, resume=args.resume)
     summary = trainer.run()
+    if summary["status"] != "completed":
+        # One line: what happened and what to do (summary.json and metrics.jsonl are in out_dir).
+        print(f"b6lab train: {summary['status']}: {summary['reason']}", file=sys.stderr)
+        return 128 + signal.Signals[trainer.stopped_by].value if trainer.stopped_by else 1
     best = summary["best_val_loss"]
     print(f"b6lab: {summary['status']} after {summary['steps']} steps, {summary['tokens']:,} tokens, "
           f"{summary['tokens_per_sec'] or 0:,.0f} tokens/s; best val loss {best:.4f}" if best is not None else
           f"b6lab: {summary['status']} after {summary['steps']} steps")
-    if summary.get("reason"):
-        print(f"  {summary['reason']}")
-    print(f"results: {out_dir}/ (metrics.jsonl, summary.json, checkpoints/best)")
-    print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt 'def '")
-    return 0 if summary["status"] == "completed" else 1
-
-
-def holds_run(folder: Path) -> bool:
-    return (folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists()
+    if not args.quiet:
+        print(f"results: {out_dir}/ (metrics.jsonl, summary.json, checkpoints/best)")
+        if cfg.logging.tensorboard:
+            print(f"curves: tensorboard --logdir {out_dir}")
+        print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt 'def '")
+    return 0
 
 
 def choose_out_dir(out_dir: str | None, name: str, resume: bool) -> Path:
     """An explicit out_dir is used as given; by default runs/<name>, then runs/<name>-2, ... so
-    that a new run never overwrites an old one, and --resume takes the newest of them."""
+    that a new run never overwrites an old one, and --resume takes the newest of them. A new
+    default folder is claimed by creating it (two runs started together get two folders)."""
     if out_dir:
         folder = Path(out_dir)
         if holds_run(folder) and not resume:
             raise UsageError(f"{folder} already holds a run; pass --resume to continue it, or set train.out_dir")
         return folder
     base = Path("runs") / name
-    existing = [base] if holds_run(base) else []
-    n = 2
-    while holds_run(base.with_name(f"{name}-{n}")):
-        existing.append(base.with_name(f"{name}-{n}"))
-        n += 1
+    candidates = (base if n == 1 else base.with_name(f"{name}-{n}") for n in range(1, 10**6))
     if resume:
-        if not existing:
+        existing = None
+        for folder in candidates:
+            if not folder.exists():
+                break
+            existing = folder if holds_run(folder) else existing
+        if existing is None:
             raise UsageError(f"nothing to resume: no run in {base} (set train.out_dir to the run's folder)")
-        return existing[-1]
-    return base if not existing else base.with_name(f"{name}-{n}")
+        return existing
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for folder in candidates:
+        try:
+            folder.mkdir()  # atomic: exactly one process creates it
+            return folder
+        except FileExistsError:
+            continue
+    raise UsageError(f"no free folder name left for runs/{name}-N")

@@ -235,6 +235,8 @@ def validation_batches(source, tokenizer, *, seq_len: int, batch_size: int, max_
             pending = pending[stride:]
         if len(blocks) == wanted:
             break
+    if not blocks and not len(pending) and next(iter(source.documents("train", start=0)), None) is None:
+        raise DataError(f"{source.fingerprint} holds no text (both splits are empty); check the data source's files or options")
     if not blocks:
         raise DataError(
             f"the validation split of {source.fingerprint} holds fewer than seq_len + 1 = {block} tokens; "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import b6lab
 from b6lab.data.hub import HubCall
 from b6lab.data.sources import HubDataset, LocalFiles, datasets_missing
-from b6lab.errors import ConfigError
+from b6lab.errors import ConfigError, unknown
 
 LOCAL_HINT = "download its files and set data.path to them"
 
@@ -32,7 +32,7 @@ def _local_or_hub(path, val_fraction: float, text_field: str, train: HubCall, va
 
 def _check_choice(value: str, choices: tuple[str, ...], key: str, what: str) -> None:
     if value not in choices:
-        raise ConfigError(f"unknown {what} {value!r}; known: {', '.join(choices)}", key=key)
+        raise ConfigError(unknown(value, choices, what), key=key)
 
 
 def _check_subfolder_name(value: str, key: str) -> None:

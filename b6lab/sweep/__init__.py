@@ -1,11 +1,19 @@
 """Sweeps and comparisons: a grid of full training runs on Ray Tune, and the tables and plots of their results.
 
     experiment.py   the sweep file: its keys, read and checked into an Experiment
+    grid.py         an Experiment: its base config, grid axes, seeds and points
     trials.py       the grid expanded into trials, each one's config resolved and validated
     tune_runner.py  the Ray Tune side: the trainable every trial runs, Tuner and restore
     progress.py     the compact progress lines a sweep prints while it runs
     folders.py      reading run folders and sweep folders back into results
-    stats.py        grouping by grid key, the seed spread, and the verdict
-    report.py       the results table (terminal, CSV, markdown)
-    plots.py        val loss against tokens, and final val loss by grid key
+    comparison.py   which keys runs are grouped by, and the document `b6lab compare --json` prints
+    stats.py        the t-tests over seeds, Holm's correction, the verdict; the two-way table
+    report.py       the results table and the verdicts (terminal, CSV, markdown)
+    plots.py        val loss against tokens, final val loss by key, per-block diagnostics by layer
+
+Calling the package, `b6lab.sweep(path)`, runs `b6lab.api.sweep`.
 """
+
+from b6lab import callable_package
+
+callable_package(__name__, "sweep")

@@ -19,10 +19,12 @@ import yaml
 
 import b6lab
 from b6lab.errors import UsageError
-from b6lab.sweep.experiment import Experiment
+from b6lab.sweep.grid import Experiment
 from b6lab.train.records import read_metrics, write_json
+from b6lab.train.run_folder import holds_run
 
 SWEEP_RECORD = "sweep.json"
+METRICS = ("val_loss", "val_bpb")  # what an eval record holds and runs can be compared on
 
 
 @dataclass
@@ -41,7 +43,10 @@ class RunResult:
     steps: int | None = None
     params: int | None = None
     wall_seconds: float | None = None
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (tokens, val loss) at each eval
+    best_val_bpb: float | None = None
+    final_val_bpb: float | None = None
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (tokens, value) at each eval
+    diagnostics: list[dict] = field(default_factory=list)  # the first and the last per-block diagnostics record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,10 +93,6 @@ def check_same_sweep(exp: Experiment, trials) -> None:
 # Reading results back
 
 
-def holds_run(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("config.yaml", "metrics.jsonl", "summary.json"))
-
-
 def read_run(folder: Path) -> RunResult:
     folder = Path(folder)
     config = {}
@@ -100,18 +101,23 @@ def read_run(folder: Path) -> RunResult:
     records = read_metrics(folder / "metrics.jsonl")
     evals = [r for r in records if "val_loss" in r]
     train_logs = [r for r in records if "loss" in r]
+    diagnostics = [r for r in records if "block_grad_norm" in r and "block_residual_rms" in r]
     run = RunResult(folder=folder, name=folder.name, config=config, seed=config.get("train", {}).get("seed"))
-    run.curve = [(r["tokens"], r["val_loss"]) for r in evals if r.get("val_loss") is not None]
+    for metric in METRICS:
+        run.curves[metric] = [(r["tokens"], r[metric]) for r in evals if r.get(metric) is not None]
+    run.diagnostics = diagnostics[:1] + diagnostics[1:][-1:]
     summary_path = folder / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         run.status, run.reason = summary.get("status", "incomplete"), summary.get("reason")
-        for key in ("best_val_loss", "final_val_loss", "tokens", "tokens_per_sec", "steps", "params", "wall_seconds"):
+        for key in ("best_val_loss", "final_val_loss", "best_val_bpb", "final_val_bpb", "tokens", "tokens_per_sec",
+                    "steps", "params", "wall_seconds"):
             setattr(run, key, summary.get(key))
     else:  # still running, or killed: what the metrics say so far
-        losses = [loss for _, loss in run.curve]
-        run.best_val_loss = min(losses) if losses else None
-        run.final_val_loss = losses[-1] if losses else None
+        for metric in METRICS:
+            values = [value for _, value in run.curves[metric]]
+            setattr(run, f"best_{metric}", min(values) if values else None)
+            setattr(run, f"final_{metric}", values[-1] if values else None)
         run.steps = max((r["step"] for r in train_logs + evals), default=None)
         run.tokens = max((r["tokens"] for r in train_logs + evals), default=None)
         speeds = [r["tokens_per_sec"] for r in train_logs if r.get("tokens_per_sec")]
@@ -134,16 +140,15 @@ def read_sweep(folder: Path) -> tuple[list[RunResult], list[str]]:
 
 
 def collect(paths: list[str | Path]) -> tuple[list[RunResult], list[str]]:
-    """Runs from run folders, sweep folders, or folders of runs (like runs/), and the keys that
-    tell them apart: a single sweep's grid keys, or else the config keys that differ between runs."""
+    """Runs from run folders, sweep folders, or folders of runs (like runs/), and the sweeps' grid
+    keys (every sweep's, in order; none for plain runs). Which keys to group by is comparison.py's."""
     runs: list[RunResult] = []
-    sweeps = 0
     grid_keys: list[str] = []
     for path in map(Path, paths):
         if read_sweep_record(path) is not None:
-            sweep_runs, grid_keys = read_sweep(path)
+            sweep_runs, keys = read_sweep(path)
             runs += sweep_runs
-            sweeps += 1
+            grid_keys += [key for key in keys if key not in grid_keys]
         elif holds_run(path):
             runs.append(read_run(path))
         elif path.is_dir() and any(holds_run(child) for child in path.iterdir()):
@@ -151,13 +156,7 @@ def collect(paths: list[str | Path]) -> tuple[list[RunResult], list[str]]:
         else:
             raise UsageError(f"{path} is neither a run folder (config.yaml, metrics.jsonl), a sweep folder "
                              f"({SWEEP_RECORD}), nor a folder of runs")
-    if sweeps == 1 and len(paths) == 1:
-        return runs, grid_keys
-    keys = differing_keys(runs)
-    for run in runs:
-        flat = flatten(run.config)
-        run.grid = {key: _label(flat.get(key)) for key in keys}
-    return runs, keys
+    return runs, grid_keys
 
 
 # Keys that differ between runs without making them different experiments: where a run is written,
@@ -169,7 +168,7 @@ IGNORED = ("name", "train.out_dir", "train.seed", "train.log_interval", "train.e
 def differing_keys(runs: list[RunResult]) -> list[str]:
     flats = [flatten(run.config) for run in runs]
     keys = list(dict.fromkeys(key for flat in flats for key in flat))
-    return [key for key in keys if not key.startswith(IGNORED) and len({_label(f.get(key)) for f in flats}) > 1]
+    return [key for key in keys if not key.startswith(IGNORED) and len({label_of(f.get(key)) for f in flats}) > 1]
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -182,7 +181,8 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def _label(value) -> str:
+def label_of(value) -> str:
+    """A config value as the text a table shows and runs are grouped by."""
     if value is None:
         return "-"
     if isinstance(value, list):

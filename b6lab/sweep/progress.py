@@ -2,6 +2,8 @@
 Ray's own tables (which are redrawn every few seconds and hard to read in a log).
 
     [ 3/24 done, 2 running] finished norm=pre,lr=0.001,seed=0: completed, val loss 2.4120 | best 2.3900 (norm=sandwich,...)
+
+Plain lines, never a carriage return, whether stdout is a terminal or a log; `--quiet` prints none.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from ray import tune
 
-from b6lab.sweep.experiment import point_key
+from b6lab.sweep.grid import point_key
 from b6lab.train.records import read_summary
 
 HEARTBEAT_SECONDS = 60.0  # a status line at least this often, so a long trial doesn't look hung
@@ -20,8 +22,8 @@ HEARTBEAT_SECONDS = 60.0  # a status line at least this often, so a long trial d
 
 class SweepProgress(tune.Callback):
     # Plain data only: Ray pickles this callback with the sweep's state and restores it on --resume.
-    def __init__(self, names: dict[str, str], run_dirs: dict[str, str], total: int):
-        self.names, self.run_dirs, self.total = names, run_dirs, total
+    def __init__(self, names: dict[str, str], run_dirs: dict[str, str], total: int, quiet: bool = False):
+        self.names, self.run_dirs, self.total, self.quiet = names, run_dirs, total, quiet
         self.best: tuple[float, str] | None = None
         self.running: set[str] = set()  # started by this process and not ended yet
         self.ended: set[str] = set()
@@ -87,6 +89,8 @@ class SweepProgress(tune.Callback):
     def _say(self, trials, text: str) -> None:
         # Ray updates a trial's status after calling back: count what this callback has seen, plus
         # what a restored sweep had finished before.
+        if self.quiet:
+            return
         done = len(self.ended | {self._name(t) for t in trials if t.status in ("TERMINATED", "ERROR")})
         running = len(self.running)
         best = f" | best {self.best[0]:.4f} ({self.best[1]})" if self.best else ""

@@ -1,5 +1,5 @@
 """The results of runs side by side: one row per run in the terminal, in results.csv, and in a
-markdown report, followed by each grid key's mean ± std over seeds and the verdict."""
+markdown report, followed by each key's verdicts (verdicts.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import csv
 import os
 from pathlib import Path
 
-from b6lab.sweep.experiment import short_name
+from b6lab.sweep.grid import short_name
 from b6lab.sweep.folders import RunResult
-from b6lab.sweep.stats import KeySummary, seed_spread, summarize_key, verdict_lines
+from b6lab.sweep.comparison import RULE, Comparison
+from b6lab.sweep.stats import KeySummary, TwoWay, ValueSummary
 
 
 def sweep_header(exp, trials) -> str:
@@ -36,26 +37,29 @@ def trial_rows(trials, exp) -> list[dict]:
     return rows
 
 
-def write_results(runs: list[RunResult], keys: list[str], folder: Path, title: str) -> list[Path]:
-    """results.csv and the plots, into `folder`."""
+def write_results(runs: list[RunResult], keys: list[str], folder: Path, title: str, metric: str = "val_loss",
+                  plots: bool = True) -> list[Path]:
+    """results.csv and (unless `plots` is false) the plots, into `folder`."""
     from b6lab.sweep.plots import write_plots
 
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(runs, keys, folder / "results.csv")
-    return [folder / "results.csv", *write_plots(runs, keys, folder, title)]
+    return [folder / "results.csv", *(write_plots(runs, keys, folder, title, metric) if plots else [])]
 
 
-def result_rows(runs: list[RunResult], keys: list[str], show_names: bool) -> list[dict]:
+def result_rows(runs: list[RunResult], keys: list[str], show_names: bool, metric: str = "val_loss") -> list[dict]:
     """What the table shows, one dict per run, formatted for reading."""
-    shorts = {key: short_name(key, keys) for key in keys}
+    # optim.name -> optim, not name: the column says which plugin it is.
+    shorts = {key: key.rsplit(".", 2)[-2] if key.endswith(".name") else short_name(key, keys) for key in keys}
+    unit = "" if metric == "val_loss" else " bpb"
     rows = []
     for run in runs:
         row = {"run": run.name} if show_names else {}
         row |= {shorts[key]: run.grid.get(key, "-") for key in keys}
         row |= {
             "seed": "-" if run.seed is None else str(run.seed),
-            "best val": _loss(run.best_val_loss),
-            "final val": _loss(run.final_val_loss),
+            f"best val{unit}": _loss(getattr(run, f"best_{metric}")),
+            f"final val{unit}": _loss(getattr(run, f"final_{metric}")),
             "tokens": _count(run.tokens),
             "tokens/s": _count(run.tokens_per_sec),
             "status": run.status,
@@ -64,15 +68,17 @@ def result_rows(runs: list[RunResult], keys: list[str], show_names: bool) -> lis
     return rows
 
 
+NUMERIC = {"best val", "final val", "best val bpb", "final val bpb", "tokens", "tokens/s", "params", "seeds", "runs"}
+
+
 def text_table(rows: list[dict]) -> str:
     if not rows:
         return "(no runs)"
     columns = list(rows[0])
     widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
-    numeric = {"best val", "final val", "tokens", "tokens/s", "params"}
 
     def line(cells: dict) -> str:
-        return "  ".join(str(cells[c]).rjust(widths[c]) if c in numeric else str(cells[c]).ljust(widths[c])
+        return "  ".join(str(cells[c]).rjust(widths[c]) if c in NUMERIC else str(cells[c]).ljust(widths[c])
                          for c in columns).rstrip()
 
     header = line({c: c for c in columns})
@@ -93,79 +99,186 @@ def reasons(runs: list[RunResult]) -> list[str]:
     return [f"{run.name}: {run.status}: {run.reason}" for run in runs if run.status != "completed" and run.reason]
 
 
-def key_summaries(runs: list[RunResult], keys: list[str]) -> list[KeySummary]:
-    return [summarize_key(runs, key, keys) for key in keys]
-
-
-def summary_text(runs: list[RunResult], keys: list[str], markdown: bool = False) -> str:
-    """Each grid key's values as mean ± std over seeds, then the verdict in sentences."""
-    if not keys:
-        return ""
-    summaries = key_summaries(runs, keys)
-    blocks = []
-    for summary in summaries:
-        rows = [{
-            summary.key: s.value,
-            "final val loss": "-" if s.mean is None else f"{s.mean:.4f}" + (f" ± {s.std:.4f}" if s.std is not None else ""),
-            "seeds": str(s.seeds),
-            "vs best": "" if s.delta is None or s.verdict == "best" else f"{s.delta:+.4f}",
-            "verdict": s.verdict + (f" (±{s.noise:.4f})" if s.noise is not None else ""),
-        } for s in summary.values]
-        blocks.append(markdown_table(rows) if markdown else text_table(rows))
-    spread = seed_spread(runs, keys)
-    spread_line = (f"Seed spread (std over seeds of otherwise identical runs, pooled): {spread:.4f}." if spread is not None
-                   else "Seed spread: unknown (each configuration ran with one seed).")
-    verdicts = [line for summary in summaries for line in verdict_lines(summary)]
-    bullet = "- " if markdown else "  "
-    return "\n\n".join(blocks + [spread_line, "\n".join(bullet + line for line in verdicts)]).rstrip()
-
-
 def write_csv(runs: list[RunResult], keys: list[str], path: Path) -> None:
-    columns = ["run", *keys, "seed", "status", "best_val_loss", "final_val_loss", "tokens", "tokens_per_sec",
-               "steps", "params", "wall_seconds", "reason", "folder"]
+    columns = ["run", *keys, "seed", "status", "best_val_loss", "final_val_loss", "best_val_bpb", "final_val_bpb",
+               "tokens", "tokens_per_sec", "steps", "params", "wall_seconds", "reason", "folder"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for run in runs:
             writer.writerow({
                 "run": run.name, **{key: run.grid.get(key, "") for key in keys}, "seed": run.seed, "status": run.status,
-                "best_val_loss": run.best_val_loss, "final_val_loss": run.final_val_loss, "tokens": run.tokens,
+                "best_val_loss": run.best_val_loss, "final_val_loss": run.final_val_loss,
+                "best_val_bpb": run.best_val_bpb, "final_val_bpb": run.final_val_bpb, "tokens": run.tokens,
                 "tokens_per_sec": run.tokens_per_sec, "steps": run.steps, "params": run.params,
                 "wall_seconds": run.wall_seconds, "reason": run.reason or "", "folder": str(run.folder),
             })
 
 
-def terminal_report(runs: list[RunResult], keys: list[str], show_names: bool) -> str:
-    """What `b6lab sweep` and `b6lab compare` print: the table, why runs ended early, and the verdict."""
-    parts = [text_table(result_rows(runs, keys, show_names))]
-    notes = reasons(runs)
+def terminal_report(runs: list[RunResult], keys: list[str], show_names: bool, metric: str = "val_loss") -> str:
+    """What `b6lab sweep` prints at the end: the table, why runs ended early, and the verdicts."""
+    return comparison_text(Comparison(runs, keys, metric), show_names)
+
+
+def comparison_text(comparison: Comparison, show_names: bool) -> str:
+    """What `b6lab compare` prints: the runs, why runs ended early, each key's verdicts, two keys at once."""
+    parts = [text_table(result_rows(comparison.runs, comparison.keys, show_names, comparison.metric))]
+    notes = reasons(comparison.runs)
     if notes:
         parts.append("\n".join(f"  {note}" for note in notes))
-    if keys:
-        parts.append("\n" + summary_text(runs, keys))
+    if comparison.keys:
+        parts.append("\n" + verdicts_text(comparison))
     else:
         parts.append("\nThe runs' configs differ only in their seeds, folders and logging: no key to group by.")
     return "\n".join(parts)
 
 
-def write_markdown(path: Path, title: str, runs: list[RunResult], keys: list[str], show_names: bool,
-                   plots: list[Path]) -> None:
-    """A report to paste into a paper draft or a pull request: table, plots, and verdict."""
+def write_markdown(path: Path, title: str, comparison: Comparison, show_names: bool, plots: list[Path]) -> None:
+    """A report to paste into a paper draft or a pull request: table, plots, and verdicts."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [f"# {title}", markdown_table(result_rows(runs, keys, show_names))]
-    notes = reasons(runs)
+    parts = [f"# {title}", markdown_table(result_rows(comparison.runs, comparison.keys, show_names, comparison.metric))]
+    notes = reasons(comparison.runs)
     if notes:
         parts.append("\n".join(f"- {note}" for note in notes))
     for plot in plots:
         parts.append(f"![{plot.stem.replace('_', ' ')}]({os.path.relpath(plot, path.parent)})")
-    if keys:
-        parts.append("## By grid key (final val loss, mean ± std over seeds)")
-        parts.append(summary_text(runs, keys, markdown=True))
-        parts.append("The seed spread is the pooled std of final val loss over seeds of otherwise identical runs. "
-                     "A difference is *within the seed spread* when it is smaller than twice its standard error "
-                     "from seed noise, 2 × spread × √(1/n₁ + 1/n₂) for n₁, n₂ runs (the ± in the verdict).")
+    if comparison.keys:
+        parts.append(f"## By key (final {metric_name(comparison.metric)}, mean ± std over seeds)")
+        parts.append(verdicts_text(comparison, markdown=True))
     path.write_text("\n\n".join(parts) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdicts: a table per key, a sentence per difference, and the two-way table
+
+
+def metric_name(metric: str) -> str:
+    return {"val_loss": "val loss", "val_bpb": "val bits per byte"}[metric]
+
+
+def verdicts_text(comparison: Comparison, markdown: bool = False) -> str:
+    table = markdown_table if markdown else text_table
+    bullet = "- " if markdown else "  "
+    blocks = []
+    for summary in comparison.summaries:
+        blocks.append(table(key_rows(summary, comparison.metric)))
+        sentences = verdict_sentences(summary)
+        if sentences:
+            blocks.append("\n".join(bullet + sentence for sentence in sentences))
+    if comparison.pooled:
+        blocks.append(f"Averaged within each seed (not grouped by): {', '.join(comparison.pooled)}.")
+    if comparison.interaction is not None:
+        blocks.append(two_way_caption(comparison.interaction, comparison.metric) + "\n\n"
+                      + table(two_way_rows(comparison.interaction)))
+    blocks.append(rule_sentence(comparison.alpha))
+    return "\n\n".join(blocks)
+
+
+def key_rows(summary: KeySummary, metric: str) -> list[dict]:
+    ci = f"{1 - summary.alpha:.0%} CI"
+    rows = []
+    for v in summary.values:
+        row = {summary.key: v.value}
+        if summary.beside:
+            row["with"] = ", ".join(f"{key}={value}" for key, value in v.beside.items())
+        row |= {
+            f"final {metric_name(metric)}": _mean_std(v.mean, v.std),
+            "seeds": str(v.seeds),
+            "runs": str(v.runs),
+            f"vs best [{ci}]": "" if v.delta is None or v.verdict == "best" else _delta(v),
+            "p (Holm)": "" if v.p is None else _p(v.p),
+            "verdict": v.verdict,
+        }
+        rows.append(row)
+    return rows
+
+
+def verdict_sentences(summary: KeySummary) -> list[str]:
+    """One plain sentence per value against the best, and the runs left out."""
+    scored = [v for v in summary.values if v.mean is not None]
+    best = min(scored, key=lambda v: v.mean) if len(scored) >= 2 else None
+    level = f"{summary.alpha:.0%}"
+    lines = []
+    for v in scored:
+        if best is None or v is best:
+            continue
+        head = f"{summary.key}: {v.value} vs {best.value}: {v.delta:+.4f}"
+        if v.verdict == "worse":
+            lines.append(f"{summary.key}: {v.value} is worse than {best.value} by {v.delta:.4f} "
+                         f"({_ci_words(v, summary)}; {_test_words(v, best)}, "
+                         f"{_p_phrase(v.p)} after Holm over {_pairs(summary.comparisons)})")
+        elif v.verdict == "not distinguishable":
+            lines.append(f"{head} ({_ci_words(v, summary)}): not distinguishable at {level} "
+                         f"({_p_phrase(v.p)} after Holm){_needed(v)}")
+        else:
+            lines.append(f"{head}: inconclusive, {v.note}{_needed(v)}")
+    for v in summary.values:
+        if v.not_counted:
+            left_out = ", ".join(f"{n} {status}" for status, n in v.not_counted.items())
+            lines.append(f"{summary.key}={v.value}: {left_out} (not counted)")
+    return lines
+
+
+def two_way_caption(table: TwoWay, metric: str) -> str:
+    return (f"{table.rows_key} x {table.columns_key}: final {metric_name(metric)}, mean ± std over seeds "
+            "(n seeds); an interaction shows as a row difference that changes across columns")
+
+
+def two_way_rows(table: TwoWay) -> list[dict]:
+    rows = []
+    for row in table.rows:
+        cells = {f"{table.rows_key} \\ {table.columns_key}": row}
+        for column in table.columns:
+            cell = table.cells[row, column]
+            cells[column] = "-" if cell.mean is None else f"{_mean_std(cell.mean, cell.std)} ({cell.seeds})"
+        rows.append(cells)
+    return rows
+
+
+def rule_sentence(alpha: float) -> str:
+    return (f"Verdicts: {RULE.replace('an alpha', f'a {alpha:.0%}')}; `inconclusive`: fewer than 2 seeds or no "
+            "spread between them (docs/sweeps.md).")
+
+
+def _ci_words(v: ValueSummary, summary: KeySummary) -> str:
+    return f"{1 - summary.alpha:.0%} CI {v.ci[0]:+.4f} to {v.ci[1]:+.4f}"
+
+
+def _test_words(v: ValueSummary, best: ValueSummary) -> str:
+    return f"paired t over {v.seeds} seeds" if v.test == "paired t" else f"Welch t, {v.seeds} and {best.seeds} seeds"
+
+
+def _needed(v: ValueSummary) -> str:
+    if v.seeds_needed is not None:
+        return (f"; about {v.seeds_needed} seeds per value would detect a difference this size "
+                "at the spread seen, 80% of the time")
+    if "1 seed" in v.note:
+        return "; run 2+ seeds per value to measure the spread"
+    return ""
+
+
+def _delta(v: ValueSummary) -> str:
+    text = f"{v.delta:+.4f}"
+    return text + (f" [{v.ci[0]:+.4f}, {v.ci[1]:+.4f}]" if v.ci is not None else "")
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def _p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else "< 0.001"
+
+
+def _pairs(n: int) -> str:
+    return f"{n} pair" + "s" * (n != 1)
+
+
+def _p_phrase(p: float) -> str:
+    return f"p = {p:.3f}" if p >= 0.001 else "p < 0.001"
 
 
 def _loss(value) -> str:

@@ -21,7 +21,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import RunConfig, load_config
 from b6lab.errors import ConfigError, PluginError, UsageError
-from b6lab.sweep.experiment import SEED_KEY, Experiment, point_key
+from b6lab.sweep.grid import SEED_KEY, Experiment, point_key
 from b6lab.train import hardware
 
 
@@ -76,8 +76,10 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
              sizes: ModelSizes) -> Trial:
     run_dir = exp.trials_dir / name
     overrides = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(point[axis.key]).items()]
+    # logging.progress stays as the sweep file sets it: a trial's stdout is no terminal, so its
+    # train.log gets plain progress lines, never a redrawn bar.
     overrides += [_assign("train.seed", point[SEED_KEY]), _assign("train.out_dir", str(run_dir)),
-                  "logging.progress=false", _assign("name", exp.name), _assign("plugins", plugins)]
+                  _assign("name", exp.name), _assign("plugins", plugins)]
     cfg = _load(exp, overrides, point, where)
     with _located(exp, point, where):
         context = trial_context(cfg, exp.gpus)

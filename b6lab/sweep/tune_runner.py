@@ -8,6 +8,7 @@ the checkpoint written beside it, and when Ray restarts it, continues from Tune'
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -15,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from b6lab.errors import UsageError
-from b6lab.sweep.experiment import SEED_KEY, Experiment, point_key
+from b6lab.sweep.grid import SEED_KEY, Experiment, point_key
 from b6lab.sweep.trials import Trial
 from b6lab.train.records import read_summary, write_json
 
@@ -140,9 +141,10 @@ class TrialNames:
         return self.names[point_key(trial.config)]
 
 
-def start_ray(address: str | None) -> bool:
+def start_ray(address: str | None, storage: Path | None = None) -> bool:
     """A local Ray with this machine's resources, or the cluster at `address` (or $RAY_ADDRESS).
-    Returns whether it joined a cluster."""
+    Returns whether it joined a cluster. A local Ray's session is recorded in `storage`, so that
+    the next sweep there can stop what a killed driver left running (`stop_left_over_ray`)."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -160,11 +162,67 @@ def start_ray(address: str | None) -> bool:
     # Trials run in Ray's worker processes: give them b6lab's settings (cache folder, entry points).
     env = {k: v for k, v in os.environ.items() if k.startswith(("B6LAB_", "HF_", "WANDB_", "TOKENIZERS_"))}
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": env})
+        context = ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                           runtime_env={"env_vars": env})
     except ConnectionError as exc:
         raise UsageError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    if address is None and storage is not None:
+        write_json(Path(storage) / SESSION_RECORD, {"driver_pid": os.getpid(), "session_dir": context.address_info["session_dir"]})
     return address is not None
+
+
+SESSION_RECORD = "ray_session.json"  # the local Ray session a running sweep started: its driver and session folder
+
+
+def stop_ray(storage: Path) -> None:
+    """The driver's own shutdown: Ray's processes end with it, and the record goes."""
+    import ray
+
+    ray.shutdown()
+    (Path(storage) / SESSION_RECORD).unlink(missing_ok=True)
+
+
+def session_processes(session: str) -> list:
+    """The processes of one Ray session (session_<date>_<pid>): its name is in their command line or,
+    for the agents that rename themselves (ray::DashboardAgent), in the log files they hold open."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            cmdline = process.info["cmdline"] or []
+            if process.pid == os.getpid() or not any("ray" in part for part in cmdline):
+                continue
+            if any(session in part for part in cmdline) or any(session in f.path for f in process.open_files()):
+                found.append(process)
+    return found
+
+
+def stop_left_over_ray(storage: Path) -> int:
+    """Stop the Ray processes a killed sweep driver left behind (Ray's agents outlive a SIGKILLed
+    driver): only those of the session recorded in `storage`, never another sweep's or user's Ray.
+    Returns how many it stopped."""
+    import json
+
+    import psutil
+
+    path = Path(storage) / SESSION_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    if psutil.pid_exists(record["driver_pid"]) and record["driver_pid"] != os.getpid():
+        return 0  # its driver still runs (the sweep folder's lock keeps a second driver out)
+    left = session_processes(Path(record["session_dir"]).name)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(left, timeout=10)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    path.unlink(missing_ok=True)
+    return len(left)
 
 
 class _NotRaysResumeHint(logging.Filter):
@@ -200,7 +258,7 @@ def check_resources(exp: Experiment, joined_cluster: bool) -> None:
             print(f"warning: {message}; the trials wait until the cluster grows", flush=True)
 
 
-def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: bool):
+def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: bool, quiet: bool = False):
     """Run the sweep's trials on Ray Tune (restoring an interrupted sweep with `resume`); returns Ray's ResultGrid."""
     from ray import tune
 
@@ -231,7 +289,7 @@ def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: 
                 name=exp.ray_dir.name, storage_path=str(exp.ray_dir.parent), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the last one is all a restart needs
-                callbacks=[SweepProgress(names, {t.name: str(t.run_dir) for t in trials}, len(trials))],
+                callbacks=[SweepProgress(names, {t.name: str(t.run_dir) for t in trials}, len(trials), quiet)],
             ),
         )
     return tuner.fit()

@@ -1,13 +1,19 @@
-"""Checkpoints a crashed run resumes from, written so that a crash mid-write loses nothing.
+"""Checkpoints a crashed run resumes from, written so that no crash, full disk or kill loses one.
 
 A checkpoint is a folder (`checkpoints/last`, `checkpoints/best`) holding model.pt, state.pt
-(optimizer, scaler, RNG, data position, step and counters) and config.yaml. It is written to a
-temporary folder first and swapped in by renames; if a crash leaves only `<name>.old`, that
-folder is the checkpoint.
+(optimizer, scaler, RNG, data position, step and counters), config.yaml, the tokenizer, and
+last of all COMPLETE (its step): a folder without that marker was cut off mid-write.
+
+A save writes `<name>.tmp-PID`, marks it complete, renames the current `<name>` to `<name>.old`,
+renames the temporary to `<name>` and only then deletes `<name>.old`: at every instant one of
+the three is a complete checkpoint, and `find` takes the newest complete one. `tidy` (at the
+start of a run, which holds the folder's lock) puts that one back in place and removes the rest.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import pickle
 import random
@@ -18,10 +24,15 @@ import numpy as np
 import torch
 import yaml
 
-from b6lab.errors import DataError
-
+from b6lab.errors import ConfigError, DataError, exception_line
 
 TOKENIZER_FILE = "tokenizer.pkl"
+MARKER = "COMPLETE"  # written last; holds {"step": N}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(Exception):
+    """The disk (or the quota) ran out while a checkpoint was written; the temporary is removed."""
 
 
 def save(folder: Path, *, model_state: dict, state: dict, config: dict, extra: dict | None = None) -> None:
@@ -31,48 +42,150 @@ def save(folder: Path, *, model_state: dict, state: dict, config: dict, extra: d
     partial = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     old = folder.with_name(f"{folder.name}.old")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    torch.save(model_state, partial / "model.pt")
-    torch.save(state, partial / "state.pt")
-    (partial / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    for name, obj in (extra or {}).items():
-        with open(partial / name, "wb") as f:
-            pickle.dump(obj, f)
-    _fsync_folder(partial)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        partial.mkdir()
+        _write(partial / "model.pt", lambda f: torch.save(model_state, f))
+        _write(partial / "state.pt", lambda f: torch.save(state, f))
+        _write(partial / "config.yaml", lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))
+        for name, obj in (extra or {}).items():
+            _write(partial / name, lambda f: pickle.dump(obj, f))
+        _write(partial / MARKER, lambda f: f.write(json.dumps({"step": state["step"]}).encode()))
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno in DISK_FULL:
+            raise DiskFull(f"{os.strerror(exc.errno).lower()} writing {folder}") from None
+        raise
+    _fsync(partial)
     if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)  # `folder` is complete: this older copy is not needed
         os.replace(folder, old)
     os.replace(partial, folder)
+    _fsync(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_folder(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+def _write(path: Path, write) -> None:
+    # Through a Python file, so that a full disk surfaces as OSError(ENOSPC), not as torch's RuntimeError.
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def step_of(folder: Path) -> int | None:
+    """The step of a complete checkpoint folder, or None if it is not one."""
+    folder = Path(folder)
+    try:
+        return json.loads((folder / MARKER).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    # Written before the marker existed: only ever renamed into place whole, so complete (step unknown).
+    legacy = ".tmp-" not in folder.name and (folder / "model.pt").is_file() and (folder / "state.pt").is_file()
+    return -1 if legacy and not (folder / MARKER).exists() else None
+
+
+def _copies(folder: Path) -> list[Path]:
+    """`folder` and what a save of it may leave: `.old`, `.tmp-PID` (the folder itself first)."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return []
+    others = sorted(p for p in folder.parent.glob(f"{folder.name}.*") if p.suffix in (".old",) or ".tmp-" in p.name)
+    return [folder, *others]
 
 
 def find(folder: Path) -> Path | None:
-    """The checkpoint folder to load: `folder`, or the `.old` copy a crash mid-swap left behind."""
+    """The newest complete checkpoint among `folder` and the copies a crash mid-save left beside it."""
+    complete = [(step, -i, p) for i, p in enumerate(_copies(folder)) if (step := step_of(p)) is not None]
+    return max(complete)[2] if complete else None
+
+
+def tidy(folder: Path) -> None:
+    """Put the newest complete copy in place as `folder` and remove the rest (partial or older
+    temporaries of dead processes). Only for the process that holds the run folder's lock."""
     folder = Path(folder)
-    for candidate in (folder, folder.with_name(f"{folder.name}.old")):
-        if (candidate / "model.pt").exists() and (candidate / "state.pt").exists():
-            return candidate
-    return None
+    newest = find(folder)
+    if newest is not None and newest != folder:
+        shutil.rmtree(folder, ignore_errors=True)  # older or incomplete; `newest` stays complete meanwhile
+        os.replace(newest, folder)
+    for leftover in _copies(folder)[1:]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def describe(folder: Path) -> str:
+    """What is in a checkpoints/ folder, for an error that says why nothing could be resumed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"there is no {folder}"
+    entries = sorted(folder.iterdir())
+    if not entries:
+        return f"{folder} is empty"
+    words = [f"{p.name} (incomplete)" if step_of(p) is None else p.name for p in entries]
+    return f"{folder} holds {', '.join(words)}"
 
 
 def load(folder: Path, map_location="cpu") -> tuple[dict, dict, dict]:
     """(model state, trainer state, config dict) of a checkpoint folder."""
     found = find(folder)
     if found is None:
-        raise DataError(f"no checkpoint in {folder} (expected model.pt and state.pt)")
+        raise DataError(f"no checkpoint in {folder} (expected model.pt, state.pt and {MARKER})")
     try:
         model_state = torch.load(found / "model.pt", map_location=map_location, weights_only=True)
         state = torch.load(found / "state.pt", map_location=map_location, weights_only=False)
         config = yaml.safe_load((found / "config.yaml").read_text())
     except Exception as exc:
-        raise DataError(f"checkpoint {found} is unreadable ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"checkpoint {found} is unreadable ({exception_line(exc, 120)})") from exc
     return model_state, state, config
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer pickled beside a checkpoint, or None if it has none."""
+    path = Path(folder) / TOKENIZER_FILE
+    if not path.exists():
+        return None
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except Exception as exc:
+        raise DataError(f"{path} is unreadable ({exception_line(exc, 120)})") from exc
+
+
+# What a resumed run cannot change: the weights' shapes and meaning, what the tokens are, where the
+# data stream stands (its batches, its seed). Everything else (lr, weight decay, max_steps, ...) may.
+FIXED_ON_RESUME = ("model.", "data.", "optim.name", "train.batch_size", "train.grad_accum_steps", "train.seed")
+CHANGEABLE_ON_RESUME = ("model.dropout", "model.attention", "model.gradient_checkpointing", "data.num_workers",
+                        "data.prefetch_factor", "data.cache_dir")
+
+
+def check_resumable(saved_config: dict, config: dict, say) -> None:
+    """A setting a resumed run cannot honour is an error naming the key; the others take effect (and are said)."""
+    before, now = _flatten(saved_config), _flatten(config)
+    for key in dict.fromkeys([*before, *now]):  # config order: a plugin's name before its options
+        if key.startswith("run.") or key.startswith(CHANGEABLE_ON_RESUME) or before.get(key) == now.get(key):
+            continue
+        if key.startswith(FIXED_ON_RESUME):
+            raise ConfigError(
+                f"cannot change when resuming (the checkpoint has {before.get(key)!r}, this run asks for "
+                f"{now.get(key)!r}): the saved weights and data position depend on it; start a new run "
+                "with another train.out_dir to change it", key=key)
+        say(f"  resuming with {key} = {now.get(key)!r} (was {before.get(key)!r})")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def rng_state() -> dict:

@@ -10,14 +10,15 @@ is printed at start and stored in config.yaml.
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import resource
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from b6lab.config import RunConfig
-from b6lab.cpu_bf16 import cpu_has_bf16_instructions
+from b6lab.cpu_bf16 import cpu_has_bf16_instructions, cpu_info
 from b6lab.errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,10 +40,6 @@ class Plan:
     def dtype(self) -> torch.dtype:
         return DTYPES[self.precision]
 
-    @property
-    def device_type(self) -> str:
-        return torch.device(self.device).type
-
     def record(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "notes"} | {"notes": list(self.notes)}
 
@@ -56,11 +53,28 @@ class Plan:
         )
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: the most memory tensors have held since the last reset. CPU: the process's peak RSS."""
+def peak_memory(device: torch.device, reset: bool = False) -> dict:
+    """Peak memory since the last reset, as the trainer logs it at each eval and bench reports it.
+    CUDA: `peak_mem_mb`, the most memory tensors held (`reset` starts a new peak), and `gpu_util`.
+    CPU: `peak_rss_mb`, the process's peak RSS (it never goes down), and `children_mb`, what its
+    child processes (data-loading workers, torch.compile's compiler pool) hold of their own (their
+    unique set size, not shared with this process), where psutil can tell."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        record = {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.empty_cache()
+        with contextlib.suppress(Exception):
+            record["gpu_util"] = torch.cuda.utilization(device)
+        return record
+    record = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    with contextlib.suppress(Exception):
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        if children:
+            record["children_mb"] = sum(child.memory_full_info().uss for child in children) / 2**20
+    return record
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,12 +150,4 @@ def activation_bytes(cfg: RunConfig, precision: str, checkpointing: bool) -> flo
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "CPU"
+    return cpu_info().get("model name") or platform.processor() or "CPU"

@@ -1,16 +1,25 @@
 """The trainer that `b6lab train` runs, and that every trial of a sweep runs.
 
-Setup builds every part from its plugin; the loop takes optimizer steps of grad_accum_steps
-micro-batches each, logs every log_interval, evaluates (and keeps the best checkpoint) every
-eval_interval, and writes a resumable checkpoint every checkpoint_interval and at the end.
+Setup builds every part from its plugin; the loop takes optimizer steps (`train_step`: one
+screen of plain PyTorch) of grad_accum_steps micro-batches each, logs every log_interval,
+evaluates (and keeps the best checkpoint) every eval_interval, and writes a resumable checkpoint
+every checkpoint_interval and at the end.
+
+What a stop may cost, and why it costs nothing: the run folder is locked for the run's life;
+Ctrl-C or SIGTERM finishes the current step, saves and writes summary.json (a second one
+abandons the step, saving the state of the step's start); nothing non-finite is ever saved;
+a full disk ends the run with the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,17 +33,41 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.config import RunConfig, dump_config
 from b6lab.data.packing import TrainBatches, validation_batches
-from b6lab.errors import UsageError
+from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.train import checkpoint, hardware
-from b6lab.train.checkpoint import TOKENIZER_FILE
-from b6lab.train.records import MetricsFile, Progress, WandbRun, write_json
+from b6lab.progress import Progress, progress_mode
+from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull
+from b6lab.train.records import MetricsFile, write_json
+from b6lab.train.run_folder import RunLock, holds_run
+from b6lab.train.trackers import RunLog, check_wandb_login
 
 # Called with every eval record and the checkpoint folder written with it (or None): Ray Tune's hook.
 EvalCallback = Callable[[dict, "Path | None"], None]
 
 
 class Diverged(Exception):
-    pass
+    def __init__(self, step: int, what: str):
+        super().__init__(f"{what} at step {step}")
+        self.step = step
+
+
+def train_step(model, batches, optimizer, scaler, accum: int, clip: float | None,
+               autocast=contextlib.nullcontext()) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `accum` micro-batches (x, y, docs) from `batches`: (mean loss, grad norm),
+    as tensors (reading them waits for the device)."""
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for _ in range(accum):
+        x, y, docs = next(batches)
+        with autocast:
+            loss = model(x, y, docs=docs) / accum
+        scaler.scale(loss).backward()
+        total = total + loss.detach()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)  # inf: measure, clip nothing
+    scaler.step(optimizer)
+    scaler.update()
+    return total, grad_norm
 
 
 class Trainer:
@@ -42,13 +75,29 @@ class Trainer:
                  fault_injector: Callable[[int, int], None] | None = None, say: Callable[[str], None] = print):
         self.cfg, self.out_dir, self.on_eval = cfg, Path(out_dir), on_eval
         self.fault_injector, self.say = fault_injector, say
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_wandb_login(cfg.logging.wandb)  # a missing login fails now, not after the data is built
         self.ckpt_dir = self.out_dir / "checkpoints"
-        resume_from = checkpoint.find(self.ckpt_dir / "last") if resume else None
-        if resume and resume_from is None:
-            say(f"no checkpoint in {self.ckpt_dir / 'last'}: starting from step 0")
-        saved = checkpoint.load(resume_from) if resume_from else None
-        self._setup(saved)
+        self.lock = RunLock(self.out_dir).acquire()  # released at the end of run(), or by the kernel if killed
+        try:
+            for name in ("last", "best"):
+                checkpoint.tidy(self.ckpt_dir / name)  # what a crash mid-save left: the newest complete copy wins
+            for partial in self.out_dir.glob("*.tmp-*"):  # summary.json cut off by a crash
+                partial.unlink()
+            self._setup(self._checkpoint_to_resume() if resume else None)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _checkpoint_to_resume(self):
+        found = checkpoint.find(self.ckpt_dir / "last")
+        if found is None and holds_run(self.out_dir):
+            raise UsageError(f"cannot resume {self.out_dir}: no complete checkpoint to continue from "
+                             f"({checkpoint.describe(self.ckpt_dir)}); its files are left as they are; "
+                             "start a new run with another train.out_dir")
+        if found is None:
+            self.say(f"nothing to resume in {self.out_dir}: starting a new run there")
+            return None
+        return checkpoint.load(found)
 
     # -----------------------------------------------------------------------------------------
     # Setup
@@ -63,6 +112,8 @@ class Trainer:
         model_cfg = parts.resolve_vocab(cfg.model, self.tokenizer)
         self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
         state = saved[1] if saved else None
+        if saved:
+            checkpoint.check_resumable(saved[2], self.cfg.to_dict(), self.say)
         if state:  # an out-of-memory retreat before the crash keeps its smaller micro-batch
             self.plan.batch_size, self.plan.grad_accum_steps = state["batch_size"], state["grad_accum_steps"]
         self.device = torch.device(self.plan.device)
@@ -80,9 +131,16 @@ class Trainer:
             torch.autocast(self.device.type, dtype=compute_dtype) if self.plan.precision != "fp32" else contextlib.nullcontext()
         )
         self.step, self.tokens, self.best_val, self.last_val, self.train_seconds = 0, 0, math.inf, None, 0.0
-        self.wandb_id, self._data_before_step = None, None
+        self.wandb_id, self.stopped_by, self.diverged_at = None, None, None
+        self._window: list[torch.Tensor] = []  # each step's loss since the last logged one
+        # Where the current step started (data position, RNG): what a stop in its middle saves. None
+        # once the optimizer updates the weights, until the step's bookkeeping is done.
+        self._boundary: dict | None = None
+        self.optimizer.register_step_pre_hook(lambda *_: setattr(self, "_boundary", None))
         if saved:
             self._restore(*saved)
+        self.saved_steps = {name: checkpoint.step_of(self.ckpt_dir / name) for name in ("last", "best")
+                            if checkpoint.step_of(self.ckpt_dir / name) is not None}
         self.batches = TrainBatches(
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=self.plan.batch_size,
             shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
@@ -100,12 +158,22 @@ class Trainer:
         dump_config(cfg, self.out_dir / "config.yaml", self.record)
 
     def _restore(self, model_state, state, _config) -> None:
-        self.model.load_state_dict(model_state)
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as exc:
+            raise DataError(f"the checkpoint in {self.ckpt_dir} does not fit this run's model "
+                            f"({exception_line(exc, 200)})") from None
+        # The optimizer's settings are this run's config (a --set optim.weight_decay takes effect);
+        # its state (momenta, step counts) is the checkpoint's.
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, chosen in zip(self.optimizer.param_groups, settings):
+            group.update(chosen)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val_loss"]
         self.last_val, self.train_seconds = state.get("last_val_loss"), state["train_seconds"]
         self.wandb_id = state.get("wandb_id")
+        self._window = [torch.tensor(v, device=self.device) for v in state.get("loss_window", [])]
         checkpoint.restore_rng(state["rng"])
 
     def _record(self) -> dict:
@@ -135,54 +203,66 @@ class Trainer:
     def run(self) -> dict:
         cfg, train = self.cfg, self.cfg.train
         resuming = self.step > 0
-        self.metrics = MetricsFile(self.out_dir / "metrics.jsonl", resume_step=self.step if resuming else None)
-        self.wandb = None
-        if self.cfg.logging.wandb.enabled:
-            self.wandb = WandbRun(cfg.logging.wandb, self.out_dir, cfg.to_dict() | {"run": self.record}, self.wandb_id)
-            self.wandb_id = self.wandb.id
+        metrics = MetricsFile(self.out_dir / "metrics.jsonl", resume_step=self.step if resuming else None)
+        self.run_log = RunLog(metrics, cfg.logging, self.out_dir, cfg.to_dict() | {"run": self.record},
+                              self.step if resuming else None, self.wandb_id)
+        self.wandb_id = self.run_log.wandb_id
         self._announce(resuming)
-        progress = Progress(cfg.logging.progress, train.max_steps, self.step, self.out_dir.name, self.say)
-        status, reason = "completed", None
+        progress = Progress(train.max_steps, initial=self.step, description=self.out_dir.name, say=self.say,
+                            mode=progress_mode(cfg.logging.progress, cfg.logging.quiet),
+                            every_seconds=cfg.logging.plain_interval_seconds)
+        status, reason, save_last = "completed", None, False
         start_wall, start_seconds = time.perf_counter(), self.train_seconds
         try:
-            self._loop(progress)
+            with self._stopping_on_signals():
+                self._loop(progress)
+            if self.stopped_by and self.step < train.max_steps:
+                status, reason, save_last = "failed", f"stopped by {self.stopped_by} at step {self.step}", True
         except Diverged as exc:
-            status, reason = "diverged", str(exc)
-        except KeyboardInterrupt:
-            status, reason = "failed", f"interrupted at step {self.step}; `b6lab train --resume` continues from the last checkpoint"
-            raise
-        except BaseException as exc:
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
-            raise
+            status, reason, self.diverged_at = "diverged", str(exc), exc.step
+        except DiskFull as exc:
+            status, reason = "failed", f"disk full: {exc} at step {self.step}"
+        except BaseException as exc:  # Ctrl-C twice, a crash, Ray stopping a trial: save if the state is whole
+            if isinstance(exc, OSError) and exc.errno in checkpoint.DISK_FULL:  # metrics.jsonl, say
+                status, reason = "failed", f"disk full: {exc.strerror.lower()} at step {self.step}"
+            else:
+                # A crash's reason is its error alone (what the sweep tables show); an interrupt says where to go on.
+                reason = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, KeyboardInterrupt):
+                    reason = f"interrupted (in step {self.step + 1})"
+                status, save_last = "failed", self._boundary is not None
+                raise
         finally:
-            progress.close()
-            self.batches.close()
-            summary = self._finish(status, reason, start_seconds + time.perf_counter() - start_wall)
+            try:
+                progress.close()
+                self.batches.close()
+                summary = self._finish(status, reason, start_seconds + time.perf_counter() - start_wall, save_last)
+            finally:
+                self.lock.release()
         return summary
 
     def _loop(self, progress: Progress) -> None:
         train = self.cfg.train
         checkpoint_interval = train.checkpoint_interval or train.eval_interval
         window_start, window_tokens = time.perf_counter(), 0
-        loss_sum, loss_count = torch.zeros((), device=self.device), 0
-        while self.step < train.max_steps:
+        while self.step < train.max_steps and not self.stopped_by:
+            self._boundary = {"data": self.batches.state_dict(), "rng": checkpoint.rng_state()}
             multiplier = self.schedule(self.step)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * multiplier
-            loss, grad_norm = self.train_step()
+            loss, grad_norm = self._take_step()
+            self._boundary = None
             self.step += 1
             step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.cfg.seq_len
             self.tokens += step_tokens
             window_tokens += step_tokens
-            loss_sum += loss
-            loss_count += 1
+            self._window.append(loss)
             last = self.step == train.max_steps
             if self.step % train.log_interval == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 self.train_seconds += elapsed
-                mean_loss = (loss_sum / loss_count).item()
-                if not math.isfinite(mean_loss):
-                    raise Diverged(f"the training loss became {mean_loss} by step {self.step}")
+                self._check_finite(weights=False)
+                mean_loss = (torch.stack(self._window).sum() / len(self._window)).item()
                 record = {
                     "step": self.step, "tokens": self.tokens, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
                     "tokens_per_sec": window_tokens / elapsed, "grad_norm": float(grad_norm),
@@ -191,7 +271,7 @@ class Trainer:
                 self._log(record)
                 progress.update(0, loss=mean_loss, lr=record["lr"], tok_s=record["tokens_per_sec"])
                 window_start, window_tokens = time.perf_counter(), 0
-                loss_sum, loss_count = torch.zeros((), device=self.device), 0
+                self._window = []
             progress.update(1)
             if self.step % train.eval_interval == 0 or last:
                 self._evaluate_and_keep_best(progress, save_last=self.step % checkpoint_interval == 0 or last)
@@ -199,39 +279,51 @@ class Trainer:
             elif self.step % checkpoint_interval == 0:
                 self._save("last")
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step over grad_accum_steps micro-batches: (mean loss, grad norm), as tensors.
+    @contextlib.contextmanager
+    def _stopping_on_signals(self):
+        """Ctrl-C (SIGINT) and SIGTERM stop the run after the current step; a second one abandons the step."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # a Ray trial's thread: Ray stops it through tune.report
+            return
 
-        On out-of-memory it halves the micro-batch, doubles accumulation and tries again."""
+        def stop(signum, _frame):
+            if self.stopped_by:
+                raise KeyboardInterrupt
+            self.stopped_by = signal.Signals(signum).name
+            self.say(f"\n{self.stopped_by}: finishing the current step, then saving; send it again to stop at once")
+
+        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _take_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """train_step, retreating from out-of-memory: half the micro-batch, twice the accumulation, and
+        the sequences already drawn for the step trained on (re-cut) rather than skipped."""
+        drawn: list[tuple[torch.Tensor, torch.Tensor]] = []
         while True:
             try:
-                return self._accumulate_and_step()
+                return train_step(self.step_model, self._micro_batches(drawn), self.optimizer, self.scaler,
+                                  self.plan.grad_accum_steps, self.cfg.optim.grad_clip, self.autocast)
             except torch.OutOfMemoryError:
                 self._retreat_from_oom()
 
-    def _accumulate_and_step(self):
-        # Where the data stood before this step: what a checkpoint written mid-step must record.
-        self._data_before_step = self.batches.state_dict()
-        self.optimizer.zero_grad(set_to_none=True)
-        accum = self.plan.grad_accum_steps
-        total = torch.zeros((), device=self.device)
-        for _ in range(accum):
-            x, y = next(self.batches)
+    def _micro_batches(self, drawn: list):
+        """The step's micro-batches on the device: those drawn by an attempt that ran out of memory
+        (re-cut to the current micro-batch size), then new ones from the stream (added to `drawn`)."""
+        if drawn:
+            x, y = torch.cat([x for x, _ in drawn]), torch.cat([y for _, y in drawn])
+            drawn[:] = zip(x.split(self.plan.batch_size), y.split(self.plan.batch_size))
+        for i in itertools.count():
+            if i == len(drawn):
+                drawn.append(next(self.batches))
+            x, y = drawn[i]
             if self.fault_injector:
                 self.fault_injector(self.step, x.size(0))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
-            with self.autocast:
-                loss = self.step_model(x, y, docs=docs) / accum
-            self.scaler.scale(loss).backward()
-            total += loss.detach()
-        self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.optim.grad_clip or math.inf  # inf: measure the norm, clip nothing
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self._data_before_step = None
-        return total, grad_norm
+            yield x, y, Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
 
     def _retreat_from_oom(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -252,6 +344,19 @@ class Trainer:
         self._log({"step": self.step, "tokens": self.tokens, "event": "oom", "micro_batch": self.plan.batch_size,
                    "grad_accum_steps": self.plan.grad_accum_steps})
 
+    def _check_finite(self, weights: bool = True) -> None:
+        """Diverged, naming the first step whose loss was not finite (or now, for the weights):
+        checked at every log and before every save, so no checkpoint holds a diverged state."""
+        if self._window:
+            losses = torch.stack(self._window)
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                first = int(bad[0])
+                raise Diverged(self.step - len(self._window) + 1 + first,
+                               f"the training loss became {losses[first].item()}")
+        if weights and not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():
+            raise Diverged(self.step, "the weights became non-finite")
+
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
@@ -267,11 +372,11 @@ class Trainer:
     def _evaluate_and_keep_best(self, progress: Progress, save_last: bool) -> None:
         val_loss = self.evaluate()
         if not math.isfinite(val_loss):
-            raise Diverged(f"the validation loss became {val_loss} at step {self.step}")
+            raise Diverged(self.step, f"the validation loss became {val_loss}")
         improved = val_loss < self.best_val
         self.best_val, self.last_val = min(self.best_val, val_loss), val_loss
         record = {"step": self.step, "tokens": self.tokens, "val_loss": val_loss, "best_val_loss": self.best_val,
-                  **_peak_memory(self.device)}
+                  **hardware.peak_memory(self.device, reset=True)}
         self._log(record)
         progress.write(f"step {self.step}: val loss {val_loss:.4f}" + (" (best)" if improved else ""))
         saved = None
@@ -280,37 +385,44 @@ class Trainer:
         if save_last:
             saved = self._save("last") or saved
         if self.on_eval:
+            self._boundary = self._position()  # the step is done: a stop raised from on_eval may save
             self.on_eval(record, saved)
 
-    def _save(self, name: str) -> Path | None:
+    def _position(self) -> dict:
+        return {"data": self.batches.state_dict(), "rng": checkpoint.rng_state()}
+
+    def _save(self, name: str) -> Path:
+        """Write checkpoints/<name> of the state between steps (mid-step: of the step's start).
+        Raises Diverged rather than save a non-finite state, DiskFull when the disk runs out."""
+        self._check_finite()
         folder = self.ckpt_dir / name
         needed = checkpoint.size_estimate(self.model, self.optimizer) * 1.2
         free = shutil.disk_usage(self.out_dir).free
         if free < needed:
-            self.say(f"warning: {free / 2**20:.0f} MB free, a checkpoint needs ~{needed / 2**20:.0f} MB: "
-                     f"skipped checkpoints/{name}; the previous one stays")
-            return None
+            raise DiskFull(f"{free / 2**20:.0f} MB free, checkpoints/{name} needs ~{needed / 2**20:.0f} MB")
+        position = self._boundary or self._position()
         state = {
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
             "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
-            "train_seconds": self.train_seconds, "rng": checkpoint.rng_state(),
-            "data": self._data_before_step or self.batches.state_dict(),
+            "train_seconds": self.train_seconds, "rng": position["rng"], "data": position["data"],
+            "loss_window": [loss.item() for loss in self._window],
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
         }
         checkpoint.save(folder, model_state=self.model.state_dict(), state=state, config=self.cfg.to_dict() | {"run": self.record},
                         extra={TOKENIZER_FILE: self.tokenizer})
+        self.saved_steps[name] = self.step
         return folder
 
     def _log(self, record: dict) -> None:
-        self.metrics.write(record)
-        if self.wandb:
-            self.wandb.log(record)
+        self.run_log.write(record)
 
     def _announce(self, resuming: bool) -> None:
         cfg = self.cfg
         what = f"resuming at step {self.step}" if resuming else "training"
         self.say(f"b6lab: {what} {cfg.name}: {self.params / 1e6:.2f}M params, {self.model_cfg.n_layers} layers x "
                  f"{self.model_cfg.d_model}, attention {self.attention}, norm {cfg.model.norm}, optimizer {cfg.optim.name}")
+        if cfg.logging.quiet:
+            return
         self.say(f"  device: {self.plan.describe()}")
         for note in self.plan.notes:
             self.say(f"  {note}")
@@ -318,20 +430,42 @@ class Trainer:
                  f"({self.tokenizer.vocab_size} ids), {cfg.seq_len} tokens per sequence")
         self.say(f"  writing to {self.out_dir}")
 
-    def _finish(self, status: str, reason: str | None, train_seconds: float) -> dict:
+    def _finish(self, status: str, reason: str | None, train_seconds: float, save_last: bool) -> dict:
+        if save_last and self.step > 0 and self.saved_steps.get("last") != self.step:
+            try:
+                self._save("last")  # a stopped or crashed run resumes from where it stopped
+            except Diverged as exc:
+                status, reason, self.diverged_at = "diverged", str(exc), exc.step
+            except DiskFull as exc:
+                status, reason = "failed", f"disk full: {exc} at step {self.step}"
+        if status == "diverged" or status == "failed" and reason.startswith(("stopped", "interrupted", "disk full")):
+            reason = f"{reason}; {self._where_to_continue(status)}"
         summary = {
             "status": status, "reason": reason, "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
             "final_val_loss": self.last_val, "steps": self.step, "tokens": self.tokens, "params": self.params,
             "wall_seconds": round(train_seconds, 3), "tokens_per_sec": self.tokens / train_seconds if train_seconds else None,
             "attention": self.attention, "precision": self.plan.precision, "device": self.plan.device,
+            "checkpoints": dict(self.saved_steps),  # name -> the step it holds
         }
-        if status != "completed" and self.step > 0 and status != "diverged":
-            self._save("last")  # an interrupted or crashed run resumes from where it stopped
+        if self.diverged_at is not None:
+            summary["diverged_at_step"] = self.diverged_at
         write_json(self.out_dir / "summary.json", summary)
-        self.metrics.close()
-        if self.wandb:
-            self.wandb.finish(summary, self.ckpt_dir / "best")
+        self.run_log.close(summary, self.ckpt_dir / "best")
         return summary
+
+    def _where_to_continue(self, status: str) -> str:
+        """Which checkpoints survive, and what to do with them: only ones that exist are named."""
+        if not self.saved_steps:
+            return "no checkpoint was saved"
+        held = " and ".join(f"{self.ckpt_dir / name} (step {step})" for name, step in sorted(self.saved_steps.items()))
+        if status == "diverged":
+            verb = "holds" if len(self.saved_steps) == 1 else "hold"
+            then = ("resume from checkpoints/last with a lower optim.lr (`b6lab train --resume --set optim.lr=...`) "
+                    "or sample with `b6lab generate`") if "last" in self.saved_steps else "sample with `b6lab generate`"
+            return f"{held} {verb} the weights from before: {then}"
+        if "last" in self.saved_steps:
+            return f"`b6lab train --resume` continues from {self.ckpt_dir / 'last'} (step {self.saved_steps['last']})"
+        return f"{held} is kept, but there is no checkpoints/last to resume from"
 
 
 def _seed_everything(seed: int) -> None:
@@ -351,16 +485,3 @@ def _memory(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"mem_mb": torch.cuda.memory_allocated(device) / 2**20}
     return {}
-
-
-def _peak_memory(device: torch.device) -> dict:
-    """Peak memory since the last eval (CUDA: max allocated; CPU: the process's peak RSS)."""
-    if device.type == "cuda":
-        peak = hardware.peak_memory_mb(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        torch.cuda.empty_cache()
-        record = {"peak_mem_mb": peak}
-        with contextlib.suppress(Exception):
-            record["gpu_util"] = torch.cuda.utilization(device)
-        return record
-    return {"peak_rss_mb": hardware.peak_memory_mb(device)}

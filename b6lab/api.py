@@ -1,0 +1,106 @@
+"""The commands as Python functions, for notebooks and scripts: `b6lab.train`, `b6lab.sweep`, `b6lab.compare`.
+
+Each does what its command does (the same config layering, run folders, printed output and
+files) and returns what the command writes instead of an exit status: `train` the run's
+summary.json as a dict, `sweep` the rows of results.csv, `compare` the document `compare --json`
+prints. A user's mistake raises
+`b6lab.ConfigError` with the one line the command would print.
+
+    import b6lab
+    summary = b6lab.train(preset="tiny", overrides={"train.max_steps": 50, "model.norm": "post"})
+    rows = b6lab.sweep("experiments/norm_ablation.yaml")
+    verdicts = b6lab.compare(["runs/sweeps/norm_ablation"], by="model.norm")
+
+Nothing heavy is imported until a function is called: `import b6lab` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from b6lab.errors import ConfigError, UsageError
+
+
+def train(config: str | Path | Mapping | None = None, *, preset: str | None = None,
+          overrides: Mapping[str, Any] | None = None, out_dir: str | Path | None = None,
+          resume: bool = False) -> dict:
+    """Train one model, as `b6lab train [CONFIG] [--preset P] [--set k=v]... [--resume]`; returns its summary.
+
+    `config` is a YAML file or a dict of sections (`{"model": {"norm": "post"}}`); `overrides`
+    maps dotted keys to values (`{"optim.lr": 1e-3}`) and is laid over it as `--set` would be;
+    `out_dir` is `train.out_dir` (default: runs/<name>, or runs/<name>-2, ... never over an old run)."""
+    from b6lab.commands.train import choose_out_dir
+    from b6lab.config import load_config
+    from b6lab.train.trainer import Trainer
+
+    with _as_config_error():
+        sets = _as_sets(overrides) + ([f"train.out_dir={json.dumps(str(out_dir))}"] if out_dir is not None else [])
+        if isinstance(config, Mapping):
+            cfg = load_config(preset=preset, overrides=sets, data=dict(config))
+        else:
+            cfg = load_config(config, preset=preset, overrides=sets)
+        folder = choose_out_dir(cfg.train.out_dir, cfg.name, resume)
+        if resume and (folder / "config.yaml").exists():
+            cfg = load_config(folder / "config.yaml", overrides=sets)  # as it was started, plus the overrides
+        return Trainer(cfg, folder, resume=resume).run()
+
+
+def sweep(path: str | Path, *, resume: bool = False, address: str | None = None) -> list[dict]:
+    """Run a sweep file on Ray Tune, as `b6lab sweep PATH [--resume] [--address ADDR]`; returns the
+    rows of its results.csv (one dict per trial: grid values, seed, status, losses, tokens, folder)."""
+    from b6lab.commands.sweep import run_sweep
+
+    with _as_config_error():
+        _, storage = run_sweep(str(path), resume=resume, address=address)
+    return read_results(storage / "results.csv")
+
+
+def compare(paths, *, by: str | list[str] | None = None, metric: str = "val_loss") -> dict:
+    """Runs or sweeps side by side, as `b6lab compare DIR... [--by K1,K2] [--metric M] --json`; returns that
+    JSON document: each judged key's values with mean, std, n_seeds, n_runs, delta from the best, its 95%
+    confidence interval, the Holm-corrected p-value and the verdict, the two-way table and every run."""
+    from b6lab.sweep import comparison
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    with _as_config_error():
+        return comparison.compare(list(paths), by=by, metric=metric)
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """A results.csv as dicts, numbers as numbers and empty cells as None."""
+    with open(path, newline="") as f:
+        return [{key: _value(text) for key, text in row.items()} for row in csv.DictReader(f)]
+
+
+def _value(text: str):
+    if text == "":
+        return None
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
+
+
+def _as_sets(overrides: Mapping[str, Any] | None) -> list[str]:
+    """{"optim.betas": [0.9, 0.99]} -> ["optim.betas=[0.9, 0.99]"]: JSON is YAML, so the value arrives as given."""
+    if overrides is None:
+        return []
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides must be a dict of dotted keys to values, got {overrides!r}")
+    return [f"{key}={json.dumps(value, default=str)}" for key, value in overrides.items()]
+
+
+@contextlib.contextmanager
+def _as_config_error() -> Iterator[None]:
+    # The command line prints any UsageError as one line; here it is one exception with that line.
+    try:
+        yield
+    except ConfigError:
+        raise
+    except UsageError as exc:
+        raise ConfigError(str(exc)) from exc

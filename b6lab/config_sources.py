@@ -1,0 +1,73 @@
+"""Where a config's values come from: presets, YAML files and `--set section.key=value`, merged in
+layers that remember which file (or `--set`, or preset) each key came from, for the messages."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from b6lab.errors import ConfigError, UsageError
+
+
+class Layers:
+    """A nested dict of config values plus where each leaf came from (for error messages)."""
+
+    def __init__(self):
+        self.values: dict = {}
+        self.origin: dict[str, str] = {}  # dotted key -> "preset tiny", a file, "--set model.norm"
+        self.builtin: set[str] = set()  # origins that are b6lab's own presets, not the user's words
+
+    def merge(self, data: dict, origin: str, builtin: bool = False) -> None:
+        if builtin:
+            self.builtin.add(origin)
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping of keys, got {type(data).__name__}", file=origin)
+        self._merge_into(self.values, data, origin, "")
+
+    def _merge_into(self, target: dict, data: dict, origin: str, prefix: str) -> None:
+        for key, value in data.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                self._merge_into(target[key], value, origin, f"{path}.")
+            else:
+                target[key] = copy.deepcopy(value)
+                self.origin |= {sub: origin for sub in _paths(value, path)}
+
+    def where(self, key: str) -> str | None:
+        return self.origin.get(key)
+
+
+def _paths(value, path: str):
+    yield path
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _paths(sub, f"{path}.{key}")
+
+
+def read_yaml(path: str | Path, kind: str = "config file", holds: str = "sections") -> dict:
+    """The mapping a YAML file holds; a missing file, bad YAML or a non-mapping is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{kind} {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}".replace("\n", " "), file=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"a {kind} must hold a mapping of {holds}", file=str(path))
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` with the value parsed as YAML (`optim.betas=[0.9,0.99]`)."""
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not _ or not key or key.startswith(".") or key.endswith("."):
+        raise ConfigError(f"--set {text!r} must look like section.key=value")
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return key, raw

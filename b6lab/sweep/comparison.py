@@ -1,0 +1,160 @@
+"""Runs compared: which keys they are grouped by, each key's statistics, and the JSON document
+`b6lab compare --json` prints and `b6lab.compare` returns.
+
+One finding per choice. The keys judged are the ones a user chose: `--by`, else the sweeps' grid
+keys, else (plain runs) the config keys that differ. A key that changes only together with a
+judged key (`optim.eps` present only with `optim.name=adamw`, or a learning rate that always comes
+with one optimizer) is shown beside that key instead of being judged again: the runs cannot tell
+the two apart, so it is one difference, not two findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from b6lab.errors import UsageError
+from b6lab.sweep import folders
+from b6lab.sweep.folders import METRICS, RunResult
+from b6lab.sweep.stats import ALPHA, KeySummary, TwoWay, summarize_key, two_way
+
+RULE = ("each value against the best (lowest mean) value of its key: two-sided t-test over seeds, paired by seed "
+        "where both values ran the same seeds, else Welch's; p-values corrected with Holm over every pair of "
+        "values of the key, so a false 'worse' among them has at most an alpha chance")
+
+
+@dataclass
+class Comparison:
+    runs: list[RunResult]
+    keys: list[str]  # the keys judged, in order; the first two make the two-way table
+    metric: str = "val_loss"
+    beside: dict[str, list[str]] = field(default_factory=dict)  # judged key -> keys that change only with it
+    pooled: list[str] = field(default_factory=list)  # keys that differ but were not grouped by (with --by)
+    alpha: float = ALPHA
+    summaries: list[KeySummary] = field(init=False)
+    interaction: TwoWay | None = field(init=False)
+
+    def __post_init__(self):
+        self.summaries = [summarize_key(self.runs, key, self.metric, self.alpha, self.beside.get(key))
+                          for key in self.keys]
+        self.interaction = two_way(self.runs, *self.keys[:2], self.metric) if len(self.keys) >= 2 else None
+
+
+def compare(paths: list[str | Path], *, by: str | list[str] | None = None, metric: str = "val_loss") -> dict:
+    """The comparison of the runs in `paths` (run, sweep, or runs folders) as a JSON-ready dict."""
+    return document(build(paths, by=by, metric=metric))
+
+
+def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric: str = "val_loss") -> Comparison:
+    if metric not in METRICS:
+        raise UsageError(f"metric {metric!r}: runs record {' and '.join(METRICS)}; compare on one of those")
+    if not paths:
+        raise UsageError("nothing to compare: give run folders, sweep folders, or folders of runs")
+    runs, grid_keys = folders.collect(paths)
+    if metric != "val_loss" and all(getattr(run, f"final_{metric}") is None for run in runs):
+        raise UsageError(f"--metric {metric}: none of these runs recorded it (runs from before b6lab did); "
+                         "compare them on val_loss")
+    by = [key.strip() for key in by.split(",") if key.strip()] if isinstance(by, str) else list(by or [])
+    if by:
+        keys, beside, pooled = group(runs, by, judge_the_rest=False)
+    elif len(paths) == 1 and grid_keys:  # one sweep: its grid is the design
+        keys, beside, pooled = grid_keys, {}, []
+    else:
+        keys, beside, pooled = group(runs, grid_keys, judge_the_rest=True)
+    return Comparison(runs, keys, metric, beside, pooled)
+
+
+def group(runs: list[RunResult], chosen: list[str], judge_the_rest: bool) -> tuple[list[str], dict, list[str]]:
+    """The keys judged, the keys beside each, and the keys averaged over. Sets each run's labels."""
+    flats = [folders.flatten(run.config) for run in runs]
+    for key in chosen:
+        if not any(key in run.grid or key in flat for run, flat in zip(runs, flats)):
+            differing = ", ".join(folders.differing_keys(runs)) or "none (they differ only by seed)"
+            raise UsageError(f"--by {key}: no run has this key; keys that differ between these runs: {differing}")
+    with_config = [run for run in runs if run.config]
+    candidates = [key for key in folders.differing_keys(with_config) if key not in chosen]
+    for run, flat in zip(runs, flats):
+        for key in chosen + candidates:
+            if key not in run.grid and (run.config or key in chosen):
+                run.grid[key] = folders.label_of(flat.get(key))
+    # A key with more values first: a key that only changes with another must land beside it,
+    # never the other way round; among equals a plugin's name before its options.
+    choices = plugin_choice_keys()
+    candidates.sort(key=lambda key: (-len({run.grid[key] for run in with_config}), key not in choices))
+    keys, beside, pooled = list(chosen), {}, []
+    for key in candidates:
+        owner = next((judged for judged in keys if _determines(with_config, judged, key)), None)
+        if owner is not None:
+            beside.setdefault(owner, []).append(key)
+        elif judge_the_rest:
+            keys.append(key)
+        else:
+            pooled.append(key)
+    return keys, beside, pooled
+
+
+def plugin_choice_keys() -> set[str]:
+    """model.norm, optim.name, ...: the config keys that name a plugin (each section's plugin_keys)."""
+    from b6lab import config
+
+    sections = {"model": config.ModelConfig, "data": config.DataConfig, "optim": config.OptimConfig,
+                "schedule": config.ScheduleConfig}
+    return {f"{section}.{key}" for section, cls in sections.items() for key in getattr(cls, "plugin_keys", {})}
+
+
+def _determines(runs: list[RunResult], key: str, other: str) -> bool:
+    """Whether `other`'s value follows from `key`'s in every run (so the runs can't separate them)."""
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(run.grid.get(key, "-"), run.grid[other]) == run.grid[other] for run in runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON document
+
+
+def document(comparison: Comparison) -> dict:
+    metric = comparison.metric
+    doc = {
+        "metric": metric,
+        "alpha": comparison.alpha,
+        "ci_level": 1 - comparison.alpha,
+        "rule": RULE,
+        "keys": {summary.key: _key_document(summary) for summary in comparison.summaries},
+        "pooled": comparison.pooled,
+        "interaction": None,
+        "runs": [{
+            "name": run.name, "folder": str(run.folder),
+            "grid": {key: run.grid.get(key, "-") for key in comparison.keys},
+            "seed": run.seed, "status": run.status, "reason": run.reason,
+            **{f"{when}_{m}": _number(getattr(run, f"{when}_{m}")) for m in METRICS for when in ("final", "best")},
+            "tokens": run.tokens, "steps": run.steps, "params": run.params,
+        } for run in comparison.runs],
+    }
+    table = comparison.interaction
+    if table is not None:
+        doc["interaction"] = {
+            "keys": [table.rows_key, table.columns_key],
+            "cells": [{table.rows_key: row, table.columns_key: column, "mean": _number(cell.mean),
+                       "std": _number(cell.std), "n_seeds": cell.seeds}
+                      for (row, column), cell in table.cells.items()],
+        }
+    return doc
+
+
+def _key_document(summary: KeySummary) -> dict:
+    return {
+        "comparisons": summary.comparisons,
+        "beside": summary.beside,
+        "values": [{
+            "value": v.value, "mean": _number(v.mean), "std": _number(v.std), "n_seeds": v.seeds, "n_runs": v.runs,
+            "not_counted": dict(v.not_counted), "with": v.beside, "delta": _number(v.delta),
+            "ci": None if v.ci is None else [_number(v.ci[0]), _number(v.ci[1])],
+            "p_corrected": _number(v.p), "test": v.test, "verdict": v.verdict,
+            "seeds_needed": v.seeds_needed, "note": v.note,
+        } for v in summary.values],
+    }
+
+
+def _number(value) -> float | None:
+    """JSON has no NaN or infinity: those are null."""
+    return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)

@@ -1,0 +1,66 @@
+"""A run folder: what makes a folder hold a run, and the lock that gives it one writer at a time.
+
+The lock is advisory (flock, through `filelock`): held by the process that trains into the
+folder for the run's whole life, released by the kernel if that process dies, so a killed run
+never leaves a folder locked. Its holder writes its PID beside it, for the message a second
+run gets.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from b6lab.errors import UsageError
+
+LOCK_FILE, OWNER_FILE = "run.lock", "run.owner"
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether a folder holds (part of) a run: anything a run writes there."""
+    folder = Path(folder)
+    return any((folder / name).is_file() for name in ("config.yaml", "metrics.jsonl", "summary.json")) or (
+        folder / "checkpoints"
+    ).is_dir()
+
+
+class RunLock:
+    """`with RunLock(folder):` or acquire()/release(); a second holder gets a one-line UsageError."""
+
+    def __init__(self, folder: Path, elsewhere: str = "set train.out_dir to another folder"):
+        self.folder, self.elsewhere = Path(folder), elsewhere
+        self._lock = FileLock(self.folder / LOCK_FILE, timeout=0)
+
+    def acquire(self) -> "RunLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise UsageError(f"{self.folder} is in use by another run ({self._owner()}); wait for it to end, "
+                             f"or {self.elsewhere}") from None
+        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+        (self.folder / OWNER_FILE).write_text(
+            f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")
+        return self
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            (self.folder / OWNER_FILE).unlink(missing_ok=True)
+            self._lock.release()
+
+    def _owner(self) -> str:
+        try:
+            return (self.folder / OWNER_FILE).read_text().strip()
+        except OSError:
+            return "a process that has not yet said which"
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

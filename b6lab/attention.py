@@ -6,7 +6,9 @@ A backend is called as
 
 with q, k, v and out shaped (batch, heads, seq, head_dim), torch's layout. `causal` asks for
 causal masking (the model only asks for it when q and k have the same length); `docs`, when
-not None, restricts attention to tokens of the same packed document.
+not None, restricts attention to tokens of the same packed document. k and v have fewer heads
+than q (grouped-query attention) only for a backend marked `grouped`; the others get them
+repeated to q's heads by the model.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from functools import cached_property
 import importlib.util
 
 import torch
+
+
+def grouped(attend):
+    """Mark a backend as taking keys and values with fewer heads than the queries (GQA) as they are."""
+    attend.grouped_kv = True
+    return attend
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,13 @@ def _module_missing(module: str, version_prefix: str | None) -> str | None:
     top = module.split(".")[0]
     if importlib.util.find_spec(top) is None:
         return f"{top} not installed"
+    if module != top:  # a submodule (flash_attn.cute is flash-attn 4's, beside flash-attn 2's flash_attn)
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except Exception as exc:  # the parent package fails to import
+            return f"{top} does not import: {exc}"
+        if not found:
+            return f"{module} not installed"
     if version_prefix:
         try:
             imported = importlib.import_module(top)

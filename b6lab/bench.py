@@ -124,7 +124,7 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
 
 def _timed_step(trainer) -> float:
     start = time.perf_counter()
-    loss, _ = trainer.train_step()
+    loss, _ = trainer.take_step()
     loss.item()  # waits for the GPU; on a CPU the step is already done
     return time.perf_counter() - start
 

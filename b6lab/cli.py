@@ -23,6 +23,9 @@ COMMANDS = {
     "plugins": "b6lab.commands.plugins",
     "bench": "b6lab.commands.bench",
     "generate": "b6lab.commands.generate",
+    "eval": "b6lab.commands.eval",
+    "export": "b6lab.commands.export",
+    
 }
 
 

@@ -39,17 +39,26 @@ class ModelConfig:
     attn_bias: bool = False  # biases in the attention projections
     softmax_scale: Optional[float] = None  # None: 1 / sqrt(head_dim)
     attention: str = "auto"
-    norm: str = "pre"
+    norm: str = "pre"  # norm placement (a plugin): where the norms go
+    norm_layer: Literal["layernorm", "layernorm-nobias", "rmsnorm"] = "layernorm"  # which norm, everywhere
+    feedforward: str = "gelu"  # a plugin: gelu | swiglu | relu2 | ...
+    n_kv_heads: Optional[int] = None  # None: n_heads (multi-head); fewer: grouped-query; 1: multi-query
+    qk_norm: bool = False  # normalise each head's queries and keys (with norm_layer) before RoPE
+    logit_softcap: Optional[float] = None  # None: off; c: logits = c * tanh(logits / c) (Gemma 2)
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
     gradient_checkpointing: bool = False
     options: dict = field(default_factory=dict)
 
-    plugin_keys = {"attention": "attention", "norm": "norm"}
+    plugin_keys = {"attention": "attention", "norm": "norm", "feedforward": "feedforward"}
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
 
     @property
     def ff_dim(self) -> int:
@@ -73,6 +82,14 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}", key="model.dropout")
+        if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+            raise ConfigError(
+                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (each key/value head serves "
+                "a group of query heads); leave it unset for multi-head attention",
+                key="model.n_kv_heads",
+            )
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ConfigError(f"must be a positive number or null (off), got {self.logit_softcap}", key="model.logit_softcap")
 
 
 @dataclass
@@ -139,6 +156,7 @@ class TrainConfig:
     adaptive_batch: bool = True  # on CUDA out-of-memory, halve the micro-batch, double accumulation
     out_dir: Optional[str] = None  # None: runs/<config name>
     threads: Optional[int] = None  # CPU threads for torch; None: torch's default
+    z_loss: float = 0.0  # coefficient of the mean squared log-partition added to the loss (PaLM: 1e-4)
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_steps", "log_interval"):
@@ -147,6 +165,8 @@ class TrainConfig:
             _positive(self, "train", "checkpoint_interval")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"must be auto, cpu, cuda or cuda:N, got {self.device!r}", key="train.device")
+        if self.z_loss < 0:
+            raise ConfigError(f"must be >= 0 (0 turns it off), got {self.z_loss}", key="train.z_loss")
 
 
 @dataclass

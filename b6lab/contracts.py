@@ -214,14 +214,41 @@ def check_norm(wiring, d_model: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# feed-forward
+
+
+def check_feedforward(module, d_model: int) -> list[str]:
+    """An nn.Module mapping (batch, seq, d_model) to the same shape, finite."""
+    checks = _Checks()
+    if not isinstance(module, nn.Module):
+        checks.fail(f"returned {_type_name(module)}, not an nn.Module on (batch, seq, d_model)")
+    if any(p.is_meta for p in module.parameters()):
+        return checks.passed + ["an nn.Module (built on the meta device: not run)"]
+    x = _random(torch.Generator().manual_seed(0), 2, 5, d_model)
+    try:
+        with torch.no_grad(), torch.device("cpu"):
+            y = module(x)
+    except Exception as exc:
+        checks.fail(f"its module raised {exception_line(exc)} on x of shape {tuple(x.shape)}")
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape or not torch.isfinite(y).all():
+        shown = tuple(y.shape) if isinstance(y, torch.Tensor) else _type_name(y)
+        checks.fail(f"its module gave {shown} for x of shape {tuple(x.shape)}; expected a finite tensor shaped as x")
+    checks.ok(f"an nn.Module keeping x's shape {tuple(x.shape)}")
+    return checks.passed
+
+
+# ----------------------------------------------------------------------------------------------
 # optimizer
 
 
 def stand_in_groups() -> list[dict]:
-    """Parameter groups shaped like a model's: a matrix that decays, a vector that does not."""
+    """Parameter groups shaped and named like a model's (parts.param_groups): a block's matrix and
+    the embedding decay, a norm's weight does not."""
     generator = torch.Generator().manual_seed(0)
-    return [{"params": [nn.Parameter(_random(generator, 4, 4))]},
-            {"params": [nn.Parameter(_random(generator, 4))], "weight_decay": 0.0}]
+    return [{"params": [nn.Parameter(_random(generator, 4, 4)), nn.Parameter(_random(generator, 8, 4))],
+             "param_names": ["blocks.0.ffn.up.weight", "tok_emb.weight"]},
+            {"params": [nn.Parameter(_random(generator, 4))], "param_names": ["blocks.0.wiring.ln_attn.weight"],
+             "weight_decay": 0.0}]
 
 
 def check_optimizer(optimizer, param_groups: list[dict], *, probe: bool = False) -> list[str]:

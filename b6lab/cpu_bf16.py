@@ -88,3 +88,16 @@ class _Bf16Linear(torch.autograd.Function):
         grad_w = grad.t() @ x16.float().flatten(0, -2) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
+
+
+def use_fp32_gemm(model: nn.Module) -> nn.Module:
+    """Swap each nn.Linear of a built model for the Linear above, keeping its parameters, so that
+    model.py stays plain PyTorch and only a run whose bf16 matmuls are emulated pays the check."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                swapped = Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                swapped.weight, swapped.bias = child.weight, child.bias
+                swapped.__dict__.update({k: v for k, v in child.__dict__.items() if not k.startswith("_")})
+                setattr(parent, name, swapped)
+    return model

@@ -15,13 +15,20 @@ from b6lab.model import B6, KVCache
 from b6lab.train import checkpoint
 
 
-def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, object, str]:
-    """(model, tokenizer, note) from a checkpoint folder, or from a run folder (its best checkpoint)."""
+def checkpoint_folder(path: str | Path) -> Path:
+    """The checkpoint `path` names: a checkpoint folder, or a run folder's best checkpoint (else its last)."""
     folder = Path(path)
     if (folder / "checkpoints").is_dir():
         folder = checkpoint.find(folder / "checkpoints" / "best") or checkpoint.find(folder / "checkpoints" / "last") or folder
-    if checkpoint.find(folder) is None:
+    found = checkpoint.find(folder)
+    if found is None:
         raise UsageError(f"{path} is not a checkpoint (a folder with model.pt) nor a run folder with checkpoints/")
+    return found
+
+
+def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, object, str]:
+    """(model, tokenizer, note) from a checkpoint folder, or from a run folder (its best checkpoint)."""
+    folder = checkpoint_folder(path)
     model_state, _, config = checkpoint.load(folder)
     cfg = config_from_dict(config)
     tokenizer = checkpoint.load_tokenizer(checkpoint.find(folder))

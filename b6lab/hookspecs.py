@@ -20,6 +20,7 @@ hookspec = pluggy.HookspecMarker("b6lab")
 FACTORY_ARGUMENTS = {
     "attention": ("context",),
     "norm": ("d_model", "n_layers"),
+    "feedforward": ("d_model", "d_ff", "*", "bias"),
     "optimizer": ("param_groups",),
     "scheduler": ("max_steps",),
     "dataset": ("val_fraction",),
@@ -37,11 +38,19 @@ def b6lab_register_attention(register):
 
 @hookspec
 def b6lab_register_norm(register):
-    """Register norm placements: factory(d_model, n_layers, **options) -> nn.Module called as forward(x, attn, ffn).
+    """Register norm placements: factory(d_model, n_layers, make_norm=nn.LayerNorm, **options) -> nn.Module
+    called as forward(x, attn, ffn).
 
-    The module's `final_norm` is True (the model adds its own final norm), False (the block already
-    ends with a norm) or an nn.Module (the model's final norm).
+    `make_norm(d_model)`, if the factory takes it, builds a norm of model.norm_layer. The module's
+    `final_norm` is True (the model adds its own final norm), False (the block already ends with a
+    norm) or an nn.Module (the model's final norm); `embedding_norm` (optional) normalises the
+    embeddings before the first block.
     """
+
+
+@hookspec
+def b6lab_register_feedforward(register):
+    """Register feed-forwards: factory(d_model, d_ff, *, bias, **options) -> nn.Module on (batch, seq, d_model)."""
 
 
 @hookspec

@@ -6,6 +6,12 @@ logits, then their log-softmax, then the gradient of each, all that size. Here t
 the loss go a chunk of tokens at a time, and since the loss is the end of the graph, each
 chunk's gradient (softmax - one-hot) is multiplied into dh and dW right away, in forward.
 Same FLOPs as the plain route; only one chunk of logits ever exists.
+
+Two options of the output head ride along, chunk by chunk like the rest:
+- logit soft-capping (Gemma 2): logits = c * tanh(logits / c), keeping every logit in (-c, c);
+  its derivative 1 - tanh^2 multiplies the chunk's gradient;
+- z-loss (PaLM, Chameleon): z * mean(log Z^2), Z the softmax's partition function, which keeps
+  log Z near 0 so the logits do not drift; its gradient is 2 z log Z * softmax.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ from b6lab import cpu_bf16
 LOSS_CHUNK_ELEMENTS = 2**26  # logits per chunk at most (256 MB in fp32)
 
 
-def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the LM head's logits h @ weight^T against targets (-1 is ignored)."""
+def lm_loss(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None = None, z_loss: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy of the LM head's logits h @ weight^T against targets (-1 is ignored),
+    the logits soft-capped at `softcap` if given, plus z_loss * mean(logsumexp(logits)^2)."""
     h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
     # As few chunks as the budget allows, of equal size: chunks of 256 to 2048 tokens time
     # alike (benchmarks/README.md), so the budget, not speed, sets their number.
@@ -29,14 +38,14 @@ def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tor
     chunk = max(1, -(-h.size(0) // chunks))
     # (autograd.Function's forward always runs without grad mode, so whether gradients are wanted
     # at all, under torch.no_grad() say, has to be read here)
-    return LinearCrossEntropy.apply(h, weight, targets, chunk, torch.is_grad_enabled())
+    return LinearCrossEntropy.apply(h, weight, targets, chunk, torch.is_grad_enabled(), softcap, z_loss)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
     """cross_entropy(h @ weight^T, targets, ignore_index=-1), chunk by chunk, gradients in forward."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk: int, grad_enabled: bool):
+    def forward(ctx, h, weight, targets, chunk: int, grad_enabled: bool, softcap: float | None, z_loss: float):
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         want_dh, want_dw = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
@@ -61,17 +70,26 @@ class LinearCrossEntropy(torch.autograd.Function):
                 h_grad = h_c if grad_dtype == dtype else h[rows].to(grad_dtype)
                 t_c = targets[rows].clamp(min=0).unsqueeze(1)
                 logits = _logits(h_c, w)
+                if softcap:  # tanh kept (in the logits' buffer) for the gradient; capped logits in another
+                    tanh = logits.div_(softcap).tanh_()
+                    logits = torch.mul(tanh, softcap, out=_workspace(tanh.shape, torch.float32, h.device, "capped"))
                 # log-sum-exp by hand, so that exp(logits - max) stays for the gradient
                 picked = logits.gather(1, t_c).squeeze(1)
                 top = logits.amax(dim=1, keepdim=True)
                 probs = logits.sub_(top).exp_()  # in place: the chunk's logits are not needed again
                 sums = probs.sum(dim=1)
-                total += torch.where(valid_c, top.squeeze(1) + sums.log() - picked, 0.0).sum()
+                log_z = top.squeeze(1) + sums.log()
+                total += torch.where(valid_c, log_z - picked, 0.0).sum()
+                if z_loss:
+                    total += z_loss * torch.where(valid_c, log_z.square(), 0.0).sum()
                 if not (want_dh or want_dw):
                     continue
-                # d(mean loss)/d(logits) = (softmax - one_hot) / count, on valid rows only
+                # d(mean loss)/d(logits) = (softmax (1 + 2 z log Z) - one_hot) / count, on valid rows only
                 row_weight = valid_c.float() / count
-                probs.mul_((row_weight / sums).unsqueeze(1)).scatter_add_(1, t_c, -row_weight.unsqueeze(1))
+                softmax_weight = row_weight / sums if not z_loss else row_weight * (1 + 2 * z_loss * log_z) / sums
+                probs.mul_(softmax_weight.unsqueeze(1)).scatter_add_(1, t_c, -row_weight.unsqueeze(1))
+                if softcap:  # through c tanh(x / c): times 1 - tanh^2
+                    probs.mul_(tanh.square_().neg_().add_(1))
                 grad = probs
                 if grad_dtype != torch.float32:
                     grad = _workspace(probs.shape, grad_dtype, h.device, "half").copy_(probs)
@@ -91,7 +109,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         dh, dw = ctx.saved_tensors
-        return (dh * grad_loss if dh is not None else None, dw * grad_loss if dw is not None else None, None, None, None)
+        dh = dh * grad_loss if dh is not None else None
+        dw = dw * grad_loss if dw is not None else None
+        return dh, dw, None, None, None, None, None
 
 
 def _logits(h_c, w):

@@ -1,9 +1,10 @@
 """The B6 model: a GPT-style decoder with rotary position embeddings.
 
 token embedding -> n_layers x Block(attention, feed-forward) -> final norm -> LM head.
-Two parts come from plugins and are passed in already built: the attention backend (how
-softmax(q k^T) v is computed) and the norm placement (how each block wires its norms and
-residual connections around attention and the feed-forward). Everything else is here.
+Three parts come from plugins and are passed in already built: the attention backend (how
+softmax(q k^T) v is computed), the norm placement (how each block wires its norms and
+residual connections around attention and the feed-forward) and the feed-forward itself.
+Everything else is here; docs/architecture.md describes each choice.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from b6lab.attention import Documents
 from b6lab.config import ModelConfig
-from b6lab.cpu_bf16 import Linear
 from b6lab.lm_loss import lm_loss
 
 
@@ -80,7 +79,8 @@ def _rotate(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, for generating one token at a time."""
+    """Keys and values of the tokens seen so far, per layer, for generating one token at a time.
+    Each layer holds n_kv_heads heads: grouped-query attention shrinks the cache by n_heads / n_kv_heads."""
 
     def __init__(self, n_layers: int):
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
@@ -97,27 +97,48 @@ class KVCache:
         return k, v
 
 
+NORM_LAYERS = {
+    "layernorm": lambda dim: nn.LayerNorm(dim),
+    "layernorm-nobias": lambda dim: nn.LayerNorm(dim, bias=False),  # OLMo, PaLM: a gain, no shift
+    "rmsnorm": lambda dim: nn.RMSNorm(dim, eps=1e-5),  # LLaMA: x / rms(x) * gain, no centring
+}
+
+
 class CausalSelfAttention(nn.Module):
+    """Multi-head attention with n_kv_heads key/value heads: n_heads of them is multi-head attention,
+    fewer is grouped-query attention (Ainslie et al. 2023), one is multi-query (Shazeer 2019)."""
+
     def __init__(self, cfg: ModelConfig, backend: Callable, layer: int):
         super().__init__()
-        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.attn_bias)
-        self.proj = Linear(cfg.d_model, cfg.d_model, bias=cfg.attn_bias)
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=cfg.attn_bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attn_bias)
         self.proj.residual_projection = True  # scaled at init, as GPT-2
+        # QK-norm (OLMo 2, Qwen 3): each head's queries and keys normalised before RoPE, which keeps
+        # the attention logits from growing without bound.
+        self.q_norm = NORM_LAYERS[cfg.norm_layer](self.head_dim) if cfg.qk_norm else None
+        self.k_norm = NORM_LAYERS[cfg.norm_layer](self.head_dim) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.backend = backend
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        # Backends that take fewer key/value heads than query heads say so; the others get them repeated.
+        self.repeat_kv = self.n_kv_heads != self.n_heads and not getattr(backend, "grouped_kv", False)
         self.scale = cfg.softmax_scale or self.head_dim**-0.5
         self.dropout = cfg.dropout
         self.layer = layer
 
     def forward(self, x, rope, docs: Documents | None = None, cache: KVCache | None = None):
         B, S, C = x.shape
-        qkv = self.qkv(x).view(B, S, 3, self.n_heads, self.head_dim)
-        q, k = apply_rope(qkv[:, :, :2], *rope).unbind(dim=2)  # queries and keys in one pass
-        v = qkv[:, :, 2]
+        H, K = self.n_heads, self.n_kv_heads
+        qk, v = self.qkv(x).view(B, S, H + 2 * K, self.head_dim).split([H + K, K], dim=2)
+        if self.q_norm is not None:
+            q, k = qk.split([H, K], dim=2)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
+        q, k = apply_rope(qk, *rope).split([H, K], dim=2)  # queries and keys rotated in one pass
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, S, head_dim)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
+        if self.repeat_kv:
+            k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
         # With a cache, a single new token attends to everything before it: no mask needed.
         causal = q.size(2) > 1
         dropout = self.dropout if self.training else 0.0
@@ -126,52 +147,54 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.up = Linear(cfg.d_model, cfg.ff_dim, bias=cfg.bias)
-        self.down = Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
-        self.down.residual_projection = True
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x):
-        return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
-
-
 class Block(nn.Module):
     """Attention then feed-forward; the norm placement plugin decides where norms and residuals go."""
 
-    def __init__(self, cfg: ModelConfig, backend: Callable, norm_placement: Callable, layer: int):
+    def __init__(self, cfg: ModelConfig, backend: Callable, norm_placement: Callable, feedforward: Callable, layer: int):
         super().__init__()
         self.attn = CausalSelfAttention(cfg, backend, layer)
-        self.ffn = FeedForward(cfg)
+        self.ffn = feedforward(cfg.d_model, cfg.d_ff)
+        self.ffn_dropout = nn.Dropout(cfg.dropout)
         self.wiring = norm_placement(cfg.d_model, cfg.n_layers)
 
     def forward(self, x, rope, docs=None, cache=None):
-        return self.wiring(x, lambda h: self.attn(h, rope, docs, cache), self.ffn)
+        attn = lambda h: self.attn(h, rope, docs, cache)  # noqa: E731
+        ffn = lambda h: self.ffn_dropout(self.ffn(h))  # noqa: E731
+        return self.wiring(x, attn, ffn)
 
 
 class B6(nn.Module):
-    def __init__(self, cfg: ModelConfig, attention_backend: Callable, norm_placement: Callable):
+    """The model. `norm_placement(d_model, n_layers)` and `feedforward(d_model, d_ff)` build each
+    block's wiring and feed-forward (plugins, with the model's norm layer already bound)."""
+
+    def __init__(self, cfg: ModelConfig, attention_backend: Callable, norm_placement: Callable, feedforward: Callable):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size must be resolved (from the tokenizer) before building the model")
         self.cfg = cfg
+        make_norm = NORM_LAYERS[cfg.norm_layer]
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        self.blocks = nn.ModuleList(Block(cfg, attention_backend, norm_placement, i) for i in range(cfg.n_layers))
-        # Post-LN style placements already end each block with a norm; the others need a final one,
-        # which a placement may supply itself (each block's wiring built one: the last block's is used).
-        final = self.blocks[-1].wiring.final_norm
-        if isinstance(final, nn.Module):
-            for block in self.blocks:
+        self.blocks = nn.ModuleList(
+            Block(cfg, attention_backend, norm_placement, feedforward, i) for i in range(cfg.n_layers)
+        )
+        wiring = self.blocks[0].wiring
+        # Peri-LN also normalises the embeddings before the first block.
+        self.emb_norm = make_norm(cfg.d_model) if getattr(wiring, "embedding_norm", False) else None
+        # Post-LN style placements already end each block with a norm (final_norm False); the others
+        # need a final one, the model's own (True) or one the placement built.
+        if isinstance(wiring.final_norm, nn.Module):
+            self.final_norm = wiring.final_norm
+            for block in self.blocks:  # each block's wiring built one: keep one, leave none unused
                 del block.wiring.final_norm
-        self.final_norm = final if isinstance(final, nn.Module) else nn.LayerNorm(cfg.d_model) if final else nn.Identity()
-        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        else:
+            self.final_norm = make_norm(cfg.d_model) if wiring.final_norm else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.z_loss = 0.0  # train.z_loss, set by parts.build_model; applied in training mode only
         self.apply(self._init_weights)
         for block in self.blocks:
             if hasattr(block.wiring, "init_residual"):
@@ -195,6 +218,8 @@ class B6(nn.Module):
         offset = cache.length if cache is not None else 0
         rope = self.rope(idx.size(1), offset)
         x = self.dropout(self.tok_emb(idx))
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         for block in self.blocks:
             if self.gradient_checkpointing and self.training:
                 # Keep only each block's input; recompute its insides during backward.
@@ -204,11 +229,15 @@ class B6(nn.Module):
         return self.final_norm(x)
 
     def forward(self, idx, targets=None, docs: Documents | None = None, cache: KVCache | None = None):
-        """Logits (B, S, vocab) without targets; the mean next-token cross-entropy with them."""
+        """Logits (B, S, vocab) without targets; the mean next-token cross-entropy with them (plus
+        train.z_loss times the mean squared log-partition, in training)."""
         h = self.hidden_states(idx, docs, cache)
+        softcap = self.cfg.logit_softcap
         if targets is None:
-            return self.lm_head(h)
-        return lm_loss(h, self.lm_head.weight, targets)
+            logits = self.lm_head(h)
+            return softcap * torch.tanh(logits / softcap) if softcap else logits
+        z_loss = self.z_loss if self.training else 0.0
+        return lm_loss(h, self.lm_head.weight, targets, softcap=softcap, z_loss=z_loss)
 
 
 def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:

@@ -10,6 +10,7 @@ where it came from (`--debug` shows the traceback).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from contextlib import contextmanager
 from dataclasses import replace
@@ -18,12 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from b6lab import contracts, registry
+from b6lab import contracts, cpu_bf16, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
 from b6lab.data.documents import Corpus
 from b6lab.errors import ConfigError, PluginError, UsageError, exception_line
-from b6lab.model import B6
+from b6lab.model import B6, NORM_LAYERS
 
 SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", OptimConfig: "optim", ScheduleConfig: "schedule"}
 
@@ -78,7 +79,8 @@ def usable(kind: str, name: str, **context) -> registry.Registration:
 
 def why_unavailable(cfg: RunConfig, context: AttentionContext) -> str | None:
     """Why the first of the run's plugins that cannot run in `context` can't, or None."""
-    choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("optimizer", cfg.optim.name),
+    choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("feedforward", cfg.model.feedforward),
+               ("optimizer", cfg.optim.name),
                ("scheduler", cfg.schedule.name), ("dataset", cfg.data.source), ("tokenizer", cfg.data.tokenizer)]
     for kind, name in choices:
         reason = registry.get(kind, name).why_unavailable(**context.as_kwargs())
@@ -101,38 +103,73 @@ def build_attention(cfg: ModelConfig, context: AttentionContext):
     return backend, getattr(backend, "chosen", cfg.attention)
 
 
+def build_model(cfg: ModelConfig, context: AttentionContext, z_loss: float = 0.0) -> tuple[B6, str]:
+    """The model and the name of its attention backend; z_loss is train.z_loss (0 off)."""
+    backend, chosen = build_attention(cfg, context)
+    model = B6(cfg, backend, norm_placement(cfg, context), feedforward(cfg, context))
+    model.z_loss = z_loss
+    if cpu_bf16.emulated(context.dtype, context.device):
+        cpu_bf16.use_fp32_gemm(model)
+    return model, chosen
+
+
 def norm_placement(cfg: ModelConfig, context: AttentionContext):
-    """`placement(d_model, n_layers)`, building the norm plugin's wiring of one block; the first is checked."""
+    """factory(d_model, n_layers) -> the block wiring of model.norm, with model.norm_layer's norms;
+    the first one built is checked."""
     reg = usable("norm", cfg.norm, **context.as_kwargs())
     options = plugin_kwargs(cfg, reg)
+    if "make_norm" in inspect.signature(reg.factory).parameters:
+        options["make_norm"] = NORM_LAYERS[cfg.norm_layer]
+    elif cfg.norm_layer != "layernorm":
+        raise ConfigError(
+            f"norm placement {cfg.norm!r} builds its own norms (its factory takes no make_norm), so it "
+            f"cannot use {cfg.norm_layer}; leave model.norm_layer at layernorm or pick another placement",
+            key="model.norm_layer",
+        )
     checked = []
 
-    def placement(d_model, n_layers):
+    def build(d_model, n_layers):
         with plugin_errors(reg, "model.norm"):
             wiring = reg.build(d_model, n_layers, **options)
             if not checked:
                 checked.append(contracts.check_norm(wiring, d_model))
         return wiring
 
-    placement.__name__ = cfg.norm
-    return placement
+    build.__name__ = cfg.norm
+    return build
 
 
-def build_model(cfg: ModelConfig, context: AttentionContext) -> tuple[B6, str]:
-    backend, chosen = build_attention(cfg, context)
-    return B6(cfg, backend, norm_placement(cfg, context)), chosen
+def feedforward(cfg: ModelConfig, context: AttentionContext):
+    """factory(d_model, d_ff) -> the feed-forward of model.feedforward, with model.bias; the first
+    one built is checked."""
+    reg = usable("feedforward", cfg.feedforward, **context.as_kwargs())
+    options = plugin_kwargs(cfg, reg)
+    checked = []
+
+    def build(d_model, d_ff):
+        with plugin_errors(reg, "model.feedforward"):
+            module = reg.build(d_model, d_ff, bias=cfg.bias, **options)
+            if not checked:
+                checked.append(contracts.check_feedforward(module, d_model))
+        return module
+
+    build.__name__ = cfg.feedforward
+    return build
 
 
 def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
-    """Weight matrices decay; norms, biases (and embeddings unless decay_embeddings) do not."""
+    """Weight matrices decay; norms, biases (and embeddings unless decay_embeddings) do not.
+    Each group carries its parameters' names (torch's "param_names"), by which Muon routes them."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for param in model.parameters():  # each shared (tied) tensor once
+    decay, no_decay = {"params": [], "param_names": []}, {"params": [], "param_names": [], "weight_decay": 0.0}
+    for name, param in model.named_parameters():  # each shared (tied) tensor once
         if not param.requires_grad:
             continue
         is_matrix = param.dim() >= 2 and (decay_embeddings or id(param) not in embeddings)
-        (decay if is_matrix else no_decay).append(param)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        group = decay if is_matrix else no_decay
+        group["params"].append(param)
+        group["param_names"].append(name)
+    return [decay, no_decay]
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -226,6 +263,7 @@ def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
     that runs (what `auto` chose)."""
     _, attention = build_attention(cfg.model, context)
     norm_placement(cfg.model, context)(cfg.model.d_model, cfg.model.n_layers)
+    feedforward(cfg.model, context)(cfg.model.d_model, cfg.model.d_ff)
     build_schedule(cfg.schedule, cfg.train.max_steps)
     _optimizer_over(cfg.optim, contracts.stand_in_groups(), probe=True)
     for kind, section, name in (("dataset", cfg.data, cfg.data.source), ("tokenizer", cfg.data, cfg.data.tokenizer)):

@@ -35,6 +35,7 @@ HOOKS = {f"b6lab_register_{kind}": kind for kind in KINDS}
 BUILTIN_PLUGINS = (
     "b6lab.plugins.attention",
     "b6lab.plugins.norms",
+    "b6lab.plugins.feedforward",
     "b6lab.plugins.optimizers",
     "b6lab.plugins.schedulers",
     "b6lab.plugins.datasets",

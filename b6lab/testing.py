@@ -27,7 +27,7 @@ from b6lab.contracts import ContractError
 from b6lab.data.documents import Corpus, split_documents
 from b6lab.errors import PluginError, UsageError, exception_line
 
-__all__ = ["ContractError", "check", "check_attention", "check_norm", "check_optimizer", "check_scheduler",
+__all__ = ["ContractError", "check", "check_attention", "check_norm", "check_feedforward", "check_optimizer", "check_scheduler",
            "check_dataset", "check_tokenizer"]
 
 
@@ -81,6 +81,14 @@ def check_norm(plugin: str | Callable, *, d_model: int = 16, n_layers: int = 2, 
         return contracts.check_norm(reg.build(d_model, n_layers, **_options(reg, options)), d_model)
 
 
+def check_feedforward(plugin: str | Callable, *, d_model: int = 16, d_ff: int = 64, bias: bool = False,
+                      **options) -> list[str]:
+    """An nn.Module on (batch, seq, d_model) keeping its shape."""
+    reg = _registration("feedforward", plugin)
+    with plugin_errors(reg):
+        return contracts.check_feedforward(reg.build(d_model, d_ff, bias=bias, **_options(reg, options)), d_model)
+
+
 def check_optimizer(plugin: str | Callable, **options) -> list[str]:
     """A torch.optim.Optimizer over the groups it is given (a decaying matrix, a vector with
     weight_decay 0.0), whose step keeps them finite."""
@@ -122,7 +130,7 @@ def check_tokenizer(plugin: str | Callable, *, corpus: Corpus | None = None, **o
         return contracts.check_tokenizer(reg.build(corpus or Corpus(_SampleText(), Path(cache)), **_options(reg, options)))
 
 
-CHECKS = {"attention": check_attention, "norm": check_norm, "optimizer": check_optimizer,
+CHECKS = {"attention": check_attention, "norm": check_norm, "feedforward": check_feedforward, "optimizer": check_optimizer,
           "scheduler": check_scheduler, "dataset": check_dataset, "tokenizer": check_tokenizer}
 
 

@@ -172,6 +172,7 @@ def plugin_options(obj, extra: dict, section: str, layers: Layers) -> dict:
     """Check the keys beside each plugin's name against that plugin's factory; fill in defaults."""
     options: dict[str, Any] = {}
     declared: set[str] = set()
+    fields = {f.name for f in dataclasses.fields(obj)}
     for key, kind in obj.plugin_keys.items():
         try:
             reg = registry.get(kind, getattr(obj, key))
@@ -179,6 +180,8 @@ def plugin_options(obj, extra: dict, section: str, layers: Layers) -> dict:
             raise ConfigError(str(exc), key=f"{section}.{key}", file=layers.where(f"{section}.{key}")) from None
         hints = _factory_hints(reg.factory)
         for option, default in reg.options.items():
+            if option in fields:  # the section's own key, passed by the caller (model.bias to a feed-forward)
+                continue
             declared.add(option)
             options.setdefault(option, copy.deepcopy(default))
             if option in extra:

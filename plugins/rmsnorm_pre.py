@@ -13,7 +13,7 @@ class RMSNormPreLN(nn.Module):
         self.norm_attn = nn.RMSNorm(d_model, eps=rms_eps)
         self.norm_ffn = nn.RMSNorm(d_model, eps=rms_eps)
         # A module here is the model's final norm (instead of its own LayerNorm): every block's
-        # wiring builds one, and the model keeps the last block's.
+        # wiring builds one, and the model keeps the first block's.
         self.final_norm = nn.RMSNorm(d_model, eps=rms_eps)
 
     def forward(self, x, attn, ffn):

@@ -58,9 +58,9 @@ def test_bf16_on_the_fp32_gemm_is_measured_against_the_fp32_peak(capsys, monkeyp
 
 def test_every_attention_backend_side_by_side(capsys):
     assert main(["bench", *QUICK, "--steps", "1", "--warmup", "0", "--peak-tflops", "1.0", "--same-process",
-                 "--set", "model.attention=all", "--set", "train.precision=fp32"]) == 0
+                 "--set", "model.attention=all", "--set", "train.precision=fp32"]) == 0  # fp32: eager vs sdpa to 1e-5
     rows = {row["attention"]: row for row in last_json(capsys)["backends"]}
-    assert {"eager", "sdpa", "flash-v1", "flash-v2", "flash-v3", "auto"} <= set(rows)
+    assert {"eager", "sdpa", "flex", "flash-v1", "flash-v2", "flash-v3", "flash-v4", "auto"} <= set(rows)
     assert rows["eager"]["max_abs_diff"] == 0.0
     assert rows["sdpa"]["max_abs_diff"] < 1e-5
     for name in ("eager", "sdpa"):
@@ -69,6 +69,7 @@ def test_every_attention_backend_side_by_side(capsys):
     if not torch.cuda.is_available():
         assert "CUDA" in rows["flash-v2"]["unavailable"] or "not installed" in rows["flash-v2"]["unavailable"]
         assert rows["auto"]["chooses"] == "sdpa"
+        assert "CUDA" in rows["flex"]["unavailable"]  # no backward pass on a CPU
 
 
 def test_bench_refuses_zero_steps(capsys):

@@ -78,7 +78,7 @@ def test_fused_loss_in_bf16_is_the_same_on_either_route(monkeypatch):
 
 
 def test_a_bf16_training_step_of_the_model_is_the_same_on_either_route(monkeypatch):
-    model = tiny_model("sdpa").train()
+    model = cpu_bf16.use_fp32_gemm(tiny_model("sdpa").train())  # as parts.build_model does for such a run
     apply = cpu_bf16._Bf16Linear.apply
     idx = torch.randint(0, 256, (2, 33))
     calls = []
@@ -96,3 +96,18 @@ def test_a_bf16_training_step_of_the_model_is_the_same_on_either_route(monkeypat
     torch.testing.assert_close(loss_gemm, loss_torch, rtol=1e-2, atol=0)
     for got, want in zip(grads_gemm, grads_torch):
         torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
+
+
+def test_the_model_gets_the_fp32_gemm_linear_only_where_the_emulation_applies(monkeypatch):
+    from b6lab import parts
+    from b6lab.attention import AttentionContext
+    from b6lab.config import load_config
+
+    cfg = load_config(preset="tiny", overrides=["model.vocab_size=256"]).model
+    route(monkeypatch, True)
+    for dtype, swapped in ((torch.bfloat16, True), (torch.float32, False)):
+        model, _ = parts.build_model(cfg, AttentionContext(torch.device("cpu"), dtype, cfg.head_dim))
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert all((type(m) is Linear) == swapped for m in linears)
+        assert model.lm_head.weight is model.tok_emb.weight  # still tied
+        assert model.blocks[0].ffn.down.residual_projection

@@ -33,7 +33,8 @@ def examples():
 
 
 BUILT_INS = [("attention", "eager"), ("attention", "sdpa"), ("attention", "auto"), ("norm", "pre"), ("norm", "post"),
-             ("norm", "sandwich"), ("norm", "deepnorm"), ("optimizer", "lion"), ("optimizer", "adamw"),
+             ("norm", "sandwich"), ("norm", "peri"), ("norm", "deepnorm"), ("feedforward", "gelu"), ("feedforward", "swiglu"),
+             ("feedforward", "relu2"), ("optimizer", "muon"), ("scheduler", "wsd"), ("optimizer", "lion"), ("optimizer", "adamw"),
              ("scheduler", "cosine"), ("scheduler", "constant"), ("dataset", "python-stdlib"), ("tokenizer", "byte"),
              ("tokenizer", "bpe")]
 

@@ -116,7 +116,7 @@ def test_an_unknown_name_lists_the_choices_and_the_closest():
         registry.get("norm", "pree")
     message = str(error.value)
     assert "did you mean 'pre'?" in message
-    assert "deepnorm, post, pre, sandwich" in message
+    assert "deepnorm, peri, post, pre, sandwich" in message
 
 
 def test_an_unknown_plugin_in_a_config_names_the_key_and_file(tmp_path):

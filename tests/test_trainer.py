@@ -96,7 +96,7 @@ def test_resume_after_a_crash_equals_a_straight_run(tmp_path, workers):
     crashed = tmp_path / "crashed"
     trainer_cfg = load_config(preset="tiny", overrides=[
         "logging.progress=false", "train.max_steps=12", "train.eval_interval=6", "train.eval_steps=2",
-        "train.log_interval=1", *common,
+        "train.log_interval=1", "train.precision=fp32", *common,
     ])
 
     def crash_at_step_10(step, micro_batch):
@@ -135,6 +135,7 @@ def test_an_interrupted_run_saves_where_it_stopped_and_resumes(tmp_path):
     assert summary["checkpoints"]["last"] == 9
     cfg = load_config(preset="tiny", overrides=[
         "logging.progress=false", "train.max_steps=12", "train.eval_interval=6", "train.eval_steps=2", "train.log_interval=1",
+        "train.precision=fp32",
     ])
     resumed = Trainer(cfg, out, resume=True, say=lambda m: None)
     assert resumed.step == 9

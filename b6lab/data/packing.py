@@ -16,6 +16,7 @@ current chunk and continues with the very next batch.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -219,27 +220,30 @@ class TrainBatches:
         self._iterator = None
 
 
+def split_blocks(source, tokenizer, split: str, seq_len: int) -> Iterator[np.ndarray]:
+    """Blocks of seq_len + 1 tokens from one pass over `split`, in order, unshuffled, read as they
+    are needed (evaluation streams a split of any size through this); a last partial block is dropped."""
+    block, stride = seq_len + 1, seq_len
+    pending = np.zeros(0, dtype=np.int64)
+    for text in source.documents(split):
+        ids = tokenizer.encode(text)
+        ids.append(tokenizer.eos_id)
+        pending = np.concatenate([pending, np.asarray(ids, dtype=np.int64)])
+        while len(pending) >= block:
+            yield pending[:block]
+            pending = pending[stride:]
+
+
 def validation_batches(source, tokenizer, *, seq_len: int, batch_size: int, max_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first `max_batches` batches of the validation split, unshuffled: the same every eval.
 
     A split too small for that many is used whole (its last batch may be smaller)."""
-    wanted = batch_size * max_batches
-    spec = StreamSpec(source, tokenizer, "val", seq_len, batch_size, wanted, seed=0, num_workers=1)
-    stream = WorkerStream(spec, 0, fresh_position())
-    block, stride = seq_len + 1, seq_len
-    pending, blocks = np.zeros(0, dtype=np.int64), []
-    for index, text in stream._documents(0):
-        pending = np.concatenate([pending, stream._tokens(index, text)])
-        while len(pending) >= block and len(blocks) < wanted:
-            blocks.append(pending[:block])
-            pending = pending[stride:]
-        if len(blocks) == wanted:
-            break
-    if not blocks and not len(pending) and next(iter(source.documents("train", start=0)), None) is None:
+    blocks = list(itertools.islice(split_blocks(source, tokenizer, "val", seq_len), batch_size * max_batches))
+    if not blocks and next(iter(source.documents("val")), None) is None and next(iter(source.documents("train")), None) is None:
         raise DataError(f"{source.fingerprint} holds no text (both splits are empty); check the data source's files or options")
     if not blocks:
         raise DataError(
-            f"the validation split of {source.fingerprint} holds fewer than seq_len + 1 = {block} tokens; "
+            f"the validation split of {source.fingerprint} holds fewer than seq_len + 1 = {seq_len + 1} tokens; "
             "raise data.val_fraction or shorten data.seq_len"
         )
     tokens = torch.from_numpy(np.stack(blocks))

@@ -1,7 +1,11 @@
-"""Built-in attention backends: eager (the reference math), sdpa, flash-attn 1/2/3, and auto.
+"""Built-in attention backends: eager (the reference math), sdpa, flex, flash-attn 1/2/3/4, and auto.
 
 Every backend takes and returns (batch, heads, seq, head_dim); the flash-attn ones transpose to
 their (batch, seq, heads, head_dim) layout and back, and compute in fp16/bf16 only.
+
+Grouped-query attention: a backend whose `grouped_kv` attribute is True is given keys and
+values with fewer heads than the queries (model.n_kv_heads) and handles them itself (sdpa,
+flex, flash-attn 2/3/4 natively); every other backend gets them repeated to n_heads by the model.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import torch.nn.functional as F
 
 import b6lab
 from b6lab.errors import ConfigError
-from b6lab.attention import AttentionContext, Requirements, attention_mask
+from b6lab.attention import AttentionContext, Requirements, attention_mask, grouped
+from b6lab.flex_attention import flex
 
 HALF = (torch.float16, torch.bfloat16)
 FLASH_V1 = Requirements(cuda=True, dtypes=HALF, max_head_dim=128, min_capability=(7, 5), module="flash_attn", version_prefix="1.")
@@ -22,8 +27,31 @@ FLASH_V3 = Requirements(
     cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(9, 0), max_capability=(9, 0),
     module="flash_attn_interface", dropout=False,
 )
+# flash-attn 4 (the flash-attn-4 package, CuTe DSL kernels): Hopper and data-centre Blackwell
+# (sm90, sm100, sm110; not the sm120 consumer parts), no dropout.
+FLASH_V4 = Requirements(
+    cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(9, 0), max_capability=(11, 9),
+    module="flash_attn.cute", dropout=False,
+)
+# auto takes flash-v4 on Blackwell, where it is the kernel written for the chip; on Hopper flash-v3
+# (tuned for it) stays first until a measurement there says otherwise.
+FLASH_V4_AUTO = Requirements(
+    cuda=True, dtypes=HALF, max_head_dim=256, min_capability=(10, 0), max_capability=(11, 9),
+    module="flash_attn.cute", dropout=False,
+)
+FLEX_NEEDS = Requirements(cuda=True, dropout=False)
+
+
+def flex_unavailable(**context) -> str | None:
+    """flex_attention has no backward pass on a CPU (torch 2.13), so it trains on CUDA GPUs only."""
+    reason = FLEX_NEEDS(**context)
+    if reason and "CUDA" in reason:
+        return f"{reason}; torch {torch.__version__.split('+')[0]} has no FlexAttention backward pass on a CPU"
+    return reason
+
+
 # What `auto` tries, best first; sdpa always runs.
-AUTO_ORDER = ("flash-v3", "flash-v2", "sdpa")
+AUTO_ORDER = ("flash-v4", "flash-v3", "flash-v2", "sdpa")
 
 
 def eager(context: AttentionContext):
@@ -49,10 +77,12 @@ def sdpa(context: AttentionContext, *, sdpa_kernel: str = "auto"):
         raise ConfigError(f"must be one of {', '.join(SDPA_KERNELS)}", key="model.sdpa_kernel")
     kernel = _kernel_context(sdpa_kernel)
 
+    @grouped
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
+        gqa = k.size(1) != q.size(1)
         with kernel():
             if docs is None and (not causal or q.size(-2) == k.size(-2)):
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=gqa)
             if sdpa_kernel == "flash":  # torch's own message would be a list of kernel warnings
                 raise ConfigError(
                     "torch's flash kernel takes no attention mask, and this call needs one (packed-document "
@@ -61,7 +91,7 @@ def sdpa(context: AttentionContext, *, sdpa_kernel: str = "auto"):
                     key="model.sdpa_kernel",
                 )
             mask = attention_mask(q.size(-2), k.size(-2), causal, docs, q.device)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
 
     return attend
 
@@ -116,6 +146,7 @@ def flash_v2(context: AttentionContext):
     """flash-attn 2.x: padded flash_attn_func, or flash_attn_varlen_func for packed documents."""
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
+    @grouped
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
         B, H, S, D = q.shape
         q_, k_, v_ = _flash_layout(q, k, v)
@@ -124,7 +155,7 @@ def flash_v2(context: AttentionContext):
         else:
             cu, max_len = docs.cu_seqlens, docs.max_seqlen
             out = flash_attn_varlen_func(
-                q_.reshape(B * S, H, D), k_.reshape(B * S, H, D), v_.reshape(B * S, H, D),
+                q_.reshape(B * S, H, D), k_.reshape(B * S, -1, D), v_.reshape(B * S, -1, D),
                 cu, cu, max_len, max_len, dropout_p, softmax_scale=scale, causal=causal,
             ).view(B, S, H, D)
         return out.transpose(1, 2).to(q.dtype)
@@ -136,28 +167,45 @@ def flash_v3(context: AttentionContext):
     """flash-attn 3 (flash_attn_interface, Hopper GPUs): no dropout."""
     import flash_attn_interface as fa3
 
+    return _flash_v3_or_v4(fa3.flash_attn_func, fa3.flash_attn_varlen_func)
+
+
+def flash_v4(context: AttentionContext):
+    """flash-attn 4 (the flash-attn-4 package, flash_attn.cute; Hopper and Blackwell GPUs): no dropout."""
+    from flash_attn.cute import flash_attn_func, flash_attn_varlen_func
+
+    return _flash_v3_or_v4(flash_attn_func, flash_attn_varlen_func)
+
+
+def _flash_v3_or_v4(flash_attn_func, flash_attn_varlen_func):
+    """flash-attn 3 and 4 share their call: no dropout argument, an (out, lse) pair from some releases."""
+
+    @grouped
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
         B, H, S, D = q.shape
         q_, k_, v_ = _flash_layout(q, k, v)
         if docs is None:
-            out = fa3.flash_attn_func(q_, k_, v_, softmax_scale=scale, causal=causal)
+            out = flash_attn_func(q_, k_, v_, softmax_scale=scale, causal=causal)
         else:
             cu, max_len = docs.cu_seqlens, docs.max_seqlen
-            out = fa3.flash_attn_varlen_func(
-                q_.reshape(B * S, H, D), k_.reshape(B * S, H, D), v_.reshape(B * S, H, D),
+            out = flash_attn_varlen_func(
+                q_.reshape(B * S, H, D), k_.reshape(B * S, -1, D), v_.reshape(B * S, -1, D),
                 cu, cu, max_len, max_len, softmax_scale=scale, causal=causal,
             )
-        out = out[0] if isinstance(out, tuple) else out  # some FA3 releases also return the LSE
+        out = out[0] if isinstance(out, tuple) else out  # FA4 and some FA3 releases also return the LSE
         return out.reshape(B, S, H, D).transpose(1, 2).to(q.dtype)
 
     return attend
 
 
-FACTORIES = {"flash-v3": (flash_v3, FLASH_V3), "flash-v2": (flash_v2, FLASH_V2), "sdpa": (sdpa, None)}
+FACTORIES = {
+    "flash-v4": (flash_v4, FLASH_V4_AUTO), "flash-v3": (flash_v3, FLASH_V3), "flash-v2": (flash_v2, FLASH_V2),
+    "sdpa": (sdpa, None),
+}
 
 
 def choose(context: AttentionContext) -> str:
-    """The best backend that runs in `context`: flash-v3, then flash-v2, then sdpa."""
+    """The best backend that runs in `context`: flash-v4 on Blackwell, flash-v3, flash-v2, then sdpa."""
     for name in AUTO_ORDER:
         _, requires = FACTORIES[name]
         if requires is None or requires(**context.as_kwargs()) is None:
@@ -166,7 +214,7 @@ def choose(context: AttentionContext) -> str:
 
 
 def auto(context: AttentionContext):
-    """The best available here: flash-v3 -> flash-v2 -> sdpa (sdpa on CPU)."""
+    """The best available here: flash-v4 (Blackwell) -> flash-v3 -> flash-v2 -> sdpa (sdpa on CPU)."""
     name = choose(context)
     backend = FACTORIES[name][0](context)
     backend.chosen = name
@@ -180,4 +228,6 @@ def b6lab_register_attention(register):
     register("flash-v1", flash_v1, unavailable=FLASH_V1)
     register("flash-v2", flash_v2, unavailable=FLASH_V2)
     register("flash-v3", flash_v3, unavailable=FLASH_V3)
+    register("flash-v4", flash_v4, unavailable=FLASH_V4)
+    register("flex", flex, unavailable=flex_unavailable)
     register("auto", auto)

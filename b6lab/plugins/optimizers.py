@@ -1,7 +1,8 @@
-"""Built-in optimizers: Lion (implemented here) and torch's AdamW.
+"""Built-in optimizers: Lion (implemented here), torch's AdamW, and Muon (torch's, with AdamW beside it).
 
 A factory gets the model's parameter groups: the first decays (weight matrices), the second
 has weight_decay 0.0 already set (norms, biases); the factory's `weight_decay` fills in the rest.
+Each group also holds its parameters' names under "param_names" (torch's own key for them).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 
 import b6lab
+from b6lab.errors import ConfigError
 
 
 class Lion(torch.optim.Optimizer):
@@ -88,7 +90,72 @@ def adamw(param_groups, *, lr: float = 1e-3, weight_decay: float = 0.1, betas: t
         return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
 
 
+def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
+    """Muon's share: the 2-D weights inside the blocks (attention and feed-forward projections).
+    The embedding, the LM head (tied to it or not), norms and biases are not hidden matrices.
+    (A wrapped model's names have a prefix: DDP's "module.blocks.0...".)"""
+    return param.dim() == 2 and (name.startswith("blocks.") or ".blocks." in name)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon on the hidden matrices and torch.optim.AdamW on the other parameters, as one
+    optimizer: one param_groups list (which the LR schedule scales) and one state (which checkpoints
+    save), shared with the two inner optimizers."""
+
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon_options: dict, adamw_options: dict):
+        self.muon = torch.optim.Muon(muon_groups, **muon_options)
+        self.adamw = torch.optim.AdamW(adamw_groups, **adamw_options)
+        super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
+        self._share()
+
+    def _share(self):
+        n = len(self.muon.param_groups)
+        self.muon.param_groups, self.adamw.param_groups = self.param_groups[:n], self.param_groups[n:]
+        self.muon.state = self.adamw.state = self.state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)  # makes new group dicts and a new state: share them again
+        self._share()
+
+
+def muon(
+    param_groups, *, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
+    weight_decay: float = 0.0, adjust_lr_fn: str = "original", adamw_lr: float = 1e-3,
+    adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_weight_decay: float = 0.1,
+):
+    """Muon (Jordan et al. 2024, torch.optim.Muon) on the blocks' 2-D weights; AdamW on embeddings, head, norms, biases."""
+    if adjust_lr_fn not in ("original", "match_rms_adamw"):
+        raise ConfigError(f"must be original or match_rms_adamw, got {adjust_lr_fn!r}", key="optim.adjust_lr_fn")
+    if any("param_names" not in group for group in param_groups):
+        raise ConfigError("muon routes parameters by name, and these groups have no param_names", key="optim.name")
+    muon_groups, adamw_groups = [], []
+    for group in param_groups:
+        hidden = [is_hidden_matrix(name, p) for name, p in zip(group["param_names"], group["params"])]
+        for routed, to in ((True, muon_groups), (False, adamw_groups)):
+            params = [p for p, h in zip(group["params"], hidden) if h == routed]
+            if params:
+                names = [n for n, h in zip(group["param_names"], hidden) if h == routed]
+                to.append({**group, "params": params, "param_names": names})
+    muon_options = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, adjust_lr_fn=adjust_lr_fn)
+    adamw_options = dict(lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay)
+    try:
+        return MuonAdamW(muon_groups, adamw_groups, muon_options, adamw_options)
+    except ValueError as exc:  # torch's own checks of lr, momentum, adjust_lr_fn, ...
+        raise ConfigError(str(exc), key="optim") from None
+
+
 @b6lab.hookimpl
 def b6lab_register_optimizer(register):
     register("lion", lion)
     register("adamw", adamw)
+    register("muon", muon)

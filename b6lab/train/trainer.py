@@ -121,7 +121,7 @@ class Trainer:
         context = AttentionContext(self.device, compute_dtype, model_cfg.head_dim, model_cfg.dropout)
         model_cfg = replace(model_cfg, gradient_checkpointing=self.plan.gradient_checkpointing)
         self.model_cfg = model_cfg
-        self.model, self.attention = parts.build_model(model_cfg, context)
+        self.model, self.attention = parts.build_model(model_cfg, context, z_loss=cfg.train.z_loss)
         self.model.to(self.device)
         self.optimizer = parts.build_optimizer(cfg.optim, self.model)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -250,7 +250,7 @@ class Trainer:
             multiplier = self.schedule(self.step)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * multiplier
-            loss, grad_norm = self._take_step()
+            loss, grad_norm = self.take_step()
             self._boundary = None
             self.step += 1
             step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.cfg.seq_len
@@ -299,7 +299,7 @@ class Trainer:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def _take_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def take_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """train_step, retreating from out-of-memory: half the micro-batch, twice the accumulation, and
         the sequences already drawn for the step trained on (re-cut) rather than skipped."""
         drawn: list[tuple[torch.Tensor, torch.Tensor]] = []

@@ -8,7 +8,7 @@ import torch
 from b6lab import registry
 from b6lab.attention import AttentionContext, Documents
 
-BACKENDS = [("flash-v1", {}), ("flash-v2", {}), ("flash-v3", {}), ("sdpa", {"sdpa_kernel": "flash"}),
+BACKENDS = [("flash-v1", {}), ("flash-v2", {}), ("flash-v3", {}), ("flash-v4", {}), ("flex", {}), ("sdpa", {"sdpa_kernel": "flash"}),
             ("sdpa", {"sdpa_kernel": "efficient"}), ("sdpa", {}), ("auto", {})]
 B, H, S, D = 2, 4, 256, 64
 

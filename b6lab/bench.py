@@ -63,6 +63,7 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
     """Time `steps` trainer steps after `warmup` ones; the result is what `b6lab bench --json` prints."""
     from b6lab.model import flops_per_token
     from b6lab.train import hardware
+    from b6lab.train import distributed
     from b6lab.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="b6lab-bench-") as tmp:
@@ -92,7 +93,9 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
             peak_source = "measured (fp32 matmul, the GEMM bf16 matmuls run on here)"
     flops = flops_per_token(trainer.model_cfg, trainer.params, cfg.seq_len)
     result = {
-        "tokens_per_sec": tokens_per_sec,
+        "tokens_per_sec": tokens_per_sec,  # per process under torchrun
+        "processes": distributed.current().world_size,
+        "total_tokens_per_sec": distributed.sum_over_ranks(tokens_per_sec),
         "mfu": flops * tokens_per_sec / peak,
         "peak_mem_mb": memory.get("peak_mem_mb", memory.get("peak_rss_mb")),
         "params": trainer.params,

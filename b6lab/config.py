@@ -157,6 +157,7 @@ class TrainConfig:
     out_dir: Optional[str] = None  # None: runs/<config name>
     threads: Optional[int] = None  # CPU threads for torch; None: torch's default
     z_loss: float = 0.0  # coefficient of the mean squared log-partition added to the loss (PaLM: 1e-4)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicas, or FSDP2 shards per block
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_steps", "log_interval"):

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from b6lab.commands.common import config_from_args
     from b6lab.config import parse_override
     from b6lab.errors import UsageError
+    from b6lab.train import distributed
 
     if args.steps < 1 or args.warmup < 0:
         raise UsageError("--steps must be at least 1 and --warmup at least 0")
@@ -39,10 +40,11 @@ def run(args: argparse.Namespace) -> int:
         others = [o for o in args.overrides if o not in all_attention]
         return _run_all_attention(args, others)
     cfg = config_from_args(args)
-    result = bench.measure(cfg, steps=args.steps, warmup=args.warmup, peak_tflops=args.peak_tflops)
-    print(describe(cfg.name, result))
-    if args.json:
-        print(json.dumps(result))
+    with distributed.process_group(cfg.train.device):  # under torchrun: data-parallel, each process timed
+        result = bench.measure(cfg, steps=args.steps, warmup=args.warmup, peak_tflops=args.peak_tflops)
+        print(describe(cfg.name, result))  # rank 0 only
+        if args.json:
+            print(json.dumps(result))
     return 0
 
 
@@ -51,7 +53,8 @@ def describe(name: str, r: dict) -> str:
         f"b6lab bench {name}: {r['params'] / 1e6:.2f}M params, attention {r['attention']}, {r['precision']} on {r['device']}",
         f"  {r['tokens_per_step']:,} tokens per step (micro-batch {r['micro_batch']} x {r['grad_accum_steps']} x "
         f"{r['seq_len']}), {r['steps']} timed steps after {r['warmup']} warm-up, {r['threads']} threads",
-        f"  tokens/s     {r['tokens_per_sec']:,.0f}",
+        f"  tokens/s     {r['tokens_per_sec']:,.0f}" + (f" per process; {r['total_tokens_per_sec']:,.0f} in total over "
+                                                         f"{r['processes']} processes" if r["processes"] > 1 else ""),
         f"  step time    {r['step_time_s']:.3f} s (median; {min(r['step_times_s']):.3f} to {max(r['step_times_s']):.3f})",
         f"  MFU          {100 * r['mfu']:.1f}% of {r['peak_tflops']:.3g} TFLOP/s, {r['peak_source']}",
         f"  peak memory  {r['peak_mem_mb']:,.0f} MB ({r['memory_kind']})"

@@ -21,15 +21,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checkpoint, with the config it was started with plus any --set")
     parser.add_argument("--quiet", action="store_true",
                         help="print only the start line, warnings and the result (sets logging.quiet=true)")
+    parser.add_argument("--nproc", type=int, metavar="N",
+                        help="data-parallel over N processes on this machine (one per GPU), launched by torchrun")
 
 
 def run(args: argparse.Namespace) -> int:
-    from b6lab.train.trainer import Trainer
+    from b6lab.train import distributed
 
     if args.quiet:
         args.overrides.append("logging.quiet=true")
     cfg = config_from_args(args)
-    out_dir = choose_out_dir(cfg.train.out_dir, cfg.name, args.resume)
+    if args.nproc is not None:
+        return distributed.launch(args.nproc, torchrun_arguments(args), cfg.train.device)
+    with distributed.process_group(cfg.train.device):
+        return _train(args, cfg)
+
+
+def _train(args: argparse.Namespace, cfg) -> int:
+    from b6lab.train import distributed
+    from b6lab.train.trainer import Trainer
+
+    out_dir = distributed.from_main(lambda: choose_out_dir(cfg.train.out_dir, cfg.name, args.resume))
     if args.resume and (out_dir / "config.yaml").exists():
         # The run continues as it was configured (the same model, the same data); only what --set
         # says changes, e.g. a longer train.max_steps.
@@ -52,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"curves: tensorboard --logdir {out_dir}")
         print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt 'def '")
     return 0
+
+
+def torchrun_arguments(args: argparse.Namespace) -> list[str]:
+    """This command's arguments without --nproc: what each process torchrun starts is given."""
+    return ([args.config] if args.config else []) + (["--preset", args.preset] if args.preset else []) + \
+        [f"--set={override}" for override in args.overrides] + (["--resume"] if args.resume else [])
 
 
 def choose_out_dir(out_dir: str | None, name: str, resume: bool) -> Path:

@@ -39,6 +39,8 @@ class StreamSpec:
     chunk_blocks: int  # blocks shuffled together; a multiple of batch_size
     seed: int
     num_workers: int  # logical workers: the stream's shape, independent of processes (>= 1)
+    rank: int = 0  # under torchrun: batch_size is the global batch, and this rank keeps its rows of it
+    ranks: int = 1
 
 
 def fresh_position() -> dict:
@@ -130,6 +132,9 @@ class WorkerStream:
             while pos["served"] + B <= len(blocks):
                 chosen = order[pos["served"] : pos["served"] + B]
                 pos["served"] += B
+                if self.spec.ranks > 1:
+                    share = B // self.spec.ranks
+                    chosen = chosen[self.spec.rank * share : (self.spec.rank + 1) * share]
                 yield np.stack([blocks[i] for i in chosen]), copy.deepcopy(pos)
             pos.update(next_origin, chunk=pos["chunk"] + 1, served=0)
 
@@ -161,18 +166,24 @@ class PackedStream(IterableDataset):
 
 
 class TrainBatches:
-    """An endless iterator of (x, y) training batches whose position can be saved and restored."""
+    """An endless iterator of (x, y) training batches whose position can be saved and restored.
+
+    With `ranks` > 1 (data parallelism) every rank walks the same stream of global batches of
+    batch_size x ranks sequences and serves rows rank*batch_size onwards of each: disjoint shares,
+    one position."""
 
     def __init__(self, source, tokenizer, *, seq_len: int, batch_size: int, shuffle_buffer: int, seed: int,
-                 num_workers: int, prefetch_factor: int = 4, pin_memory: bool = False, state: dict | None = None):
+                 num_workers: int, prefetch_factor: int = 4, pin_memory: bool = False, state: dict | None = None,
+                 rank: int = 0, ranks: int = 1):
         logical = max(1, num_workers)
         if state is not None and state["num_workers"] != logical:
             raise DataError(
                 f"the checkpoint's data stream was made with data.num_workers={state['num_workers']}; "
                 f"resume with the same value (this run asks for {num_workers})"
             )
+        batch_size *= ranks
         chunk = -(-shuffle_buffer // batch_size) * batch_size
-        self.spec = StreamSpec(source, tokenizer, "train", seq_len, batch_size, chunk, seed, logical)
+        self.spec = StreamSpec(source, tokenizer, "train", seq_len, batch_size, chunk, seed, logical, rank, ranks)
         self.positions = state["positions"] if state else [fresh_position() for _ in range(logical)]
         self.consumed = state["consumed"] if state else 0
         self.loader_options = dict(num_workers=num_workers, pin_memory=pin_memory)
@@ -206,6 +217,7 @@ class TrainBatches:
     def set_batch_size(self, batch_size: int) -> None:
         """Serve smaller batches from the same position (after an out-of-memory error)."""
         self.close()
+        batch_size *= self.spec.ranks
         chunk = -(-self.spec.chunk_blocks // batch_size) * batch_size
         self.spec = StreamSpec(**{**self.spec.__dict__, "batch_size": batch_size, "chunk_blocks": chunk})
 

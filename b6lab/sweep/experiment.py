@@ -48,6 +48,7 @@ class Resources:
     __pydantic_config__ = FORBID
     cpu: Annotated[float, Field(ge=0)] = 1.0  # per trial; fractions allowed
     gpu: Annotated[float, Field(ge=0)] = 0.0
+    workers: PositiveInt = 1  # >1: each trial is a Ray Train TorchTrainer of this many workers, each with cpu/gpu
 
 
 @dataclass
@@ -108,7 +109,8 @@ def load_experiment(path: str | Path) -> Experiment:
     scheduler = {key: getattr(sweep.scheduler, key) for key in scheduler} if scheduler else None
     return Experiment(
         name=name, file=path, base=_base(sweep.base, folder, file), grid=_grid(sweep.grid, file), seeds=sweep.seeds,
-        metric=sweep.metric, cpus=sweep.resources.cpu, gpus=sweep.resources.gpu, max_concurrent=sweep.max_concurrent,
+        metric=sweep.metric, cpus=sweep.resources.cpu, gpus=sweep.resources.gpu,
+        workers=sweep.resources.workers, max_concurrent=sweep.max_concurrent,
         scheduler=scheduler, plugins=[resolve_plugin_spec(spec, folder) for spec in sweep.plugins],
         max_failures=sweep.max_failures, skip_unavailable=sweep.skip_unavailable,
         # Ray needs an absolute path; relative ones are taken from where the sweep is started, like train.out_dir.

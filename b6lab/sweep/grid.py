@@ -60,6 +60,7 @@ class Experiment:
     metric: str = "val_loss"
     cpus: float = 1.0
     gpus: float = 0.0
+    workers: int = 1  # >1: each trial is a Ray Train TorchTrainer of this many workers, each with cpus/gpus
     max_concurrent: int | None = None
     scheduler: dict | None = None
     plugins: list[str] = field(default_factory=list)  # absolute paths (or module names)

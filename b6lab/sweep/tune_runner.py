@@ -39,6 +39,7 @@ def trial_spec(trial: Trial, exp: Experiment) -> dict:
         "name": trial.name, "config": trial.config, "run_dir": str(trial.run_dir), "max_steps": trial.max_steps,
         "skip_reason": trial.skip_reason, "cwd": os.getcwd(), "threads": max(1, int(exp.cpus)),
         "scheduler": exp.scheduler["name"] if exp.scheduler else None,
+        "workers": exp.workers, "cpus": exp.cpus, "gpus": exp.gpus, "train_storage": str(exp.ray_dir / "train"),
     }
 
 
@@ -60,6 +61,10 @@ def run_trial(config: dict, trials: dict) -> None:
         _report_without_training(spec, run_dir)
         return
     _restore_tune_checkpoint(tune.get_checkpoint(), run_dir / "checkpoints" / "last")
+    if spec["workers"] > 1:
+        from b6lab.sweep.ray_train import run_on_workers
+
+        return run_on_workers(spec)
     cfg = config_from_dict(spec["config"])
     if cfg.train.threads is None:  # else torch takes every core in every trial, and trials fight over them
         torch.set_num_threads(spec["threads"])
@@ -250,12 +255,17 @@ def check_resources(exp: Experiment, joined_cluster: bool) -> None:
     import ray
 
     total = ray.cluster_resources()
+    workers = f"{exp.workers} workers x " if exp.workers > 1 else ""
     for kind, asked in (("CPU", exp.cpus), ("GPU", exp.gpus)):
-        if asked > total.get(kind, 0):
-            message = f"each trial asks for {asked:g} {kind} (resources in {exp.file}) but Ray has {total.get(kind, 0):g}"
+        if asked * exp.workers > total.get(kind, 0):
+            message = (f"each trial asks for {workers}{asked:g} {kind} (resources in {exp.file}) "
+                       f"but Ray has {total.get(kind, 0):g}")
             if not joined_cluster:
                 raise UsageError(f"{message}; ask for less, or join a bigger cluster with --address")
             print(f"warning: {message}; the trials wait until the cluster grows", flush=True)
+    if joined_cluster and exp.workers > 1:
+        print(f"note: a trial's {exp.workers} workers may land on different nodes, and all of them read its "
+              f"checkpoints: storage ({exp.storage}) must be a folder every node sees", flush=True)
 
 
 def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: bool, quiet: bool = False):
@@ -267,7 +277,9 @@ def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: 
     names = {t.key: t.name for t in trials}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, trials={t.key: trial_spec(t, exp) for t in trials}),
-        {"cpu": exp.cpus, "gpu": exp.gpus},
+        # A trial of several workers is only their driver: Ray Train reserves the workers' resources
+        # (Tune refuses a trial that asks for nothing at all, hence one byte of memory).
+        {"cpu": exp.cpus, "gpu": exp.gpus} if exp.workers == 1 else {"cpu": 0, "memory": 1},
     )
     if resume and tune.Tuner.can_restore(str(exp.ray_dir)):
         tuner = tune.Tuner.restore(str(exp.ray_dir), trainable, resume_unfinished=True, resume_errored=retry_failed)

@@ -34,8 +34,8 @@ from b6lab.attention import AttentionContext, Documents
 from b6lab.config import RunConfig, dump_config
 from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import DataError, UsageError, exception_line
-from b6lab.train import checkpoint, hardware
 from b6lab.progress import Progress, progress_mode
+from b6lab.train import checkpoint, distributed, hardware
 from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull
 from b6lab.train.records import MetricsFile, write_json
 from b6lab.train.run_folder import RunLock, holds_run
@@ -52,16 +52,18 @@ class Diverged(Exception):
 
 
 def train_step(model, batches, optimizer, scaler, accum: int, clip: float | None,
-               autocast=contextlib.nullcontext()) -> tuple[torch.Tensor, torch.Tensor]:
+               autocast=contextlib.nullcontext(), no_sync=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over `accum` micro-batches (x, y, docs) from `batches`: (mean loss, grad norm),
-    as tensors (reading them waits for the device)."""
+    as tensors (reading them waits for the device). Data-parallel, `no_sync()` keeps the gradients of
+    all but the last micro-batch local (one all-reduce per step)."""
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for _ in range(accum):
+    for i in range(accum):
         x, y, docs = next(batches)
-        with autocast:
-            loss = model(x, y, docs=docs) / accum
-        scaler.scale(loss).backward()
+        with no_sync() if i < accum - 1 else contextlib.nullcontext():
+            with autocast:
+                loss = model(x, y, docs=docs) / accum
+            scaler.scale(loss).backward()
         total = total + loss.detach()
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)  # inf: measure, clip nothing
@@ -77,16 +79,25 @@ class Trainer:
         self.fault_injector, self.say = fault_injector, say
         check_wandb_login(cfg.logging.wandb)  # a missing login fails now, not after the data is built
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.lock = RunLock(self.out_dir).acquire()  # released at the end of run(), or by the kernel if killed
+        self.ranks = distributed.current()
+        # One writer per run folder: the main process holds the lock (released at the end of run(), or
+        # by the kernel if killed) and tidies what a crash mid-save left; the other ranks wait for it.
+        self.lock = RunLock(self.out_dir) if self.ranks.is_main else contextlib.nullcontext()
+        self.lock.__enter__()
         try:
-            for name in ("last", "best"):
-                checkpoint.tidy(self.ckpt_dir / name)  # what a crash mid-save left: the newest complete copy wins
-            for partial in self.out_dir.glob("*.tmp-*"):  # summary.json cut off by a crash
-                partial.unlink()
+            distributed.main_first(self._tidy)
             self._setup(self._checkpoint_to_resume() if resume else None)
         except BaseException:
-            self.lock.release()
+            self.lock.__exit__(None, None, None)
             raise
+
+    def _tidy(self) -> None:
+        if not self.ranks.is_main:
+            return
+        for name in ("last", "best"):
+            checkpoint.tidy(self.ckpt_dir / name)  # the newest complete copy wins
+        for partial in self.out_dir.glob("*.tmp-*"):  # summary.json cut off by a crash
+            partial.unlink()
 
     def _checkpoint_to_resume(self):
         found = checkpoint.find(self.ckpt_dir / "last")
@@ -108,14 +119,14 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.source = parts.build_source(cfg.data)
-        self.tokenizer = parts.build_tokenizer(cfg.data, self.source)
+        self.tokenizer = distributed.main_first(lambda: parts.build_tokenizer(cfg.data, self.source))
         model_cfg = parts.resolve_vocab(cfg.model, self.tokenizer)
         self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
         state = saved[1] if saved else None
         if saved:
             checkpoint.check_resumable(saved[2], self.cfg.to_dict(), self.say)
         if state:  # an out-of-memory retreat before the crash keeps its smaller micro-batch
-            self.plan.batch_size, self.plan.grad_accum_steps = state["batch_size"], state["grad_accum_steps"]
+            self.plan.batch_size, self.plan.grad_accum_steps = distributed.resumed_micro_batch(state), state["grad_accum_steps"]
         self.device = torch.device(self.plan.device)
         compute_dtype = self.plan.dtype
         context = AttentionContext(self.device, compute_dtype, model_cfg.head_dim, model_cfg.dropout)
@@ -123,6 +134,7 @@ class Trainer:
         self.model_cfg = model_cfg
         self.model, self.attention = parts.build_model(model_cfg, context, z_loss=cfg.train.z_loss)
         self.model.to(self.device)
+        self.parallel_model = distributed.wrap(self.model, cfg.train.parallel, self.device)
         self.optimizer = parts.build_optimizer(cfg.optim, self.model)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.schedule = parts.build_schedule(cfg.schedule, cfg.train.max_steps)
@@ -145,28 +157,30 @@ class Trainer:
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=self.plan.batch_size,
             shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
             prefetch_factor=cfg.data.prefetch_factor, pin_memory=self.device.type == "cuda",
-            state=state["data"] if state else None,
+            state=state["data"] if state else None, rank=self.ranks.rank, ranks=self.ranks.world_size,
         )
-        # eval_steps effective batches, in micro-batches: the same sequences whatever the accumulation.
-        self.val_batches = validation_batches(
+        # eval_steps global batches, in micro-batches: the same sequences whatever the accumulation
+        # and the number of processes (each evaluates its share).
+        self.val_batches = distributed.validation_share(validation_batches(
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
-            max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps,
-        )
-        self.step_model = torch.compile(self.model) if self.plan.compile else self.model
+            max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size,
+        ), cfg.train.parallel)
+        self.step_model = torch.compile(self.parallel_model) if self.plan.compile else self.parallel_model
         self.params = self.model.num_params()
         self.record = self._record()
-        dump_config(cfg, self.out_dir / "config.yaml", self.record)
+        if self.ranks.is_main:
+            dump_config(cfg, self.out_dir / "config.yaml", self.record)
 
     def _restore(self, model_state, state, _config) -> None:
-        try:
-            self.model.load_state_dict(model_state)
-        except RuntimeError as exc:
-            raise DataError(f"the checkpoint in {self.ckpt_dir} does not fit this run's model "
-                            f"({exception_line(exc, 200)})") from None
         # The optimizer's settings are this run's config (a --set optim.weight_decay takes effect);
         # its state (momenta, step counts) is the checkpoint's.
         settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            distributed.load_checkpoint_state(self.model, self.optimizer, model_state, state["optimizer"],
+                                              self.cfg.train.parallel)
+        except RuntimeError as exc:
+            raise DataError(f"the checkpoint in {self.ckpt_dir} does not fit this run's model "
+                            f"({exception_line(exc, 200)})") from None
         for group, chosen in zip(self.optimizer.param_groups, settings):
             group.update(chosen)
         self.scaler.load_state_dict(state["scaler"])
@@ -203,13 +217,15 @@ class Trainer:
     def run(self) -> dict:
         cfg, train = self.cfg, self.cfg.train
         resuming = self.step > 0
-        metrics = MetricsFile(self.out_dir / "metrics.jsonl", resume_step=self.step if resuming else None)
-        self.run_log = RunLog(metrics, cfg.logging, self.out_dir, cfg.to_dict() | {"run": self.record},
-                              self.step if resuming else None, self.wandb_id)
-        self.wandb_id = self.run_log.wandb_id
+        main = self.ranks.is_main  # only the main process writes the run folder and prints
+        if main:
+            metrics = MetricsFile(self.out_dir / "metrics.jsonl", resume_step=self.step if resuming else None)
+            self.run_log = RunLog(metrics, cfg.logging, self.out_dir, cfg.to_dict() | {"run": self.record},
+                                  self.step if resuming else None, self.wandb_id)
+            self.wandb_id = self.run_log.wandb_id
         self._announce(resuming)
         progress = Progress(train.max_steps, initial=self.step, description=self.out_dir.name, say=self.say,
-                            mode=progress_mode(cfg.logging.progress, cfg.logging.quiet),
+                            mode=progress_mode(cfg.logging.progress and main, cfg.logging.quiet),
                             every_seconds=cfg.logging.plain_interval_seconds)
         status, reason, save_last = "completed", None, False
         start_wall, start_seconds = time.perf_counter(), self.train_seconds
@@ -238,7 +254,7 @@ class Trainer:
                 self.batches.close()
                 summary = self._finish(status, reason, start_seconds + time.perf_counter() - start_wall, save_last)
             finally:
-                self.lock.release()
+                self.lock.__exit__(None, None, None)
         return summary
 
     def _loop(self, progress: Progress) -> None:
@@ -253,7 +269,7 @@ class Trainer:
             loss, grad_norm = self.take_step()
             self._boundary = None
             self.step += 1
-            step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.cfg.seq_len
+            step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.ranks.world_size * self.cfg.seq_len
             self.tokens += step_tokens
             window_tokens += step_tokens
             self._window.append(loss)
@@ -261,11 +277,14 @@ class Trainer:
             if self.step % train.log_interval == 0 or last:
                 elapsed = time.perf_counter() - window_start
                 self.train_seconds += elapsed
-                self._check_finite(weights=False)
-                mean_loss = (torch.stack(self._window).sum() / len(self._window)).item()
+                # The mean over every rank's window first: a non-finite loss anywhere reaches every rank.
+                mean_loss = distributed.mean_over_ranks(torch.stack(self._window).sum(), len(self._window))
+                if not math.isfinite(mean_loss):
+                    self._check_finite(weights=False)  # names the first non-finite step of this rank's window
+                    raise Diverged(self.step, f"the training loss became {mean_loss}")
                 record = {
                     "step": self.step, "tokens": self.tokens, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                    "tokens_per_sec": window_tokens / elapsed, "grad_norm": float(grad_norm),
+                    "tokens_per_sec": window_tokens / elapsed, "grad_norm": distributed.full_value(grad_norm),
                     "micro_batch": self.plan.batch_size, **_memory(self.device),
                 }
                 self._log(record)
@@ -306,7 +325,8 @@ class Trainer:
         while True:
             try:
                 return train_step(self.step_model, self._micro_batches(drawn), self.optimizer, self.scaler,
-                                  self.plan.grad_accum_steps, self.cfg.optim.grad_clip, self.autocast)
+                                  self.plan.grad_accum_steps, self.cfg.optim.grad_clip, self.autocast,
+                                  no_sync=lambda: distributed.gradient_sync(self.parallel_model, sync=False))
             except torch.OutOfMemoryError:
                 self._retreat_from_oom()
 
@@ -330,8 +350,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         old = self.plan.batch_size
-        if not self.cfg.train.adaptive_batch or old == 1:
-            why = "train.adaptive_batch is off" if old > 1 else "even a micro-batch of 1 does not fit"
+        # Data-parallel processes share one stream of global batches: one cannot shrink its share alone.
+        alone = self.ranks.world_size == 1
+        if not self.cfg.train.adaptive_batch or old == 1 or not alone:
+            why = "even a micro-batch of 1 does not fit" if old == 1 else (
+                "train.adaptive_batch is off" if alone else "a data-parallel run keeps its micro-batch")
             raise UsageError(
                 f"out of memory at micro-batch {old} ({why}); try model.gradient_checkpointing=true, a shorter "
                 "data.seq_len or a smaller model"
@@ -354,20 +377,22 @@ class Trainer:
                 first = int(bad[0])
                 raise Diverged(self.step - len(self._window) + 1 + first,
                                f"the training loss became {losses[first].item()}")
-        if weights and not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():
+        if weights and not distributed.all_finite(list(self.model.parameters())):
             raise Diverged(self.step, "the weights became non-finite")
 
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
-        total = torch.zeros((), device=self.device)
-        for x, y in self.val_batches:
+        total, counted = torch.zeros((), device=self.device), 0
+        for x, y, counts in self.val_batches:
             x, y = x.to(self.device), y.to(self.device)
             docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
             with self.autocast:
-                total += self.step_model(x, y, docs=docs).float()
+                loss = self.step_model(x, y, docs=docs).float()
+            if counts:
+                total, counted = total + loss, counted + 1
         self.model.train()
-        return (total / len(self.val_batches)).item()
+        return distributed.mean_over_ranks(total, counted)
 
     def _evaluate_and_keep_best(self, progress: Progress, save_last: bool) -> None:
         val_loss = self.evaluate()
@@ -391,10 +416,15 @@ class Trainer:
     def _position(self) -> dict:
         return {"data": self.batches.state_dict(), "rng": checkpoint.rng_state()}
 
-    def _save(self, name: str) -> Path:
-        """Write checkpoints/<name> of the state between steps (mid-step: of the step's start).
-        Raises Diverged rather than save a non-finite state, DiskFull when the disk runs out."""
+    def _save(self, name: str) -> Path | None:
+        """Write checkpoints/<name> of the state between steps (mid-step: of the step's start); every
+        rank takes part (FSDP gathers its shards), the main one writes. Raises Diverged rather than
+        save a non-finite state, DiskFull when the disk runs out."""
         self._check_finite()
+        model_state, optimizer_state = distributed.checkpoint_state(self.model, self.optimizer, self.cfg.train.parallel)
+        if not self.ranks.is_main:
+            self.saved_steps[name] = self.step
+            return None
         folder = self.ckpt_dir / name
         needed = checkpoint.size_estimate(self.model, self.optimizer) * 1.2
         free = shutil.disk_usage(self.out_dir).free
@@ -402,19 +432,21 @@ class Trainer:
             raise DiskFull(f"{free / 2**20:.0f} MB free, checkpoints/{name} needs ~{needed / 2**20:.0f} MB")
         position = self._boundary or self._position()
         state = {
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+            "optimizer": optimizer_state, "scaler": self.scaler.state_dict(), "step": self.step,
             "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
             "train_seconds": self.train_seconds, "rng": position["rng"], "data": position["data"],
             "loss_window": [loss.item() for loss in self._window],
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
+            "world_size": self.ranks.world_size,
         }
-        checkpoint.save(folder, model_state=self.model.state_dict(), state=state, config=self.cfg.to_dict() | {"run": self.record},
+        checkpoint.save(folder, model_state=model_state, state=state, config=self.cfg.to_dict() | {"run": self.record},
                         extra={TOKENIZER_FILE: self.tokenizer})
         self.saved_steps[name] = self.step
         return folder
 
     def _log(self, record: dict) -> None:
-        self.run_log.write(record)
+        if self.ranks.is_main:
+            self.run_log.write(record)
 
     def _announce(self, resuming: bool) -> None:
         cfg = self.cfg
@@ -424,6 +456,9 @@ class Trainer:
         if cfg.logging.quiet:
             return
         self.say(f"  device: {self.plan.describe()}")
+        if self.ranks.world_size > 1:
+            self.say("  " + distributed.describe(self.ranks, cfg.train.parallel, self.plan.batch_size,
+                                                self.plan.grad_accum_steps, cfg.seq_len))
         for note in self.plan.notes:
             self.say(f"  {note}")
         self.say(f"  data: {cfg.data.source} ({self.source.fingerprint}), tokenizer {cfg.data.tokenizer} "
@@ -431,7 +466,9 @@ class Trainer:
         self.say(f"  writing to {self.out_dir}")
 
     def _finish(self, status: str, reason: str | None, train_seconds: float, save_last: bool) -> dict:
-        if save_last and self.step > 0 and self.saved_steps.get("last") != self.step:
+        # Under FSDP the main process cannot save alone after a crash: the other ranks hold shards.
+        if (save_last and self.step > 0 and self.saved_steps.get("last") != self.step
+                and distributed.saves_alone(self.cfg.train.parallel)):
             try:
                 self._save("last")  # a stopped or crashed run resumes from where it stopped
             except Diverged as exc:
@@ -449,8 +486,9 @@ class Trainer:
         }
         if self.diverged_at is not None:
             summary["diverged_at_step"] = self.diverged_at
-        write_json(self.out_dir / "summary.json", summary)
-        self.run_log.close(summary, self.ckpt_dir / "best")
+        if self.ranks.is_main:
+            write_json(self.out_dir / "summary.json", summary)
+            self.run_log.close(summary, self.ckpt_dir / "best")
         return summary
 
     def _where_to_continue(self, status: str) -> str:

@@ -1,0 +1,280 @@
+"""Data parallelism on torch.distributed: `torchrun -m b6lab train` and `b6lab train --nproc N`.
+
+torchrun starts N copies of `b6lab train` and tells each its RANK, WORLD_SIZE and LOCAL_RANK;
+this module joins them into a process group (gloo on CPUs, NCCL on GPUs, one GPU per process),
+wraps the model with DDP or FSDP2's `fully_shard`, and holds the few collectives the trainer
+needs. Run without torchrun, nothing here creates a process group and every helper is a no-op,
+so one process trains exactly as it always did.
+
+Data: every process walks the same shuffled stream of global batches (micro-batch x processes
+sequences) and keeps its own rows of each (packing.TrainBatches' `rank`/`ranks`), so N processes
+with micro-batch B see, step for step, the sequences one process with micro-batch N*B sees, and
+the stream's position is one and the same on every rank (a checkpoint's one position resumes
+them all, on any number of processes whose micro-batches add up to the same global batch).
+Validation is the same sequences whatever N: each rank evaluates every N-th batch of them and
+the losses are summed across ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from b6lab.errors import ConfigError, UsageError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """The one process that prints and writes the run folder."""
+        return self.rank == 0
+
+
+def current() -> Ranks:
+    """This process's place in the process group (torchrun's, or Ray Train's); (0, 1) alone."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Ranks()
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def _wants_cuda(device: str) -> bool:
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def _check_cuda(device: str, processes: int) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("asks for CUDA (NCCL) but torch sees no GPU; on a CPU use train.device=cpu or auto "
+                          "(the processes then talk over gloo)", key="train.device")
+    if device.startswith("cuda:") and processes > 1:
+        raise ConfigError(f"is {device}, but each of the {processes} processes takes the GPU of its local rank; "
+                          "use train.device=cuda or auto", key="train.device")
+    if processes > torch.cuda.device_count():
+        raise UsageError(f"{processes} processes on this machine need {processes} GPUs, it has "
+                         f"{torch.cuda.device_count()}; use --nproc {torch.cuda.device_count()} or fewer")
+
+
+@contextlib.contextmanager
+def process_group(device: str):
+    """Under torchrun: join the process group for the run, and silence stdout on ranks other than 0.
+
+    Outside torchrun (or when Ray Train has already made the group) it does nothing."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        yield current()
+        return
+    local_rank, local_size = int(os.environ["LOCAL_RANK"]), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    cuda = _wants_cuda(device)
+    if cuda:
+        _check_cuda(device, local_size)
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=torch.device("cuda", local_rank) if cuda else None)
+    ranks = current()
+    try:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet if not ranks.is_main else sys.stdout):
+            yield ranks
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, train_args: list[str], device: str) -> int:
+    """`b6lab train --nproc N`: torchrun's launcher, on this machine, with the same arguments."""
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    if launched_by_torchrun():
+        raise UsageError("--nproc launches torchrun; under torchrun leave it out (torchrun's --nproc-per-node says how many)")
+    if _wants_cuda(device):
+        _check_cuda(device, nproc)
+    elif nproc > (os.cpu_count() or 1):
+        # Allowed (the results are the same, only slower): a 2-core laptop can still check a run
+        # that will go to 8 GPUs.
+        warnings.warn(f"{nproc} processes on {os.cpu_count()} CPU cores: they will share cores", stacklevel=2)
+    env = dict(os.environ)
+    # torchrun would set one thread per process; share the cores out instead.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "b6lab", "train", *train_args]
+    return subprocess.call(command, env=env)
+
+
+def from_main(compute):
+    """`compute()` on rank 0, its result (or its UsageError) on every rank: choices such as the run folder."""
+    ranks = current()
+    if ranks.world_size == 1:
+        return compute()
+    box = [None]
+    if ranks.is_main:
+        try:
+            box[0] = ("ok", compute())
+        except UsageError as exc:
+            box[0] = ("error", exc)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def main_first(build):
+    """`build()` on rank 0, then on the others: work that caches its result (training a BPE vocabulary)."""
+    ranks = current()
+    if ranks.world_size == 1:
+        return build()
+    result = build() if ranks.is_main else None
+    dist.barrier()
+    return result if ranks.is_main else build()
+
+
+def wrap(model: torch.nn.Module, parallel: str, device: torch.device) -> torch.nn.Module:
+    """The module to train through: DDP around the model, or the model sharded in place by FSDP2
+    (each block, then the root; so this must come before the optimizer is built). Alone: the model."""
+    if current().world_size == 1:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # No buffer broadcast: the buffers are derived from the config, and evaluation (ranks with
+    # different numbers of batches) must not start collectives.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False)
+
+
+def gradient_sync(module: torch.nn.Module, sync: bool):
+    """Accumulation: gradients are all-reduced only after the last micro-batch of a step."""
+    if sync:
+        return contextlib.nullcontext()
+    if hasattr(module, "no_sync"):  # DDP
+        return module.no_sync()
+    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        return _fsdp_no_sync(module)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+def mean_over_ranks(total: torch.Tensor, count: int) -> float:
+    """sum(total) / sum(count) over all ranks: a logged figure of the whole global batch."""
+    if current().world_size == 1:
+        return (total / count).item()
+    both = torch.stack([total.detach().float(), torch.tensor(float(count), device=total.device)])
+    dist.all_reduce(both)
+    return (both[0] / both[1]).item()
+
+
+def all_finite(tensors) -> bool:
+    """Whether every element of `tensors` is finite. FSDP2 parameters (DTensors) are checked shard by
+    shard and the answers combined, so that all ranks agree; DDP replicas are equal, so each rank's
+    own answer is everyone's (and a crashed run's main process can check alone)."""
+    sharded = any(hasattr(t, "to_local") for t in tensors)
+    local = torch.stack([torch.isfinite(t.to_local() if hasattr(t, "to_local") else t).all() for t in tensors]).all()
+    if not sharded or current().world_size == 1:
+        return bool(local)
+    flag = local.float().reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def full_value(value: torch.Tensor) -> float:
+    """A float of a tensor that may be an FSDP2 DTensor (the gradient norm)."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value)
+
+
+def validation_share(batches: list, parallel: str) -> list[tuple]:
+    """This rank's share of the validation batches: every N-th, as (x, y, counted). FSDP2 runs its
+    forward collectively, so a rank with one batch fewer repeats one, uncounted."""
+    ranks = current()
+    share = [(x, y, True) for x, y in batches[ranks.rank::ranks.world_size]]
+    longest = -(-len(batches) // ranks.world_size)
+    if parallel == "fsdp" and ranks.world_size > 1:
+        share += [(batches[0][0], batches[0][1], False)] * (longest - len(share))
+    return share
+
+
+def describe(ranks: Ranks, parallel: str, micro_batch: int, accumulation: int, seq_len: int) -> str:
+    global_batch = micro_batch * accumulation * ranks.world_size
+    backend = dist.get_backend() if ranks.world_size > 1 else "one process"
+    return (f"global batch {global_batch} sequences ({global_batch * seq_len:,} tokens) = micro-batch {micro_batch} x "
+            f"accumulation {accumulation} x {ranks.world_size} processes ({parallel}, {backend})")
+
+
+def resumed_micro_batch(state: dict) -> int:
+    """The micro-batch a resumed run takes: the checkpoint's global batch shared by this run's processes,
+    so the data stream goes on exactly where it stopped whatever the number of processes."""
+    global_batch, world_size = state["batch_size"] * state.get("world_size", 1), current().world_size
+    if global_batch % world_size:
+        raise UsageError(f"the checkpoint's global batch of {global_batch} sequences does not split over "
+                         f"{world_size} processes; resume on a number of processes that divides it")
+    return global_batch // world_size
+
+
+def checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, parallel: str) -> tuple[dict, dict]:
+    """(model state, optimizer state) for a checkpoint. Under FSDP2 every rank must call it: the
+    shards are gathered (through torch.distributed.checkpoint's state_dict API) into full, unsharded
+    tensors on the CPU, keyed by parameter name, so the checkpoint loads on any number of processes
+    and `b6lab generate` reads it like any other."""
+    if parallel != "fsdp":
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                          optimizer_state: dict, parallel: str) -> None:
+    """The inverse of checkpoint_state; under FSDP2 each rank keeps its shard of the full tensors."""
+    if parallel != "fsdp":
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
+def saves_alone(parallel: str) -> bool:
+    """Whether rank 0 can write a checkpoint without the others (not under FSDP2, whose shards it
+    must gather: after a crash the other ranks may be gone)."""
+    return parallel != "fsdp" or current().world_size == 1
+
+
+def sum_over_ranks(value: float) -> float:
+    """A figure summed over all processes (throughput in total); alone, the figure itself."""
+    if current().world_size == 1:
+        return value
+    total = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    return total.item()

@@ -1,0 +1,163 @@
+"""Data parallelism: real torchrun processes over gloo on the CPU, compared with one process.
+
+On CPU in fp32 with no dropout, 2 processes x micro-batch 4 see the same sequences per step as
+1 x 8 and 1 x 4 x accumulation 2, so their per-step losses must agree to float rounding.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from b6lab import parts
+from b6lab.cli import main
+from b6lab.config import load_config
+from b6lab.data.packing import TrainBatches
+from b6lab.train.trainer import Trainer
+
+STEPS = 16
+SETTINGS = [
+    "logging.progress=false", "model.dropout=0", "train.precision=fp32", f"train.max_steps={STEPS}",
+    "train.log_interval=1", "train.eval_interval=8", "train.eval_steps=2", "train.checkpoint_interval=2",
+    "train.threads=1",
+]
+TOLERANCE = 1e-4
+
+
+def records(run: Path, key: str) -> list[float]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [line[key] for line in lines if key in line]
+
+
+def one_process(out_dir: Path, *overrides: str) -> Path:
+    cfg = load_config(None, preset="tiny", overrides=[*SETTINGS, f"train.out_dir={out_dir}", *overrides])
+    Trainer(cfg, out_dir, say=lambda _: None).run()
+    return out_dir
+
+
+def torchrun(out_dir: Path, *extra: str, nproc: int = 2) -> subprocess.Popen:
+    sets = [f"--set={s}" for s in [*SETTINGS, f"train.out_dir={out_dir}", "train.batch_size=4"]]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "b6lab", "train", "--preset", "tiny", *sets, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ddp") / "run"
+    process = torchrun(out_dir)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    return out_dir, output
+
+
+def test_each_rank_serves_its_rows_of_the_global_batch():
+    cfg = load_config(None, preset="tiny")
+    source = parts.build_source(cfg.data)
+    tokenizer = parts.build_tokenizer(cfg.data, source)
+    options = dict(seq_len=16, shuffle_buffer=32, seed=0, num_workers=0)
+    whole = TrainBatches(source, tokenizer, batch_size=8, **options)
+    shares = [TrainBatches(source, tokenizer, batch_size=4, rank=r, ranks=2, **options) for r in (0, 1)]
+    for _ in range(6):  # past the first shuffled chunk of 32 blocks
+        x, _ = next(whole)
+        assert torch.equal(x, torch.cat([next(share)[0] for share in shares]))
+    # One position for all ranks: what a checkpoint stores resumes each with its next rows.
+    assert shares[0].state_dict() == shares[1].state_dict()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_step_for_step(two_processes, tmp_path):
+    out_dir, output = two_processes
+    assert "global batch 8 sequences (512 tokens) = micro-batch 4 x accumulation 1 x 2 processes (ddp, gloo)" in output
+    assert output.count("b6lab: training tiny") == 1  # only rank 0 prints
+    two = records(out_dir, "loss")
+    assert len(two) == STEPS  # only rank 0 writes metrics.jsonl
+    for overrides in (["train.batch_size=8"], ["train.batch_size=4", "train.grad_accum_steps=2"]):
+        run = one_process(tmp_path / "-".join(overrides), *overrides)
+        assert records(run, "loss") == pytest.approx(two, abs=TOLERANCE), overrides
+        assert records(run, "val_loss") == pytest.approx(records(out_dir, "val_loss"), abs=TOLERANCE), overrides
+        assert records(run, "tokens") == records(out_dir, "tokens")
+
+
+@pytest.mark.slow
+def test_a_killed_rank_resumes_to_the_same_losses(two_processes, tmp_path):
+    out_dir = tmp_path / "run"
+    process = torchrun(out_dir)
+    metrics = out_dir / "metrics.jsonl"
+    while process.poll() is None and not (metrics.exists() and len(records(out_dir, "loss")) >= 5):
+        time.sleep(0.02)
+    workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(workers) == 2, "the run ended before a rank could be killed"
+    os.kill(int(workers[1]), signal.SIGKILL)  # rank 1 (torchrun starts the ranks in order)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0, output
+    assert (out_dir / "checkpoints" / "last").exists()
+
+    resumed = torchrun(out_dir, "--resume")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resuming at step" in output
+    assert records(out_dir, "loss") == pytest.approx(records(two_processes[0], "loss"), abs=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_resumes_on_another_number_of_processes(tmp_path):
+    # A constant learning rate, so that stopping at step 8 and going on to 16 is one run of 16.
+    constant = "schedule.name=constant"
+    reference = records(one_process(tmp_path / "one", "train.batch_size=8", constant), "loss")
+    out_dir = tmp_path / "fsdp"
+    process = torchrun(out_dir, "--set=train.parallel=fsdp", f"--set={constant}", f"--set=train.max_steps={STEPS // 2}")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "(fsdp, gloo)" in output
+    assert records(out_dir, "loss") == pytest.approx(reference[: STEPS // 2], abs=TOLERANCE)
+
+    cfg = load_config(out_dir / "config.yaml", overrides=[f"train.max_steps={STEPS}"])
+    Trainer(cfg, out_dir, resume=True, say=lambda _: None).run()  # one process, micro-batch 8
+    assert records(out_dir, "loss") == pytest.approx(reference, abs=TOLERANCE)
+
+
+def sweep_file(folder: Path, workers: int) -> Path:
+    settings = dict(s.split("=") for s in [*SETTINGS, "train.batch_size=4"])
+    sweep = {"name": "workers", "base": {"preset": "tiny", "set": {k: yaml.safe_load(v) for k, v in settings.items()}},
+             "grid": {"model.norm": ["pre"]}, "seeds": [0], "resources": {"workers": workers, "cpu": 1},
+             "storage": str(folder / "sweep")}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.mark.slow
+def test_a_trial_on_two_ray_train_workers_matches_torchrun(two_processes, tmp_path, capsys):
+    assert main(["sweep", str(sweep_file(tmp_path, workers=64))]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after Ray's own start-up warnings
+    assert error.startswith("b6lab sweep: error: each trial asks for 64 workers x 1 CPU") and "but Ray has" in error
+
+    assert main(["sweep", str(sweep_file(tmp_path, workers=2))]) == 0
+    [metrics] = (tmp_path / "sweep").glob("trials/*/metrics.jsonl")
+    assert records(metrics.parent, "loss") == pytest.approx(records(two_processes[0], "loss"), abs=TOLERANCE)
+    assert records(metrics.parent, "val_loss") == pytest.approx(records(two_processes[0], "val_loss"), abs=TOLERANCE)
+
+
+def test_gpu_processes_on_a_machine_without_gpus_is_a_one_line_error(capsys, tiny_overrides):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code = main(["train", "--preset", "tiny", "--nproc", "2", "--set", "train.device=cuda",
+                 *[f"--set={s}" for s in tiny_overrides]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "train.device" in err and "NCCL" in err and "train.device=cpu" in err
+
+
+def test_no_processes_is_a_one_line_error(capsys, tiny_overrides):
+    code = main(["train", "--preset", "tiny", "--nproc", "0", *[f"--set={s}" for s in tiny_overrides]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--nproc must be at least 1, got 0" in err

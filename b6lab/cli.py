@@ -1,7 +1,7 @@
 """The `b6lab` command line. Each command's work lives in its own module; this file only parses.
 
 A user's mistake (a bad key, an unknown plugin, a missing file) ends in one line on stderr and
-exit status 2, never a traceback.
+exit status 2; `--debug`, before or after the command's name, adds the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
+import warnings
 
 from b6lab.errors import UsageError
 
@@ -32,12 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="b6lab", description="Train B6 language models and run experiments over their parts.")
     parser.add_argument("--version", action="version", version=f"b6lab {b6lab.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         summary = (module.__doc__ or "").strip().splitlines()[0]
         sub = commands.add_parser(name, help=summary, description=(module.__doc__ or "").strip())
         module.add_arguments(sub)
+        # After the command's name too; SUPPRESS keeps a --debug given before it.
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of every error")
         sub.set_defaults(run=module.run)
     return parser
 
@@ -54,14 +59,27 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    warnings.showwarning = _one_line_warning
     try:
         return args.run(args) or 0
     except UsageError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"b6lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nb6lab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """b6lab's own warnings (a plugin that registers nothing) as one line; others as Python shows them."""
+    from b6lab.registry import PluginWarning
+
+    if issubclass(category, PluginWarning):
+        print(f"b6lab: warning: {message}", file=file or sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=file or sys.stderr)
 
 
 if __name__ == "__main__":

@@ -264,24 +264,10 @@ def load_config(
         raise ConfigError("must be a list of plugin files or modules", key="plugins", file=layers.where("plugins"))
     # Relative to the config file when the file names them, else to the working directory.
     plugin_base = Path(path).resolve().parent if path and layers.where("plugins") == file_label else Path.cwd()
-    layers.values["plugins"] = [resolve_plugin_spec(spec, plugin_base) for spec in plugins]
+    layers.values["plugins"] = [registry.resolve_plugin_spec(spec, plugin_base) for spec in plugins]
     for spec in layers.values["plugins"]:
         registry.load_plugin_path(spec)
     return build_config(layers)
-
-
-def resolve_plugin_spec(spec: str, base_dir: Path) -> str:
-    """Plugin files become absolute (relative to `base_dir`, else the working directory), so a Ray
-    worker in another folder finds them too; a module name stays as it is."""
-    if spec.endswith(".py") or "/" in spec:
-        candidate = Path(spec).expanduser()
-        if not candidate.is_absolute():
-            for base in (base_dir, Path.cwd()):
-                if (base / candidate).exists():
-                    return str((base / candidate).resolve())
-            return str((base_dir / candidate).resolve())
-        return str(candidate)
-    return spec
 
 
 def _gpu_expected(overrides: list[tuple[str, Any]]) -> bool:

@@ -37,10 +37,10 @@ def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, objec
     model_cfg = replace(cfg.model, vocab_size=config["run"]["resolved"]["vocab_size"], dropout=0.0, gradient_checkpointing=False)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     context = AttentionContext(dev, torch.float32, model_cfg.head_dim, 0.0)
-    note = ""
+    note = "; ".join(parts.registry.source_changes(config.get("run", {}).get("plugins")))
     reason = parts.registry.get("attention", model_cfg.attention).why_unavailable(**context.as_kwargs())
     if reason:
-        note = f"attention {model_cfg.attention} cannot run here ({reason}); sampling with auto"
+        note = "; ".join(filter(None, [note, f"attention {model_cfg.attention} cannot run here ({reason}); sampling with auto"]))
         model_cfg = replace(model_cfg, attention="auto")
     model, _ = parts.build_model(model_cfg, context)
     try:

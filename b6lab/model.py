@@ -186,6 +186,8 @@ class B6(nn.Module):
         # need a final one, the model's own (True) or one the placement built.
         if isinstance(wiring.final_norm, nn.Module):
             self.final_norm = wiring.final_norm
+            for block in self.blocks:  # each block's wiring built one: keep one, leave none unused
+                del block.wiring.final_norm
         else:
             self.final_norm = make_norm(cfg.d_model) if wiring.final_norm else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

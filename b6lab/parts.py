@@ -2,29 +2,70 @@
 
 This is the one place where config names become objects. A plugin asked for by name that
 cannot run here is an error saying why; only `auto` chooses quietly, and reports its choice.
+Each part is checked against its kind's contract (`b6lab.contracts`) as soon as it is built, and
+whatever a plugin raises reaches the user as one line naming the key, the kind, the plugin and
+where it came from (`--debug` shows the traceback).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from b6lab import cpu_bf16, registry
+from b6lab import contracts, cpu_bf16, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
 from b6lab.data.documents import Corpus
-from b6lab.errors import ConfigError, PluginError
+from b6lab.errors import ConfigError, PluginError, UsageError, exception_line
 from b6lab.model import B6, NORM_LAYERS
+
+SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", OptimConfig: "optim", ScheduleConfig: "schedule"}
 
 
 def plugin_kwargs(section, reg: registry.Registration) -> dict:
-    """The options of `section` that belong to this plugin (its factory's keyword-only arguments)."""
-    return {key: section.options.get(key, default) for key, default in reg.options.items()}
+    """The options of `section` that belong to this plugin (its factory's keyword-only arguments).
+
+    Each plugin's options sit flat in its section, so an option must not share its name with a
+    key of the section itself or with an option of the section's other chosen plugin: either
+    would make it impossible to set on its own. Required options must be set.
+    """
+    prefix = SECTION_NAMES.get(type(section), "")
+    keys = {f.name for f in dataclasses.fields(section)} - {"options"}
+    for option in reg.options:
+        if option in keys:
+            raise PluginError(f"{reg.label} has an option {option!r}, which is also the config key {prefix}.{option}: "
+                              f"the option can never be set; rename it in the plugin")
+    for key, kind in getattr(section, "plugin_keys", {}).items():
+        other = registry.get(kind, getattr(section, key))
+        shared = sorted(set(reg.options) & set(other.options))
+        if (other.kind, other.name) != (reg.kind, reg.name) and shared:
+            raise PluginError(f"{prefix}.{shared[0]} is an option of both {reg.label} and {other.label}: both would get "
+                              f"the same value; rename it in one of them")
+    kwargs = {key: section.options.get(key, default) for key, default in reg.options.items()}
+    for option in reg.required:
+        if kwargs[option] is None:
+            raise PluginError(f"{prefix}.{option} is required by {reg.label}: set it, e.g. --set {prefix}.{option}=...")
+    return kwargs
+
+
+@contextmanager
+def plugin_errors(reg: registry.Registration, key: str):
+    """Whatever the plugin raises while building or checking its part, as one line naming it."""
+    try:
+        yield
+    except contracts.ContractError as exc:
+        raise PluginError(f"{key}: {reg.label}: {exc}") from exc
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{key}: {reg.label} raised {exception_line(exc)}") from exc
 
 
 def usable(kind: str, name: str, **context) -> registry.Registration:
@@ -53,25 +94,29 @@ def _cannot_run(kind: str, name: str, reason: str) -> str:
 
 
 def build_attention(cfg: ModelConfig, context: AttentionContext):
-    """The attention backend, and the name of what runs (what `auto` chose, or the name asked for)."""
+    """The attention backend, probed once on a tiny input, and the name of what runs (what `auto`
+    chose, or the name asked for)."""
     reg = usable("attention", cfg.attention, **context.as_kwargs())
-    backend = reg.build(context, **plugin_kwargs(cfg, reg))
+    with plugin_errors(reg, "model.attention"):
+        backend = reg.build(context, **plugin_kwargs(cfg, reg))
+        contracts.check_attention(backend, context)
     return backend, getattr(backend, "chosen", cfg.attention)
 
 
 def build_model(cfg: ModelConfig, context: AttentionContext, z_loss: float = 0.0) -> tuple[B6, str]:
     """The model and the name of its attention backend; z_loss is train.z_loss (0 off)."""
     backend, chosen = build_attention(cfg, context)
-    model = B6(cfg, backend, norm_placement(cfg), feedforward(cfg))
+    model = B6(cfg, backend, norm_placement(cfg, context), feedforward(cfg, context))
     model.z_loss = z_loss
     if cpu_bf16.emulated(context.dtype, context.device):
         cpu_bf16.use_fp32_gemm(model)
     return model, chosen
 
 
-def norm_placement(cfg: ModelConfig):
-    """factory(d_model, n_layers) -> the block wiring of model.norm, with model.norm_layer's norms."""
-    reg = registry.get("norm", cfg.norm)
+def norm_placement(cfg: ModelConfig, context: AttentionContext):
+    """factory(d_model, n_layers) -> the block wiring of model.norm, with model.norm_layer's norms;
+    the first one built is checked."""
+    reg = usable("norm", cfg.norm, **context.as_kwargs())
     options = plugin_kwargs(cfg, reg)
     if "make_norm" in inspect.signature(reg.factory).parameters:
         options["make_norm"] = NORM_LAYERS[cfg.norm_layer]
@@ -81,21 +126,32 @@ def norm_placement(cfg: ModelConfig):
             f"cannot use {cfg.norm_layer}; leave model.norm_layer at layernorm or pick another placement",
             key="model.norm_layer",
         )
+    checked = []
 
     def build(d_model, n_layers):
-        return reg.build(d_model, n_layers, **options)
+        with plugin_errors(reg, "model.norm"):
+            wiring = reg.build(d_model, n_layers, **options)
+            if not checked:
+                checked.append(contracts.check_norm(wiring, d_model))
+        return wiring
 
     build.__name__ = cfg.norm
     return build
 
 
-def feedforward(cfg: ModelConfig):
-    """factory(d_model, d_ff) -> the feed-forward of model.feedforward, with model.bias."""
-    reg = registry.get("feedforward", cfg.feedforward)
-    options = {key: value for key, value in plugin_kwargs(cfg, reg).items() if key != "bias"}
+def feedforward(cfg: ModelConfig, context: AttentionContext):
+    """factory(d_model, d_ff) -> the feed-forward of model.feedforward, with model.bias; the first
+    one built is checked."""
+    reg = usable("feedforward", cfg.feedforward, **context.as_kwargs())
+    options = plugin_kwargs(cfg, reg)
+    checked = []
 
     def build(d_model, d_ff):
-        return reg.build(d_model, d_ff, bias=cfg.bias, **options)
+        with plugin_errors(reg, "model.feedforward"):
+            module = reg.build(d_model, d_ff, bias=cfg.bias, **options)
+            if not checked:
+                checked.append(contracts.check_feedforward(module, d_model))
+        return module
 
     build.__name__ = cfg.feedforward
     return build
@@ -117,9 +173,16 @@ def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return _optimizer_over(cfg, param_groups(model, cfg.decay_embeddings))
+
+
+def _optimizer_over(cfg: OptimConfig, groups: list[dict], probe: bool = False) -> torch.optim.Optimizer:
     reg = usable("optimizer", cfg.name)
     check_optimizer_options(cfg, reg)
-    return reg.build(param_groups(model, cfg.decay_embeddings), **plugin_kwargs(cfg, reg))
+    with plugin_errors(reg, "optim.name"):
+        optimizer = reg.build(groups, **plugin_kwargs(cfg, reg))
+        contracts.check_optimizer(optimizer, groups, probe=probe)
+    return optimizer
 
 
 # The options most optimizers share, checked by name whatever the plugin (a sweep's pre-check too).
@@ -146,12 +209,18 @@ def check_optimizer_options(cfg: OptimConfig, reg: registry.Registration) -> Non
 
 def build_schedule(cfg: ScheduleConfig, max_steps: int):
     reg = usable("scheduler", cfg.name)
-    return reg.build(max_steps, **plugin_kwargs(cfg, reg))
+    with plugin_errors(reg, "schedule.name"):
+        schedule = reg.build(max_steps, **plugin_kwargs(cfg, reg))
+        contracts.check_schedule(schedule, max_steps)
+    return schedule
 
 
 def build_source(cfg: DataConfig):
     reg = usable("dataset", cfg.source)
-    return reg.build(cfg.val_fraction, **plugin_kwargs(cfg, reg))
+    with plugin_errors(reg, "data.source"):
+        source = reg.build(cfg.val_fraction, **plugin_kwargs(cfg, reg))
+        contracts.check_source(source)
+    return source
 
 
 def cache_dir(cfg: DataConfig | None = None) -> Path:
@@ -167,7 +236,10 @@ def cache_dir(cfg: DataConfig | None = None) -> Path:
 
 def build_tokenizer(cfg: DataConfig, source):
     reg = usable("tokenizer", cfg.tokenizer)
-    return reg.build(Corpus(source, cache_dir(cfg)), **plugin_kwargs(cfg, reg))
+    with plugin_errors(reg, "data.tokenizer"):
+        tokenizer = reg.build(Corpus(source, cache_dir(cfg)), **plugin_kwargs(cfg, reg))
+        contracts.check_tokenizer(tokenizer)
+    return tokenizer
 
 
 def resolve_vocab(cfg: ModelConfig, tokenizer) -> ModelConfig:
@@ -184,13 +256,16 @@ def resolve_vocab(cfg: ModelConfig, tokenizer) -> ModelConfig:
 
 
 def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
-    """Build the cheap parts once, so a bad plugin option fails before any compute is spent.
-    Returns the name of the attention backend that runs (what `auto` chose)."""
+    """Build and check every chosen part that is cheap to build (the optimizer over a stand-in
+    parameter, one step), so a bad plugin or option fails before any compute is spent, in a sweep
+    before its first trial. The data source and tokenizer are only looked up and their options
+    checked: building them can mean reading a corpus. Returns the name of the attention backend
+    that runs (what `auto` chose)."""
     _, attention = build_attention(cfg.model, context)
-    norm_placement(cfg.model)(cfg.model.d_model, cfg.model.n_layers)
-    feedforward(cfg.model)(cfg.model.d_model, cfg.model.d_ff)
+    norm_placement(cfg.model, context)(cfg.model.d_model, cfg.model.n_layers)
+    feedforward(cfg.model, context)(cfg.model.d_model, cfg.model.d_ff)
     build_schedule(cfg.schedule, cfg.train.max_steps)
-    check_optimizer_options(cfg.optim, usable("optimizer", cfg.optim.name))
-    usable("dataset", cfg.data.source)
-    usable("tokenizer", cfg.data.tokenizer)
+    _optimizer_over(cfg.optim, contracts.stand_in_groups(), probe=True)
+    for kind, section, name in (("dataset", cfg.data, cfg.data.source), ("tokenizer", cfg.data, cfg.data.tokenizer)):
+        plugin_kwargs(section, usable(kind, name))
     return attention

@@ -167,3 +167,44 @@ def test_the_example_plugins_work_as_an_installed_package(tmp_path):
         "package b6lab-example-plugins 0.1.0 (entry point sliding_window)",
         "package b6lab-example-plugins 0.1.0 (entry point sgd_momentum)",
     ]
+
+
+RMSNORM_PRE = ROOT / "plugins" / "rmsnorm_pre.py"
+SYNTHETIC_TEXT = ROOT / "plugins" / "synthetic_text.py"
+
+
+def test_the_sums_source_is_reproducible_and_resumable():
+    name = registry.load_plugin_path(str(SYNTHETIC_TEXT))
+    try:
+        source = registry.get("dataset", "sums").build(0.1, n_documents=200, text_seed=3)
+        again = registry.get("dataset", "sums").build(0.1, n_documents=200, text_seed=3)
+        train, val = list(source.documents("train")), list(source.documents("val"))
+        with pytest.raises(ConfigError, match="at least 2"):
+            registry.get("dataset", "sums").build(0.1, n_documents=1)
+    finally:
+        registry.unregister_plugin(name)
+    assert len(train) + len(val) == 200 and 10 <= len(val) <= 30
+    assert train == list(again.documents("train")) and list(source.documents("train", 5)) == train[5:]
+    for line in "".join(train).splitlines():
+        a, b, total = (int(x) for x in line.replace("+", "=").split("="))
+        assert a + b == total
+
+
+def test_a_run_trains_on_sums_with_the_rmsnorm_pre_placement(tmp_path):
+    from b6lab.train.trainer import Trainer
+
+    cfg = load_config(preset="tiny", overrides=[
+        f"plugins=[{RMSNORM_PRE}, {SYNTHETIC_TEXT}]", "model.norm=rms-pre", "model.rms_eps=1e-5",
+        "data.source=sums", "data.n_documents=2000", "data.tokenizer=byte", "train.max_steps=6",
+        "train.eval_interval=6", "train.eval_steps=2", "logging.progress=false",
+    ])
+    try:
+        trainer = Trainer(cfg, tmp_path / "run", say=lambda _: None)
+        summary = trainer.run()
+    finally:
+        for path in (RMSNORM_PRE, SYNTHETIC_TEXT):
+            registry.unregister_plugin(f"file:{path}")
+    assert summary["status"] == "completed" and math.isfinite(summary["final_val_loss"])
+    assert isinstance(trainer.model.final_norm, torch.nn.RMSNorm) and trainer.model.final_norm.eps == 1e-5
+    recorded = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"file {RMSNORM_PRE}" in recorded and f"file {SYNTHETIC_TEXT}" in recorded

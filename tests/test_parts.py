@@ -128,7 +128,8 @@ def test_a_placement_may_hand_the_model_its_final_norm():
     registry.register_plugin(plugin, "test-own-final", "test")
     try:
         _, model = build("model.norm=own-final")
-        assert model.final_norm is model.blocks[0].wiring.final_norm
+        assert isinstance(model.final_norm, torch.nn.LayerNorm) and not model.final_norm.elementwise_affine
+        assert not any(hasattr(block.wiring, "final_norm") for block in model.blocks)  # one kept, no unused copies
         with pytest.raises(ConfigError, match="norm_layer"):
             build("model.norm=own-final", "model.norm_layer=rmsnorm")  # it builds its own norms
     finally:

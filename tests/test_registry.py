@@ -182,3 +182,41 @@ def test_auto_chooses_sdpa_on_cpu():
     cfg = load_config(preset="tiny")
     _, chosen = parts.build_attention(cfg.model, AttentionContext(torch.device("cpu"), torch.float32, cfg.model.head_dim))
     assert chosen == "sdpa"
+
+
+def test_a_plugins_hooks_run_once_and_lookups_reuse_what_they_registered(register_plugin):
+    calls = []
+
+    class Counting:
+        @b6lab.hookimpl
+        def b6lab_register_scheduler(self, register):
+            calls.append(1)
+            register("counted", lambda max_steps: (lambda step: 1.0))
+
+    register_plugin(Counting(), name="counting")
+    for _ in range(5):
+        assert registry.get("scheduler", "counted").source == "test fixture"
+        registry.get("optimizer", "lion")
+    assert calls == [1]
+    known = registry.registrations("scheduler")
+    assert registry.registrations("scheduler") is known  # the merged view is kept ...
+    registry.unregister_plugin("counting")
+    assert "counted" not in registry.registrations("scheduler")  # ... until a plugin comes or goes
+
+
+def test_factory_arguments_after_a_star_are_passed_by_keyword(monkeypatch):
+    from b6lab import hookspecs
+
+    monkeypatch.setitem(hookspecs.FACTORY_ARGUMENTS, "norm", ("d_model", "d_ff", "*", "bias"))
+    assert registry.factory_arguments("norm") == (("d_model", "d_ff"), ("bias",))
+    reg = registry.registration("norm", "ff", lambda d_model, d_ff, *, bias, act="gelu": None, "test")
+    assert reg.options == {"act": "gelu"} and reg.required == ()
+    with pytest.raises(PluginError, match=r"cannot be called as factory\(d_model, d_ff, bias=, \*\*options\)"):
+        registry.registration("norm", "ff", lambda d_model, d_ff: None, "test")
+
+
+def test_file_plugins_get_the_same_module_name_in_every_process(tmp_path):
+    path = tmp_path / "my plugin.py"
+    name = registry.plugin_module_name(path)
+    assert name.startswith("b6lab_plugin_my_plugin_") and name.isidentifier()
+    assert name == registry.plugin_module_name(path) != registry.plugin_module_name(tmp_path / "other" / "my plugin.py")

@@ -1,15 +1,22 @@
-"""List every plugin by kind, with where it comes from and whether it can run here."""
+"""List every plugin by kind, with where it comes from and whether it can run here; --check NAME tests one."""
 
 from __future__ import annotations
 
 import argparse
 
 import torch
+import yaml
+
+from b6lab.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE",
                         help="also load this plugin file or module (as a config's plugins: list does)")
+    parser.add_argument("--check", metavar="NAME",
+                        help="build the plugin NAME and run its kind's contract checks (b6lab.testing), printing each")
+    parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option for --check's plugin (repeatable); the value is read as YAML")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     for spec in args.plugins:
         registry.load_plugin_path(spec)
+    if args.check:
+        return check(args.check, _options(args.options))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     print(f"b6lab plugins, checked for {device.type} in {str(dtype).replace('torch.', '')}:")
@@ -25,7 +34,47 @@ def run(args: argparse.Namespace) -> int:
         for name, reg in sorted(registry.registrations(kind).items()):
             reason = reg.why_unavailable(device=device, dtype=dtype, head_dim=64)
             usable = "usable" if reason is None else f"not usable here: {reason}"
-            options = ", ".join(f"{key}={value!r}" for key, value in reg.options.items())
+            options = ", ".join(f"{key} (required)" if key in reg.required else f"{key}={value!r}"
+                                for key, value in reg.options.items())
             print(f"  {name:<14} {usable}; from {reg.source}")
             print(f"  {'':<14} {reg.description}" + (f" Options: {options}." if options else ""))
     return 0
+
+
+def check(name: str, options: dict) -> int:
+    """Run the checks of every kind that has a part called `name`; 1 if one failed."""
+    from b6lab import registry, testing
+    from b6lab.contracts import ContractError
+
+    kinds = registry.kinds_of(name)
+    if not kinds:
+        known = sorted({n for kind in registry.KINDS for n in registry.registrations(kind)})
+        raise UsageError(f"no plugin is called {name!r}; known: {', '.join(known)} (load a file with --plugin FILE)")
+    failed = 0
+    for kind in kinds:
+        print(f"{registry.get(kind, name).label}:")
+        try:
+            # Attention meant to differ from eager (ALiBi, a sliding window) still passes: the
+            # difference is reported, not failed.
+            extra = {"must_match": False} if kind == "attention" else {}
+            passed = testing.check(kind, name, **extra, **options)
+        except ContractError as exc:
+            passed, failed = exc.passed, failed + 1
+            problem = str(exc)
+        else:
+            problem = None
+        for line in passed:
+            print(f"  ok      {line}")
+        if problem:
+            print(f"  FAILED  {problem}")
+    return 1 if failed else 0
+
+
+def _options(texts: list[str]) -> dict:
+    options = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option {text!r} must be KEY=VALUE, e.g. --option window=64")
+        options[key.strip()] = yaml.safe_load(value)
+    return options

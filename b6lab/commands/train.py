@@ -7,8 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
+from b6lab import registry
 from b6lab.commands.common import add_config_arguments, config_from_args
-from b6lab.config import load_config
+from b6lab.config import load_config, read_yaml
 from b6lab.errors import UsageError
 from b6lab.train.run_folder import holds_run
 
@@ -45,6 +46,8 @@ def _train(args: argparse.Namespace, cfg) -> int:
         # The run continues as it was configured (the same model, the same data); only what --set
         # says changes, e.g. a longer train.max_steps.
         cfg = load_config(out_dir / "config.yaml", overrides=args.overrides)
+        for note in registry.source_changes(read_yaml(out_dir / "config.yaml").get("run", {}).get("plugins")):
+            print(f"note: {note}", file=sys.stderr)
     trainer = Trainer(cfg, out_dir, resume=args.resume)
     summary = trainer.run()
     if summary["status"] != "completed":

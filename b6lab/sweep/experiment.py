@@ -31,9 +31,10 @@ import pydantic
 from pydantic import Field
 
 from b6lab import validation
-from b6lab.config import SECTIONS, resolve_plugin_spec
+from b6lab.config import SECTIONS
 from b6lab.config_sources import read_yaml
 from b6lab.errors import ConfigError, unknown
+from b6lab.registry import resolve_plugin_spec
 from b6lab.sweep.grid import SEED_KEY, Axis, Base, Experiment, short_name
 
 BASE_KEYS = ("preset", "set", "file")  # beside the config's own sections, which may sit inline

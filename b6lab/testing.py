@@ -1,0 +1,141 @@
+"""Checks for plugin authors' own tests: the contract b6lab holds every part to, as functions.
+
+    from b6lab.testing import check_attention
+
+    def test_alibi_keeps_the_attention_contract():
+        check_attention(alibi, slopes="geometric")   # a factory, or a registered name
+
+Each `check_<kind>(plugin, **options)` takes the factory itself (as the plugin file defines it)
+or the name it is registered under, builds the part with `options`, runs the checks b6lab runs
+when it builds that kind plus the probes a unit test wants, and returns what passed, one line per
+property. A failure raises `b6lab.contracts.ContractError` (an AssertionError, so pytest shows it
+as a failed assertion) saying what is wrong. `b6lab plugins --check NAME` runs the same checks.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from b6lab import contracts, registry
+from b6lab.attention import AttentionContext
+from b6lab.contracts import ContractError
+from b6lab.data.documents import Corpus, split_documents
+from b6lab.errors import PluginError, UsageError, exception_line
+
+__all__ = ["ContractError", "check", "check_attention", "check_norm", "check_feedforward", "check_optimizer", "check_scheduler",
+           "check_dataset", "check_tokenizer"]
+
+
+def _registration(kind: str, plugin: str | Callable) -> registry.Registration:
+    """A registered part by name, or a factory checked as `register(...)` would check it."""
+    if isinstance(plugin, str):
+        return registry.get(kind, plugin)
+    name = getattr(plugin, "__name__", type(plugin).__name__)
+    return registry.registration(kind, name, plugin, f"the factory {getattr(plugin, '__module__', '?')}.{name}")
+
+
+def _options(reg: registry.Registration, options: dict) -> dict:
+    unknown = sorted(set(options) - set(reg.options))
+    if unknown:
+        raise PluginError(f"{reg.label} has no option {unknown[0]!r}; its options: {', '.join(reg.options) or 'none'}")
+    missing = [key for key in reg.required if options.get(key) is None]
+    if missing:
+        raise PluginError(f"{reg.label} requires the option {missing[0]!r}")
+    return {**reg.options, **options}
+
+
+@contextmanager
+def plugin_errors(reg: registry.Registration):
+    """What the plugin raises while its part is built or checked, as a failed check naming it."""
+    try:
+        yield
+    except (ContractError, UsageError):
+        raise
+    except Exception as exc:
+        raise ContractError(f"{reg.label} raised {exception_line(exc)}", []) from exc
+
+
+def check_attention(plugin: str | Callable, *, context: AttentionContext | None = None, reference: str | None = "eager",
+                    must_match: bool = True, **options) -> list[str]:
+    """Shape, dtype, causal masking, KV-cache queries and document masks, each compared with the
+    `reference` backend (eager by default; None, or must_match=False to only report the difference,
+    for attention meant to compute something else, such as ALiBi). `context` defaults to CPU,
+    float32, head_dim 16."""
+    reg = _registration("attention", plugin)
+    context = context or AttentionContext(torch.device("cpu"), torch.float32, head_dim=16)
+    with plugin_errors(reg):
+        backend = reg.build(context, **_options(reg, options))
+        compared = registry.get("attention", reference).build(context) if reference else None
+        return contracts.check_attention(backend, context, probe=True, reference=compared, must_match=must_match)
+
+
+def check_norm(plugin: str | Callable, *, d_model: int = 16, n_layers: int = 2, **options) -> list[str]:
+    """An nn.Module wiring one block as forward(x, attn, ffn), with final_norm True, False or a module."""
+    reg = _registration("norm", plugin)
+    with plugin_errors(reg):
+        return contracts.check_norm(reg.build(d_model, n_layers, **_options(reg, options)), d_model)
+
+
+def check_feedforward(plugin: str | Callable, *, d_model: int = 16, d_ff: int = 64, bias: bool = False,
+                      **options) -> list[str]:
+    """An nn.Module on (batch, seq, d_model) keeping its shape."""
+    reg = _registration("feedforward", plugin)
+    with plugin_errors(reg):
+        return contracts.check_feedforward(reg.build(d_model, d_ff, bias=bias, **_options(reg, options)), d_model)
+
+
+def check_optimizer(plugin: str | Callable, **options) -> list[str]:
+    """A torch.optim.Optimizer over the groups it is given (a decaying matrix, a vector with
+    weight_decay 0.0), whose step keeps them finite."""
+    reg = _registration("optimizer", plugin)
+    groups = contracts.stand_in_groups()
+    with plugin_errors(reg):
+        return contracts.check_optimizer(reg.build(groups, **_options(reg, options)), groups, probe=True)
+
+
+def check_scheduler(plugin: str | Callable, *, max_steps: int = 100, **options) -> list[str]:
+    """A function step -> multiplier, finite and >= 0 at steps 0, max_steps/2 and max_steps."""
+    reg = _registration("scheduler", plugin)
+    with plugin_errors(reg):
+        return contracts.check_schedule(reg.build(max_steps, **_options(reg, options)), max_steps)
+
+
+def check_dataset(plugin: str | Callable, *, val_fraction: float = 0.1, **options) -> list[str]:
+    """`fingerprint` and `documents(split, start)`; both splits yield str documents and `start` skips."""
+    reg = _registration("dataset", plugin)
+    with plugin_errors(reg):
+        return contracts.check_source(reg.build(val_fraction, **_options(reg, options)), probe=True)
+
+
+class _SampleText:
+    """A tiny corpus for building a tokenizer under test."""
+
+    fingerprint = "b6lab-testing-sample"
+    _documents = [f"def f{i}(x):\n    return x * {i}  # héllo wörld {i}\n" for i in range(200)]
+
+    def documents(self, split: str, start: int = 0):
+        return split_documents(self._documents, split, 0.1, start)
+
+
+def check_tokenizer(plugin: str | Callable, *, corpus: Corpus | None = None, **options) -> list[str]:
+    """encode/decode, vocab_size, eos_id, and pickling; built on `corpus` (default: a tiny sample
+    text and a temporary cache folder)."""
+    reg = _registration("tokenizer", plugin)
+    with tempfile.TemporaryDirectory(prefix="b6lab-check-") as cache, plugin_errors(reg):
+        return contracts.check_tokenizer(reg.build(corpus or Corpus(_SampleText(), Path(cache)), **_options(reg, options)))
+
+
+CHECKS = {"attention": check_attention, "norm": check_norm, "feedforward": check_feedforward, "optimizer": check_optimizer,
+          "scheduler": check_scheduler, "dataset": check_dataset, "tokenizer": check_tokenizer}
+
+
+def check(kind: str, plugin: str | Callable, **options) -> list[str]:
+    """The check of `kind` (one of registry.KINDS) on `plugin`."""
+    if kind not in CHECKS:
+        raise PluginError(f"b6lab.testing has no check for {kind} plugins yet")
+    return CHECKS[kind](plugin, **options)

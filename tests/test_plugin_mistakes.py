@@ -70,7 +70,7 @@ def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
 
 
 def test_a_misspelled_hook_names_the_file_and_the_closest_hook(tmp_path, capsys):
-    line = assert_fails(tmp_path, capsys, '''
+    assert_fails(tmp_path, capsys, '''
         @b6lab.hookimpl
         def b6lab_register_attn(register):
             pass

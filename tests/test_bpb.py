@@ -42,3 +42,28 @@ def test_bits_per_byte_of_a_byte_model_is_its_loss_over_ln2():
     assert bits_per_byte(100 * 1.5, 100) == pytest.approx(1.5 / math.log(2))
     with pytest.raises(ValueError, match="n_bytes=0"):
         bits_per_byte(1.0, 0)
+
+
+def ascii_corpus(tmp_path):
+    """A single ASCII text file, long enough that the evaluated targets never reach its end (no end-of-text)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(600)))
+    return path
+
+
+def test_every_evaluation_logs_bits_per_byte_and_the_summary_keeps_them(tmp_path):
+    from b6lab.config import load_config
+    from b6lab.train.records import read_metrics
+    from b6lab.train.trainer import Trainer
+
+    cfg = load_config(preset="tiny", overrides=[
+        "logging.progress=false", "train.max_steps=8", "train.eval_interval=4", "train.eval_steps=2",
+        "data.source=text", f"data.path={ascii_corpus(tmp_path)}", "data.val_fraction=0.1",
+    ])
+    summary = Trainer(cfg, tmp_path / "run", say=lambda message: None).run()
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    for record in evals:  # one byte per token and no end-of-text target: bits per byte = nats / ln 2
+        assert record["val_bpb"] == pytest.approx(record["val_loss"] / math.log(2), rel=1e-6)
+    assert summary["final_val_bpb"] == evals[-1]["val_bpb"]
+    assert summary["best_val_bpb"] == min(r["val_bpb"] for r in evals)

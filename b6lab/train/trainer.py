@@ -22,10 +22,11 @@ import torch
 import b6lab
 from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
+from b6lab.bpb import bits_per_byte, token_byte_lengths
 from b6lab.config import RunConfig, dump_config
 from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import UsageError
-from b6lab.train import checkpoint, hardware
+from b6lab.train import checkpoint, diagnostics, hardware, provenance
 from b6lab.train.checkpoint import TOKENIZER_FILE
 from b6lab.train.records import MetricsFile, Progress, WandbRun, write_json
 
@@ -80,6 +81,7 @@ class Trainer:
             torch.autocast(self.device.type, dtype=compute_dtype) if self.plan.precision != "fp32" else contextlib.nullcontext()
         )
         self.step, self.tokens, self.best_val, self.last_val, self.train_seconds = 0, 0, math.inf, None, 0.0
+        self.best_bpb, self.last_bpb, self.grad_norm = math.inf, None, None
         self.wandb_id, self._data_before_step = None, None
         if saved:
             self._restore(*saved)
@@ -94,6 +96,7 @@ class Trainer:
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
             max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps,
         )
+        self.token_bytes = token_byte_lengths(self.tokenizer).to(self.device)
         self.step_model = torch.compile(self.model) if self.plan.compile else self.model
         self.params = self.model.num_params()
         self.record = self._record()
@@ -105,6 +108,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val_loss"]
         self.last_val, self.train_seconds = state.get("last_val_loss"), state["train_seconds"]
+        self.best_bpb, self.last_bpb = state.get("best_val_bpb", math.inf), state.get("last_val_bpb")
         self.wandb_id = state.get("wandb_id")
         checkpoint.restore_rng(state["rng"])
 
@@ -121,8 +125,10 @@ class Trainer:
             plugins[kind] = {"name": name, "source": reg.source, "version": reg.version}
             if resolved and resolved != name:
                 plugins[kind]["chose"] = resolved
+        git = provenance.b6lab_git()
         return {
             "b6lab_version": b6lab.__version__,
+            **({"b6lab_git": git} if git else {}),
             "torch_version": str(torch.__version__),
             "plugins": plugins,
             "resolved": {"vocab_size": self.model_cfg.vocab_size, "attention": self.attention, **self.plan.record()},
@@ -165,11 +171,16 @@ class Trainer:
         checkpoint_interval = train.checkpoint_interval or train.eval_interval
         window_start, window_tokens = time.perf_counter(), 0
         loss_sum, loss_count = torch.zeros((), device=self.device), 0
+        initial_rms = self._residual_rms() if self.step == 0 else None
         while self.step < train.max_steps:
             multiplier = self.schedule(self.step)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * multiplier
             loss, grad_norm = self.train_step()
+            self.grad_norm = float(grad_norm)
+            if initial_rms is not None:  # the first step's gradient was taken at the initial weights
+                self._log_block_diagnostics(initial_rms)
+                initial_rms = None
             self.step += 1
             step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.cfg.seq_len
             self.tokens += step_tokens
@@ -253,26 +264,44 @@ class Trainer:
                    "grad_accum_steps": self.plan.grad_accum_steps})
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict:
+        """{"val_loss": nats per target token, "val_bpb": bits per UTF-8 byte those targets spell}."""
         self.model.eval()
-        total = torch.zeros((), device=self.device)
+        nats, targets, n_bytes = (torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(3))
         for x, y in self.val_batches:
             x, y = x.to(self.device), y.to(self.device)
             docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
             with self.autocast:
-                total += self.step_model(x, y, docs=docs).float()
+                mean_loss = self.step_model(x, y, docs=docs).float()
+            counted = y != -1  # the loss is a mean over these; times their number, it is their sum
+            nats += mean_loss * counted.sum()
+            targets += counted.sum()
+            n_bytes += self.token_bytes[y.clamp(min=0)][counted].sum()
         self.model.train()
-        return (total / len(self.val_batches)).item()
+        return {"val_loss": (nats / targets).item(), "val_bpb": bits_per_byte(nats.item(), int(n_bytes.item()))}
+
+    def _residual_rms(self) -> list[float]:
+        x = self.val_batches[0][0].to(self.device)
+        docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
+        return diagnostics.block_residual_rms(self.model, x, docs, self.autocast)
+
+    def _log_block_diagnostics(self, residual_rms: list[float]) -> None:
+        grad_norms = diagnostics.block_grad_norms(self.model, self.grad_norm, self.cfg.optim.grad_clip)
+        self._log({"step": self.step, "tokens": self.tokens, "block_grad_norm": grad_norms,
+                   "block_residual_rms": residual_rms})
 
     def _evaluate_and_keep_best(self, progress: Progress, save_last: bool) -> None:
-        val_loss = self.evaluate()
+        evaluated = self.evaluate()
+        val_loss, val_bpb = evaluated["val_loss"], evaluated["val_bpb"]
         if not math.isfinite(val_loss):
             raise Diverged(f"the validation loss became {val_loss} at step {self.step}")
         improved = val_loss < self.best_val
         self.best_val, self.last_val = min(self.best_val, val_loss), val_loss
+        self.best_bpb, self.last_bpb = min(self.best_bpb, val_bpb), val_bpb
         record = {"step": self.step, "tokens": self.tokens, "val_loss": val_loss, "best_val_loss": self.best_val,
-                  **_peak_memory(self.device)}
+                  "val_bpb": val_bpb, "best_val_bpb": self.best_bpb, **_peak_memory(self.device)}
         self._log(record)
+        self._log_block_diagnostics(self._residual_rms())
         progress.write(f"step {self.step}: val loss {val_loss:.4f}" + (" (best)" if improved else ""))
         saved = None
         if improved:
@@ -293,6 +322,7 @@ class Trainer:
         state = {
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
             "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
+            "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb,
             "train_seconds": self.train_seconds, "rng": checkpoint.rng_state(),
             "data": self._data_before_step or self.batches.state_dict(),
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
@@ -321,7 +351,8 @@ class Trainer:
     def _finish(self, status: str, reason: str | None, train_seconds: float) -> dict:
         summary = {
             "status": status, "reason": reason, "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
-            "final_val_loss": self.last_val, "steps": self.step, "tokens": self.tokens, "params": self.params,
+            "final_val_loss": self.last_val, "best_val_bpb": self.best_bpb if math.isfinite(self.best_bpb) else None,
+            "final_val_bpb": self.last_bpb, "steps": self.step, "tokens": self.tokens, "params": self.params,
             "wall_seconds": round(train_seconds, 3), "tokens_per_sec": self.tokens / train_seconds if train_seconds else None,
             "attention": self.attention, "precision": self.plan.precision, "device": self.plan.device,
         }

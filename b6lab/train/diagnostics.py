@@ -4,6 +4,11 @@ Xiong et al. (2020, "On Layer Normalization in the Transformer Architecture", Fi
 why Post-LN needs warmup by the gradient of each layer at initialisation: with Post-LN it grows
 toward the last layers, with Pre-LN it stays flat. The trainer writes one line of these at
 initialisation (step 0) and at every evaluation, so `b6lab compare` can draw that picture.
+
+Step 0 costs no extra backward pass: its gradient norms are those of the first training step,
+whose backward runs at the initial weights (the optimizer moves them only after), and its
+residual RMS is measured on the first validation batch before that step. At an evaluation the
+gradients are those the last training step left, and the RMS is measured on the same batch.
 """
 
 from __future__ import annotations

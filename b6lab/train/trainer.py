@@ -169,9 +169,9 @@ class Trainer:
     def _loop(self, progress: Progress) -> None:
         train = self.cfg.train
         checkpoint_interval = train.checkpoint_interval or train.eval_interval
+        initial_rms = self._residual_rms() if self.step == 0 else None
         window_start, window_tokens = time.perf_counter(), 0
         loss_sum, loss_count = torch.zeros((), device=self.device), 0
-        initial_rms = self._residual_rms() if self.step == 0 else None
         while self.step < train.max_steps:
             multiplier = self.schedule(self.step)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):

@@ -27,8 +27,7 @@ PRESETS: dict[str, dict] = {
         "optim": {"name": "adamw", "lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1, "grad_clip": 1.0},
         "schedule": {"name": "cosine", "warmup_steps": 100, "min_lr_ratio": 0.1},
         # eval_steps covers the whole validation split (~1740 sequences of 64), where nanoGPT samples 20 batches
-        "train": {"batch_size": 12, "max_steps": 2000, "eval_interval": 250, "eval_steps": 150, "log_interval": 50,
-                  "precision": "fp32"},  # as nanoGPT on a CPU
+        "train": {"batch_size": 12, "max_steps": 2000, "eval_interval": 250, "eval_steps": 150, "log_interval": 50},
     },
     # The GPU one: best val loss 1.4697 in nanoGPT's README.
     "shakespeare-char": {

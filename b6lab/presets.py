@@ -19,7 +19,8 @@ PRESETS: dict[str, dict] = {
     },
     # nanoGPT's Shakespeare recipes (karpathy/nanoGPT README), as b6lab configs: a single text
     # file (data.path, which the user sets) split by position, first 90% train, last 10% validation,
-    # one byte per character. The CPU one reaches val loss ~1.88 in 2000 steps (benchmarks/quality/).
+    # one byte per character. The CPU one reached val loss 1.85 in 2000 steps, where nanoGPT reaches 1.88
+    # (benchmarks/quality/nanogpt_shakespeare_char_cpu.md).
     #   b6lab train --preset shakespeare-char-cpu --set data.path=tinyshakespeare.txt
     "shakespeare-char-cpu": {
         "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 64, "dropout": 0.0},

@@ -17,6 +17,27 @@ PRESETS: dict[str, dict] = {
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 8192},
         "train": {"batch_size": 8, "max_steps": 2000, "eval_interval": 200, "eval_steps": 20},
     },
+    # nanoGPT's Shakespeare recipes (karpathy/nanoGPT README), as b6lab configs: a single text
+    # file (data.path, which the user sets) split by position, first 90% train, last 10% validation,
+    # one byte per character. The CPU one reached val loss 1.85 in 2000 steps, where nanoGPT reaches 1.88
+    # (benchmarks/quality/nanogpt_shakespeare_char_cpu.md).
+    #   b6lab train --preset shakespeare-char-cpu --set data.path=tinyshakespeare.txt
+    "shakespeare-char-cpu": {
+        "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_seq_len": 64, "dropout": 0.0},
+        "data": {"source": "text", "tokenizer": "byte", "val_fraction": 0.1, "num_workers": 0},
+        "optim": {"name": "adamw", "lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1, "grad_clip": 1.0},
+        "schedule": {"name": "cosine", "warmup_steps": 100, "min_lr_ratio": 0.1},
+        # eval_steps covers the whole validation split (~1740 sequences of 64), where nanoGPT samples 20 batches
+        "train": {"batch_size": 12, "max_steps": 2000, "eval_interval": 250, "eval_steps": 150, "log_interval": 50},
+    },
+    # The GPU one: best val loss 1.4697 in nanoGPT's README.
+    "shakespeare-char": {
+        "model": {"d_model": 384, "n_layers": 6, "n_heads": 6, "max_seq_len": 256, "dropout": 0.2},
+        "data": {"source": "text", "tokenizer": "byte", "val_fraction": 0.1},
+        "optim": {"name": "adamw", "lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1, "grad_clip": 1.0},
+        "schedule": {"name": "cosine", "warmup_steps": 100, "min_lr_ratio": 0.1},
+        "train": {"batch_size": 64, "max_steps": 5000, "eval_interval": 250, "eval_steps": 7, "log_interval": 50},
+    },
     # GPT-2 small (124M) and medium (350M, the original B6 default), GPT-2 vocabulary.
     "gpt2-small": {
         "model": {"vocab_size": 50304, "d_model": 768, "n_layers": 12, "n_heads": 12, "d_ff": 3072, "max_seq_len": 1024},

@@ -75,3 +75,23 @@ def test_example_plugins_experiment_uses_both_example_plugins(unload_new_plugins
     plugin_files = {Path(p).name for p in trials[0].config["plugins"]}
     assert plugin_files == {"sliding_window.py", "sgd_momentum.py"}
     assert all(Path(p).is_absolute() for p in trials[0].config["plugins"])
+
+
+def test_norm_depth_asks_xiongs_question_deep_with_and_without_warmup_over_three_seeds():
+    trials = trials_of("norm_depth")
+    assert len(trials) == 12
+    assert {t.config["model"]["norm"] for t in trials} == {"pre", "post"}
+    assert {t.config["schedule"]["warmup_steps"] for t in trials} == {0, 100}
+    assert {t.seed for t in trials} == {0, 1, 2}
+    assert all(t.config["model"]["n_layers"] >= 12 for t in trials)
+
+
+def test_shakespeare_tuning_keeps_the_recipes_model_and_tokens():
+    from b6lab.config import load_config
+
+    recipe = load_config(preset="shakespeare-char-cpu")
+    for trial in trials_of("shakespeare_tuning"):
+        assert trial.config["model"] == recipe.to_dict()["model"]
+        train = trial.config["train"]
+        assert (train["batch_size"], train["max_steps"]) == (recipe.train.batch_size, recipe.train.max_steps)
+        assert trial.config["data"]["path"] and trial.config["data"]["tokenizer"] == "byte"

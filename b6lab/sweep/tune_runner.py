@@ -70,7 +70,7 @@ def run_trial(config: dict, trials: dict) -> None:
         torch.set_num_threads(spec["threads"])
 
     def report(record: dict, saved: Path | None) -> None:
-        metrics = {k: record[k] for k in ("step", "tokens", "val_loss", "best_val_loss")}
+        metrics = {k: record[k] for k in ("step", "tokens", "val_loss", "best_val_loss", "val_bpb", "best_val_bpb") if k in record}
         metrics |= {"max_steps": spec["max_steps"], "trial": spec["name"]}
         last = tune.Checkpoint.from_directory(str(saved)) if saved is not None and saved.name == "last" else None
         try:

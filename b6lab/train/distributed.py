@@ -269,6 +269,15 @@ def saves_alone(parallel: str) -> bool:
     return parallel != "fsdp" or current().world_size == 1
 
 
+def sum_tensor_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed element-wise over all processes (validation sums); alone, `values` itself."""
+    if current().world_size == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
+
+
 def sum_over_ranks(value: float) -> float:
     """A figure summed over all processes (throughput in total); alone, the figure itself."""
     if current().world_size == 1:

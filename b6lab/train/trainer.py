@@ -31,11 +31,12 @@ import torch
 import b6lab
 from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
+from b6lab.bpb import bits_per_byte, token_byte_lengths
 from b6lab.config import RunConfig, dump_config
 from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.progress import Progress, progress_mode
-from b6lab.train import checkpoint, distributed, hardware
+from b6lab.train import checkpoint, diagnostics, distributed, hardware, provenance
 from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull
 from b6lab.train.records import MetricsFile, write_json
 from b6lab.train.run_folder import RunLock, holds_run
@@ -149,6 +150,7 @@ class Trainer:
         # once the optimizer updates the weights, until the step's bookkeeping is done.
         self._boundary: dict | None = None
         self.optimizer.register_step_pre_hook(lambda *_: setattr(self, "_boundary", None))
+        self.best_bpb, self.last_bpb, self.grad_norm = math.inf, None, None
         if saved:
             self._restore(*saved)
         self.saved_steps = {name: checkpoint.step_of(self.ckpt_dir / name) for name in ("last", "best")
@@ -165,6 +167,10 @@ class Trainer:
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
             max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size,
         ), cfg.train.parallel)
+        self.token_bytes = token_byte_lengths(self.tokenizer).to(self.device)
+        # Per-block diagnostics read whole gradients and run the blocks outside the model's forward:
+        # under FSDP2 both are sharded, so they are recorded alone or with DDP only.
+        self.diagnose = self.ranks.world_size == 1 or cfg.train.parallel != "fsdp"
         self.step_model = torch.compile(self.parallel_model) if self.plan.compile else self.parallel_model
         self.params = self.model.num_params()
         self.record = self._record()
@@ -186,6 +192,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val_loss"]
         self.last_val, self.train_seconds = state.get("last_val_loss"), state["train_seconds"]
+        self.best_bpb, self.last_bpb = state.get("best_val_bpb", math.inf), state.get("last_val_bpb")
         self.wandb_id = state.get("wandb_id")
         self._window = [torch.tensor(v, device=self.device) for v in state.get("loss_window", [])]
         checkpoint.restore_rng(state["rng"])
@@ -203,8 +210,10 @@ class Trainer:
             plugins[kind] = {"name": name, "source": reg.source, "version": reg.version}
             if resolved and resolved != name:
                 plugins[kind]["chose"] = resolved
+        git = provenance.b6lab_git()
         return {
             "b6lab_version": b6lab.__version__,
+            **({"b6lab_git": git} if git else {}),
             "torch_version": str(torch.__version__),
             "plugins": plugins,
             "resolved": {"vocab_size": self.model_cfg.vocab_size, "attention": self.attention, **self.plan.record()},
@@ -260,14 +269,18 @@ class Trainer:
     def _loop(self, progress: Progress) -> None:
         train = self.cfg.train
         checkpoint_interval = train.checkpoint_interval or train.eval_interval
+        initial_rms = self._residual_rms() if self.step == 0 else None
         window_start, window_tokens = time.perf_counter(), 0
         while self.step < train.max_steps and not self.stopped_by:
             self._boundary = {"data": self.batches.state_dict(), "rng": checkpoint.rng_state()}
             multiplier = self.schedule(self.step)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * multiplier
-            loss, grad_norm = self.take_step()
+            loss, self.grad_norm = self.take_step()
             self._boundary = None
+            if initial_rms is not None:  # the first step's gradient was taken at the initial weights
+                self._log_block_diagnostics(initial_rms)
+                initial_rms = None
             self.step += 1
             step_tokens = self.plan.batch_size * self.plan.grad_accum_steps * self.ranks.world_size * self.cfg.seq_len
             self.tokens += step_tokens
@@ -284,7 +297,7 @@ class Trainer:
                     raise Diverged(self.step, f"the training loss became {mean_loss}")
                 record = {
                     "step": self.step, "tokens": self.tokens, "loss": mean_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                    "tokens_per_sec": window_tokens / elapsed, "grad_norm": distributed.full_value(grad_norm),
+                    "tokens_per_sec": window_tokens / elapsed, "grad_norm": distributed.full_value(self.grad_norm),
                     "micro_batch": self.plan.batch_size, **_memory(self.device),
                 }
                 self._log(record)
@@ -381,28 +394,51 @@ class Trainer:
             raise Diverged(self.step, "the weights became non-finite")
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict:
+        """{"val_loss": nats per target token, "val_bpb": bits per UTF-8 byte those targets spell}."""
         self.model.eval()
-        total, counted = torch.zeros((), device=self.device), 0
-        for x, y, counts in self.val_batches:
+        nats, targets, n_bytes = (torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(3))
+        for x, y, counts in self.val_batches:  # this process's share (all of them, alone)
             x, y = x.to(self.device), y.to(self.device)
             docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
             with self.autocast:
-                loss = self.step_model(x, y, docs=docs).float()
+                mean_loss = self.step_model(x, y, docs=docs).float()
             if counts:
-                total, counted = total + loss, counted + 1
+                counted = y != -1  # the loss is a mean over these; times their number, it is their sum
+                nats += mean_loss * counted.sum()
+                targets += counted.sum()
+                n_bytes += self.token_bytes[y.clamp(min=0)][counted].sum()
         self.model.train()
-        return distributed.mean_over_ranks(total, counted)
+        nats, targets, n_bytes = distributed.sum_tensor_over_ranks(torch.stack([nats, targets, n_bytes])).tolist()
+        return {"val_loss": nats / targets, "val_bpb": bits_per_byte(nats, int(n_bytes))}
+
+    def _residual_rms(self) -> list[float] | None:
+        if not self.diagnose:
+            return None
+        x = self.val_batches[0][0].to(self.device)
+        docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
+        return diagnostics.block_residual_rms(self.model, x, docs, self.autocast)
+
+    def _log_block_diagnostics(self, residual_rms: list[float] | None) -> None:
+        if residual_rms is None:
+            return
+        grad_norms = diagnostics.block_grad_norms(self.model, distributed.full_value(self.grad_norm),
+                                                  self.cfg.optim.grad_clip)
+        self._log({"step": self.step, "tokens": self.tokens, "block_grad_norm": grad_norms,
+                   "block_residual_rms": residual_rms})
 
     def _evaluate_and_keep_best(self, progress: Progress, save_last: bool) -> None:
-        val_loss = self.evaluate()
+        evaluated = self.evaluate()
+        val_loss, val_bpb = evaluated["val_loss"], evaluated["val_bpb"]
         if not math.isfinite(val_loss):
             raise Diverged(self.step, f"the validation loss became {val_loss}")
         improved = val_loss < self.best_val
         self.best_val, self.last_val = min(self.best_val, val_loss), val_loss
+        self.best_bpb, self.last_bpb = min(self.best_bpb, val_bpb), val_bpb
         record = {"step": self.step, "tokens": self.tokens, "val_loss": val_loss, "best_val_loss": self.best_val,
-                  **hardware.peak_memory(self.device, reset=True)}
+                  "val_bpb": val_bpb, "best_val_bpb": self.best_bpb, **hardware.peak_memory(self.device, reset=True)}
         self._log(record)
+        self._log_block_diagnostics(self._residual_rms())
         progress.write(f"step {self.step}: val loss {val_loss:.4f}" + (" (best)" if improved else ""))
         saved = None
         if improved:
@@ -434,6 +470,7 @@ class Trainer:
         state = {
             "optimizer": optimizer_state, "scaler": self.scaler.state_dict(), "step": self.step,
             "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
+            "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb,
             "train_seconds": self.train_seconds, "rng": position["rng"], "data": position["data"],
             "loss_window": [loss.item() for loss in self._window],
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
@@ -479,7 +516,8 @@ class Trainer:
             reason = f"{reason}; {self._where_to_continue(status)}"
         summary = {
             "status": status, "reason": reason, "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
-            "final_val_loss": self.last_val, "steps": self.step, "tokens": self.tokens, "params": self.params,
+            "final_val_loss": self.last_val, "best_val_bpb": self.best_bpb if math.isfinite(self.best_bpb) else None,
+            "final_val_bpb": self.last_bpb, "steps": self.step, "tokens": self.tokens, "params": self.params,
             "wall_seconds": round(train_seconds, 3), "tokens_per_sec": self.tokens / train_seconds if train_seconds else None,
             "attention": self.attention, "precision": self.plan.precision, "device": self.plan.device,
             "checkpoints": dict(self.saved_steps),  # name -> the step it holds

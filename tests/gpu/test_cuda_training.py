@@ -19,7 +19,7 @@ def test_bf16_training_steps_on_cuda_lower_the_loss(tmp_path):
     assert next(trainer.model.parameters()).dtype == torch.float32  # bf16 autocast, fp32 weights
     assert trainer.plan.compile  # train.compile=auto compiles on a GPU
     losses = [trainer.take_step()[0].item() for _ in range(30)]
-    val_loss = trainer.evaluate()  # the compiled model in eval mode, then training again
+    val_loss = trainer.evaluate()["val_loss"]  # the compiled model in eval mode, then training again
     losses.append(trainer.take_step()[0].item())
     trainer.batches.close()
     assert all(math.isfinite(loss) for loss in losses + [val_loss])

@@ -1,0 +1,69 @@
+"""Bits per byte: byte lengths of token ids for every built-in tokenizer, and the conversion."""
+
+import math
+
+import pytest
+import torch
+
+from b6lab import registry
+from b6lab.bpb import bits_per_byte, token_byte_lengths
+from b6lab.data.documents import Corpus
+from tests.test_tokenizers import TEXTS, ListSource, write_gpt2_files
+
+TEXT = "Zürich café naïve 東京 🙂 and plain ASCII: def f(x): return x\n" * 3
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return Corpus(ListSource(TEXTS), tmp_path / "cache")
+
+
+def spelled_bytes(tokenizer, text: str) -> int:
+    lengths = token_byte_lengths(tokenizer)
+    assert lengths.dtype == torch.long and lengths.shape == (tokenizer.vocab_size,)
+    assert lengths[tokenizer.eos_id] == 0
+    return int(lengths[torch.tensor(tokenizer.encode(text))].sum())
+
+
+@pytest.mark.parametrize("name,options", [("byte", {}), ("bpe", {"bpe_vocab_size": 400})])
+def test_byte_lengths_of_the_tokens_sum_to_the_texts_bytes(corpus, name, options):
+    tokenizer = registry.get("tokenizer", name).build(corpus, **options)
+    assert spelled_bytes(tokenizer, TEXT) == len(TEXT.encode("utf-8"))
+
+
+def test_gpt2_tokens_count_their_bytes_even_inside_a_character(corpus, tmp_path):
+    write_gpt2_files(tmp_path / "gpt2")
+    tokenizer = registry.get("tokenizer", "gpt2").build(corpus, tokenizer_path=str(tmp_path / "gpt2"))
+    assert spelled_bytes(tokenizer, TEXT) == len(TEXT.encode("utf-8"))
+    assert spelled_bytes(tokenizer, "🙂") == 4
+
+
+def test_bits_per_byte_of_a_byte_model_is_its_loss_over_ln2():
+    assert bits_per_byte(100 * 1.5, 100) == pytest.approx(1.5 / math.log(2))
+    with pytest.raises(ValueError, match="n_bytes=0"):
+        bits_per_byte(1.0, 0)
+
+
+def ascii_corpus(tmp_path):
+    """A single ASCII text file, long enough that the evaluated targets never reach its end (no end-of-text)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(600)))
+    return path
+
+
+def test_every_evaluation_logs_bits_per_byte_and_the_summary_keeps_them(tmp_path):
+    from b6lab.config import load_config
+    from b6lab.train.records import read_metrics
+    from b6lab.train.trainer import Trainer
+
+    cfg = load_config(preset="tiny", overrides=[
+        "logging.progress=false", "train.max_steps=8", "train.eval_interval=4", "train.eval_steps=2",
+        "data.source=text", f"data.path={ascii_corpus(tmp_path)}", "data.val_fraction=0.1",
+    ])
+    summary = Trainer(cfg, tmp_path / "run", say=lambda message: None).run()
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    for record in evals:  # one byte per token and no end-of-text target: bits per byte = nats / ln 2
+        assert record["val_bpb"] == pytest.approx(record["val_loss"] / math.log(2), rel=1e-6)
+    assert summary["final_val_bpb"] == evals[-1]["val_bpb"]
+    assert summary["best_val_bpb"] == min(r["val_bpb"] for r in evals)

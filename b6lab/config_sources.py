@@ -66,7 +66,10 @@ def read_yaml(path: str | Path, kind: str = "config file", holds: str = "section
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}".replace("\n", " "), file=str(path)) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML{where}: {problem}", file=str(path)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"a {kind} must hold a mapping of {holds}", file=str(path))
     return data

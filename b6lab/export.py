@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -140,6 +141,10 @@ def _write_hf(folder: Path, config: dict, out: Path, architecture: str) -> str:
     hf_model.eval()
     _check_same_logits(b6, hf_model, vocab_size)
     hf_model.generation_config.pad_token_id = tokenizer.eos_id
+    if not sys.stdout.isatty():  # a log file gets no carriage-return bars (transformers' "Writing model shards")
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     hf_model.save_pretrained(str(out))
     hf_tokenizer(tokenizer, model_cfg["max_seq_len"]).save_pretrained(str(out))
     loads = "AutoModelForCausalLM.from_pretrained(OUT" + (", trust_remote_code=True)" if architecture == "b6" else ")")

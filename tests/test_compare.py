@@ -60,6 +60,14 @@ def test_compare_reads_a_folder_of_runs(train_runs, tmp_path):
     assert build([train_runs]).keys == ["model.norm"]  # the one config key that differs
 
 
+def test_what_an_earlier_compare_wrote_is_passed_over(train_runs, tmp_path):
+    """`b6lab compare runs/*` a second time: runs/compare (results.csv, plots) is no run and no error."""
+    assert main(["compare", str(train_runs / "pre-0"), str(train_runs / "post-0"), "--out", str(tmp_path / "compare"),
+                 "--no-plots"]) == 0
+    runs, _ = collect([train_runs / "pre-0", train_runs / "post-0", tmp_path / "compare"])
+    assert sorted(run.name for run in runs) == ["post-0", "pre-0"]
+
+
 def test_compare_of_a_folder_that_holds_no_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     err = capsys.readouterr().err

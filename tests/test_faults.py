@@ -278,6 +278,38 @@ def test_default_folders_are_claimed_atomically(tmp_path, monkeypatch):
     assert [str(choose_out_dir(None, "demo", resume=False)) for _ in range(3)] == ["runs/demo", "runs/demo-2", "runs/demo-3"]
 
 
+def test_a_new_run_on_a_folder_in_use_is_told_it_is_in_use_not_to_resume(tmp_path):
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text("")  # a run is going on in it
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from b6lab.train.run_folder import RunLock; "
+                               "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(folder)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match=f"busy is in use by another run \\(process {holder.pid} "):
+            choose_out_dir(str(folder), "demo", resume=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(UsageError, match="already holds a run; pass --resume"):  # once it is gone
+        choose_out_dir(str(folder), "demo", resume=False)
+
+
+def test_a_run_stopped_by_a_mistake_leaves_no_folder_and_takes_no_name(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(capsys, "train", "--preset", "tiny", "--set", "optim.lr=-1")  # found while building the optimizer
+    assert not (tmp_path / "runs" / "tiny").exists()
+    assert str(choose_out_dir(None, "tiny", resume=False)) == "runs/tiny"
+
+
+def test_resuming_names_only_the_settings_that_changed(tmp_path):
+    train_in_process(tmp_path / "run", "train.max_steps=4")
+    said = []
+    Trainer(config("train.max_steps=6"), tmp_path / "run", resume=True, say=said.append).run()
+    assert [line.strip() for line in said if "resuming with" in line] == ["resuming with train.max_steps = 6 (was 4)"]
+
+
 # ---------------------------------------------------------------------------------------------
 # User mistakes: one line, exit 2
 
@@ -297,6 +329,13 @@ def one_line_error(capsys, *argv):
 def test_bad_optimizer_values(capsys, tmp_path, setting, message):
     err = one_line_error(capsys, "train", "--preset", "tiny", "--set", setting, "--set", f"train.out_dir={tmp_path / 'r'}")
     assert message in err
+    assert not (tmp_path / "r").exists()  # nothing left behind
+
+
+def test_bad_yaml_is_one_line_with_its_place(capsys, tmp_path):
+    (tmp_path / "run.yaml").write_text("model: {norm: post\n")
+    err = one_line_error(capsys, "train", str(tmp_path / "run.yaml"))
+    assert f"(in {tmp_path / 'run.yaml'}): not valid YAML at line 2, column 1: expected ',' or '}}'" in err
 
 
 def test_bad_optimizer_values_fail_a_sweeps_pre_check(tmp_path):

@@ -11,7 +11,7 @@ from b6lab import registry
 from b6lab.commands.common import add_config_arguments, config_from_args
 from b6lab.config import load_config, read_yaml
 from b6lab.errors import UsageError
-from b6lab.train.run_folder import holds_run
+from b6lab.train.run_folder import RunLock, holds_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +78,10 @@ def choose_out_dir(out_dir: str | None, name: str, resume: bool) -> Path:
     default folder is claimed by creating it (two runs started together get two folders)."""
     if out_dir:
         folder = Path(out_dir)
+        holder = RunLock(folder).holder() if folder.is_dir() else None
+        if holder:
+            raise UsageError(f"{folder} is in use by another run ({holder}); wait for it to end, or set "
+                             "train.out_dir to another folder")
         if holds_run(folder) and not resume:
             raise UsageError(f"{folder} already holds a run; pass --resume to continue it, or set train.out_dir")
         return folder

@@ -154,6 +154,8 @@ def collect(paths: list[str | Path]) -> tuple[list[RunResult], list[str]]:
             runs.append(read_run(path))
         elif path.is_dir() and any(holds_run(child) for child in path.iterdir()):
             runs += [read_run(child) for child in sorted(path.iterdir()) if holds_run(child)]
+        elif (path / "results.csv").is_file():
+            continue  # what an earlier `b6lab compare` wrote (runs/compare), caught by a glob like runs/*
         else:
             raise UsageError(f"{path} is neither a run folder (config.yaml, metrics.jsonl), a sweep folder "
                              f"({SWEEP_RECORD}), nor a folder of runs")

@@ -167,9 +167,11 @@ CHANGEABLE_ON_RESUME = ("model.dropout", "model.attention", "model.gradient_chec
 
 def check_resumable(saved_config: dict, config: dict, say) -> None:
     """A setting a resumed run cannot honour is an error naming the key; the others take effect (and are said)."""
-    before, now = flatten(saved_config), flatten(config)
+    # As YAML holds them (a tuple is a list there); where the run is written is the folder resumed.
+    before, now = (flatten(json.loads(json.dumps(c, default=str))) for c in (saved_config, config))
     for key in dict.fromkeys([*before, *now]):  # config order: a plugin's name before its options
-        if key.startswith("run.") or key.startswith(CHANGEABLE_ON_RESUME) or before.get(key) == now.get(key):
+        if (key.startswith("run.") or key == "train.out_dir" or key.startswith(CHANGEABLE_ON_RESUME)
+                or before.get(key) == now.get(key)):
             continue
         if key.startswith(FIXED_ON_RESUME):
             raise ConfigError(

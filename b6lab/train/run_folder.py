@@ -48,10 +48,33 @@ class RunLock:
             f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")
         return self
 
+    def holder(self) -> str | None:
+        """Who holds the folder now (a live run), or None: the lock tried and let go at once."""
+        if not (self.folder / LOCK_FILE).exists():
+            return None
+        try:
+            self._lock.acquire()
+        except Timeout:
+            return self._owner()
+        self._lock.release()
+        return None
+
     def release(self) -> None:
         if self._lock.is_locked:
             (self.folder / OWNER_FILE).unlink(missing_ok=True)
             self._lock.release()
+
+    def forget_if_unused(self) -> None:
+        """After a run that failed before writing anything: remove the lock files and, if nothing
+        else is there, the folder (so a mistake leaves no empty run folder, nor takes a default name)."""
+        if holds_run(self.folder):
+            return
+        for name in (LOCK_FILE, OWNER_FILE):
+            (self.folder / name).unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()  # only if empty: whatever else is there stays
+        except OSError:
+            pass
 
     def _owner(self) -> str:
         try:

@@ -90,6 +90,8 @@ class Trainer:
             self._setup(self._checkpoint_to_resume() if resume else None)
         except BaseException:
             self.lock.__exit__(None, None, None)
+            if self.ranks.is_main:
+                self.lock.forget_if_unused()
             raise
 
     def _tidy(self) -> None:

@@ -48,3 +48,13 @@ def tiny_overrides(tmp_path):
         "train.log_interval=2",
         f"train.out_dir={tmp_path / 'run'}",
     ]
+
+
+@pytest.fixture
+def unload_new_plugins():
+    """Unregister every plugin a test loaded (plugin files, a sweep's plugins) so no other test sees it."""
+    before = {name for name, _ in registry.pm.list_name_plugin()}
+    yield
+    for name, _ in registry.pm.list_name_plugin():
+        if name not in before:
+            registry.unregister_plugin(name)

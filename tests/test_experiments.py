@@ -12,16 +12,6 @@ from b6lab.sweep.trials import resolve_trials
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 
 
-@pytest.fixture
-def unload_new_plugins():
-    """Resolving a sweep loads its plugin files; unregister them afterwards so no test sees them."""
-    before = {name for name, _ in registry.pm.list_name_plugin()}
-    yield
-    for name, _ in registry.pm.list_name_plugin():
-        if name not in before:
-            registry.unregister_plugin(name)
-
-
 def trials_of(name: str):
     return resolve_trials(load_experiment(Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"))
 

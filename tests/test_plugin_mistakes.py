@@ -23,13 +23,8 @@ CPU = AttentionContext(torch.device("cpu"), torch.float32, head_dim=32)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def unload_new_plugins():
-    before = {name for name, _ in registry.pm.list_name_plugin()}
-    yield
-    for name, _ in registry.pm.list_name_plugin():
-        if name not in before:
-            registry.unregister_plugin(name)
+# Every test here loads plugin files; each is unloaded after its test (conftest.unload_new_plugins).
+pytestmark = pytest.mark.usefixtures("unload_new_plugins")
 
 
 def plugin_file(tmp_path: Path, source: str, name: str = "my_plugin.py") -> Path:

@@ -241,6 +241,9 @@ def test_default_out_dirs_never_overwrite_and_resume_takes_the_newest(tmp_path, 
     assert str(choose_out_dir(None, "demo", resume=True)) == "runs/demo-2"
     with pytest.raises(UsageError, match="nothing to resume"):
         choose_out_dir(None, "other", resume=True)
+    with pytest.raises(UsageError, match="nothing to resume in runs/typo: it holds no run"):  # a mistyped out_dir
+        choose_out_dir("runs/typo", "demo", resume=True)
+    assert not (tmp_path / "runs" / "typo").exists()
 
 
 def test_compile_is_off_on_a_cpu_by_default_and_a_compiled_run_gives_the_eager_losses(tmp_path):

@@ -84,6 +84,9 @@ def choose_out_dir(out_dir: str | None, name: str, resume: bool) -> Path:
                              "train.out_dir to another folder")
         if holds_run(folder) and not resume:
             raise UsageError(f"{folder} already holds a run; pass --resume to continue it, or set train.out_dir")
+        if resume and not holds_run(folder):  # a mistyped out_dir must not quietly become a new run
+            raise UsageError(f"nothing to resume in {folder}: it holds no run (no config.yaml, metrics.jsonl or "
+                             "checkpoints); check train.out_dir, or leave out --resume to start a new run there")
         return folder
     base = Path("runs") / name
     candidates = (base if n == 1 else base.with_name(f"{name}-{n}") for n in range(1, 10**6))

@@ -157,14 +157,15 @@ def broken(context):
 
 
 def stall(context, *, marker: str = ""):
-    """At its 17th call (2 layers x 6 steps, 2 layers x 2 eval batches, then step 7), the first time
-    ever: leaves `marker` and hangs."""
+    """At its 21st call (2 layers at step 0's residual-RMS pass, 2 layers x 6 steps, at the step-6
+    eval 2 layers x 2 batches and the RMS pass again, then step 7), the first time ever: leaves
+    `marker` and hangs."""
     calls = 0
 
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
         nonlocal calls
         calls += 0 if probed(q) else 1
-        if calls == 17 and not os.path.exists(marker):
+        if calls == 21 and not os.path.exists(marker):
             open(marker, "w").close()
             time.sleep(600)
         mask = attention_mask(q.size(-2), k.size(-2), causal, docs, q.device)

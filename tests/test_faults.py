@@ -308,6 +308,10 @@ def test_resuming_names_only_the_settings_that_changed(tmp_path):
     said = []
     Trainer(config("train.max_steps=6"), tmp_path / "run", resume=True, say=said.append).run()
     assert [line.strip() for line in said if "resuming with" in line] == ["resuming with train.max_steps = 6 (was 4)"]
+    said.clear()
+    summary = Trainer(config("train.max_steps=6"), tmp_path / "run", resume=True, say=said.append).run()
+    assert summary["steps"] == 6 and any("nothing to train: the run is at step 6 and train.max_steps is 6" in line
+                                         for line in said)
 
 
 # ---------------------------------------------------------------------------------------------

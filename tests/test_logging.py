@@ -161,8 +161,9 @@ def test_a_quiet_sweep_prints_no_trial_lines(capsys):
 def test_quiet_prints_the_start_and_the_result_only(tmp_path, capsys):
     assert main(["train", *SHORT_RUN, "--quiet", "--set", f"train.out_dir={tmp_path / 'run'}"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines
     assert lines[0].startswith("b6lab: training tiny") and lines[1].startswith("b6lab: completed after 8 steps")
+    assert lines[2] == f"results: {tmp_path / 'run'}/"  # the result says where it is
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,7 +158,9 @@ def test_plugins_check_reports_a_broken_plugin(tmp_path, capsys):
         registry.unregister_plugin(f"file:{path}")
     assert "  FAILED  returned a float, not a function step -> multiplier" in capsys.readouterr().out
     assert main(["plugins", "--check", "no-such-part"]) == 2
-    assert "no plugin is called 'no-such-part'" in capsys.readouterr().err
+    assert "unknown plugin 'no-such-part'" in capsys.readouterr().err
+    assert main(["plugins", "--check", "sdpaa"]) == 2
+    assert "unknown plugin 'sdpaa' (did you mean 'sdpa'?)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

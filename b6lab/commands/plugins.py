@@ -45,11 +45,12 @@ def check(name: str, options: dict) -> int:
     """Run the checks of every kind that has a part called `name`; 1 if one failed."""
     from b6lab import registry, testing
     from b6lab.contracts import ContractError
+    from b6lab.errors import unknown
 
     kinds = registry.kinds_of(name)
     if not kinds:
         known = sorted({n for kind in registry.KINDS for n in registry.registrations(kind)})
-        raise UsageError(f"no plugin is called {name!r}; known: {', '.join(known)} (load a file with --plugin FILE)")
+        raise UsageError(f"{unknown(name, known, 'plugin')} (load a file with --plugin FILE)")
     failed = 0
     for kind in kinds:
         print(f"{registry.get(kind, name).label}:")

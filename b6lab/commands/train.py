@@ -58,7 +58,9 @@ def _train(args: argparse.Namespace, cfg) -> int:
     print(f"b6lab: {summary['status']} after {summary['steps']} steps, {summary['tokens']:,} tokens, "
           f"{summary['tokens_per_sec'] or 0:,.0f} tokens/s; best val loss {best:.4f}" if best is not None else
           f"b6lab: {summary['status']} after {summary['steps']} steps")
-    if not args.quiet:
+    if args.quiet:
+        print(f"results: {out_dir}/")  # with default names, which runs/<name>-N it went to
+    else:
         print(f"results: {out_dir}/ (metrics.jsonl, summary.json, checkpoints/best)")
         if cfg.logging.tensorboard:
             print(f"curves: tensorboard --logdir {out_dir}")

@@ -492,6 +492,9 @@ class Trainer:
         what = f"resuming at step {self.step}" if resuming else "training"
         self.say(f"b6lab: {what} {cfg.name}: {self.params / 1e6:.2f}M params, {self.model_cfg.n_layers} layers x "
                  f"{self.model_cfg.d_model}, attention {self.attention}, norm {cfg.model.norm}, optimizer {cfg.optim.name}")
+        if resuming and self.step >= cfg.train.max_steps:
+            self.say(f"  nothing to train: the run is at step {self.step} and train.max_steps is "
+                     f"{cfg.train.max_steps}; raise train.max_steps to go on")
         if cfg.logging.quiet:
             return
         self.say(f"  device: {self.plan.describe()}")

@@ -183,8 +183,7 @@ def mean_over_ranks(total: torch.Tensor, count: int) -> float:
     """sum(total) / sum(count) over all ranks: a logged figure of the whole global batch."""
     if current().world_size == 1:
         return (total / count).item()
-    both = torch.stack([total.detach().float(), torch.tensor(float(count), device=total.device)])
-    dist.all_reduce(both)
+    both = sum_tensor_over_ranks(torch.stack([total.detach().float(), torch.tensor(float(count), device=total.device)]))
     return (both[0] / both[1]).item()
 
 
@@ -282,8 +281,5 @@ def sum_over_ranks(value: float) -> float:
     """A figure summed over all processes (throughput in total); alone, the figure itself."""
     if current().world_size == 1:
         return value
-    total = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        total = total.cuda()
-    dist.all_reduce(total)
-    return total.item()
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces only tensors on the GPU
+    return sum_tensor_over_ranks(torch.tensor([float(value)], dtype=torch.float64, device=device)).item()

@@ -56,6 +56,7 @@ def test_the_plugin_steps_as_adamw_schedulefree_on_the_same_groups():
     assert not torch.equal(ours.state[models[0].lm_head.weight]["z"], models[0].lm_head.weight)
 
 
+@pytest.mark.slow  # three tiny runs: 12, 8 and 4 steps
 def test_a_resumed_run_equals_a_straight_one_and_checkpoints_hold_the_evaluated_weights(tmp_path):
     straight = Trainer(config("train.max_steps=12"), tmp_path / "straight", say=lambda m: None)
     summary = straight.run()

@@ -181,8 +181,9 @@ class Trainer:
 
     def _restore(self, model_state, state, _config) -> None:
         # The optimizer's settings are this run's config (a --set optim.weight_decay takes effect);
-        # its state (momenta, step counts) is the checkpoint's.
-        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        # its state (momenta, step counts, and the group entries it names in group_state_keys) is the checkpoint's.
+        kept = ("params", *getattr(self.optimizer, "group_state_keys", ()))
+        settings = [{k: v for k, v in group.items() if k not in kept} for group in self.optimizer.param_groups]
         try:
             distributed.load_checkpoint_state(self.model, self.optimizer, model_state, state["optimizer"],
                                               self.cfg.train.parallel)
@@ -198,6 +199,7 @@ class Trainer:
         self.wandb_id = state.get("wandb_id")
         self._window = [torch.tensor(v, device=self.device) for v in state.get("loss_window", [])]
         checkpoint.restore_rng(state["rng"])
+        self._optimizer_mode("train")  # a checkpoint holds a schedule-free optimizer's eval weights
 
     def _record(self) -> dict:
         """What config.yaml records beside the config: versions, plugin sources, automatic choices."""
@@ -399,6 +401,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """{"val_loss": nats per target token, "val_bpb": bits per UTF-8 byte those targets spell}."""
         self.model.eval()
+        self._optimizer_mode("eval")
         nats, targets, n_bytes = (torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(3))
         for x, y, counts in self.val_batches:  # this process's share (all of them, alone)
             x, y = x.to(self.device), y.to(self.device)
@@ -411,6 +414,7 @@ class Trainer:
                 targets += counted.sum()
                 n_bytes += self.token_bytes[y.clamp(min=0)][counted].sum()
         self.model.train()
+        self._optimizer_mode("train")
         nats, targets, n_bytes = distributed.sum_tensor_over_ranks(torch.stack([nats, targets, n_bytes])).tolist()
         return {"val_loss": nats / targets, "val_bpb": bits_per_byte(nats, int(n_bytes))}
 
@@ -454,7 +458,22 @@ class Trainer:
     def _position(self) -> dict:
         return {"data": self.batches.state_dict(), "rng": checkpoint.rng_state()}
 
+    def _optimizer_mode(self, mode: str) -> None:
+        """Schedule-free optimizers take gradients at one point (y) and evaluate at another (x, an
+        average): their train()/eval() move the weights between the two (as transformers' Trainer
+        calls them). Evaluation and checkpoints see x; the steps, y."""
+        switch = getattr(self.optimizer, mode, None)
+        if callable(switch):
+            switch()
+
     def _save(self, name: str) -> Path | None:
+        self._optimizer_mode("eval")  # the checkpoint holds the weights evaluation sees
+        try:
+            return self._write_checkpoint(name)
+        finally:
+            self._optimizer_mode("train")
+
+    def _write_checkpoint(self, name: str) -> Path | None:
         """Write checkpoints/<name> of the state between steps (mid-step: of the step's start); every
         rank takes part (FSDP gathers its shards), the main one writes. Raises Diverged rather than
         save a non-finite state, DiskFull when the disk runs out."""
@@ -503,6 +522,9 @@ class Trainer:
                                                 self.plan.grad_accum_steps, cfg.seq_len))
         for note in self.plan.notes:
             self.say(f"  {note}")
+        if callable(getattr(self.optimizer, "eval", None)) and cfg.schedule.name != "constant":
+            self.say(f"  note: optimizer {cfg.optim.name} is schedule-free (no decay needed; warmup is optim.warmup_steps): "
+                     f"schedule.name={cfg.schedule.name} scales its lr on top; schedule.name=constant is how it is meant to run")
         self.say(f"  data: {cfg.data.source} ({self.source.fingerprint}), tokenizer {cfg.data.tokenizer} "
                  f"({self.tokenizer.vocab_size} ids), {cfg.seq_len} tokens per sequence")
         self.say(f"  writing to {self.out_dir}")

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 
@@ -135,7 +135,9 @@ class TrainConfig:
     checkpoint_interval: Optional[PositiveInt] = None  # None: at every eval
     adaptive_batch: bool = True  # on CUDA out-of-memory, halve the micro-batch, double accumulation
     out_dir: Optional[str] = None  # None: runs/<config name>
-    threads: Optional[int] = None  # CPU threads for torch; None: torch's default
+    # CPU threads for torch: auto (from the cores this process may use, how busy they are and the
+    # model's size: train/hardware.py), a number, or None for torch's own default
+    threads: Union[Literal["auto"], PositiveInt, None] = "auto"
     z_loss: Annotated[float, within(lambda z: z >= 0, ">= 0 (0 turns it off)")] = 0.0  # coefficient of the mean squared log-partition added to the loss (PaLM: 1e-4)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicas, or FSDP2 shards per block
 

@@ -33,7 +33,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.bpb import bits_per_byte, token_byte_lengths
 from b6lab.config import RunConfig, dump_config
-from b6lab.data.packing import TrainBatches, validation_batches
+from b6lab.data.packing import TrainBatches, rebatch, validation_batches
 from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.progress import Progress, progress_mode
 from b6lab.train import checkpoint, diagnostics, distributed, hardware, provenance
@@ -41,6 +41,8 @@ from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull
 from b6lab.train.records import MetricsFile, write_json
 from b6lab.train.run_folder import RunLock, holds_run
 from b6lab.train.trackers import RunLog, check_wandb_login
+
+CPU_EVAL_MICRO_BATCHES = 8  # see val_batches in Trainer._setup
 
 # Called with every eval record and the checkpoint folder written with it (or None): Ray Tune's hook.
 EvalCallback = Callable[[dict, "Path | None"], None]
@@ -119,12 +121,12 @@ class Trainer:
     def _setup(self, saved) -> None:
         cfg = self.cfg
         _seed_everything(cfg.train.seed)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
         self.source = parts.build_source(cfg.data)
         self.tokenizer = distributed.main_first(lambda: parts.build_tokenizer(cfg.data, self.source))
         model_cfg = parts.resolve_vocab(cfg.model, self.tokenizer)
         self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
+        if self.plan.threads:
+            torch.set_num_threads(self.plan.threads)
         state = saved[1] if saved else None
         if saved:
             checkpoint.check_resumable(saved[2], self.cfg.to_dict(), self.say)
@@ -163,12 +165,16 @@ class Trainer:
             prefetch_factor=cfg.data.prefetch_factor, pin_memory=self.device.type == "cuda",
             state=state["data"] if state else None, rank=self.ranks.rank, ranks=self.ranks.world_size,
         )
-        # eval_steps global batches, in micro-batches: the same sequences whatever the accumulation
-        # and the number of processes (each evaluates its share).
-        self.val_batches = distributed.validation_share(validation_batches(
-            self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
-            max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size,
-        ), cfg.train.parallel)
+        # eval_steps global batches: the same sequences whatever the accumulation and the number of
+        # processes (each evaluates its share). A CPU evaluates CPU_EVAL_MICRO_BATCHES micro-batches
+        # per forward: with no gradients to keep, memory allows it, and at CPU model sizes each
+        # operation's fixed cost, not its arithmetic, is what small batches pay for. A GPU keeps the
+        # micro-batch its memory plan chose.
+        val = validation_batches(self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
+                                 max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size)
+        if self.device.type == "cpu":
+            val = rebatch(val, cfg.train.batch_size * CPU_EVAL_MICRO_BATCHES)
+        self.val_batches = distributed.validation_share(val, cfg.train.parallel)
         self.token_bytes = token_byte_lengths(self.tokenizer).to(self.device)
         # Per-block diagnostics read whole gradients and run the blocks outside the model's forward:
         # under FSDP2 both are sharded, so they are recorded alone or with DDP only.
@@ -421,7 +427,7 @@ class Trainer:
     def _residual_rms(self) -> list[float] | None:
         if not self.diagnose:
             return None
-        x = self.val_batches[0][0].to(self.device)
+        x = self.val_batches[0][0][: self.cfg.train.batch_size].to(self.device)  # one micro-batch
         docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
         return diagnostics.block_residual_rms(self.model, x, docs, self.autocast)
 

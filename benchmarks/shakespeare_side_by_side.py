@@ -9,9 +9,15 @@ process and its wall time is the whole process: imports, data preparation, train
 evaluation, checkpoints. The final validation loss each prints is reported beside it.
 
     python benchmarks/shakespeare_side_by_side.py --rounds 2
-    python benchmarks/shakespeare_side_by_side.py --rounds 1 --b6lab-set train.threads=1
+    python benchmarks/shakespeare_side_by_side.py --b6lab "1thread=--set train.eval_steps=20 --set train.threads=1" \
+        --b6lab "2procs=--set train.eval_steps=20 --set train.batch_size=6 --nproc 2"
 
-A round runs both, the order alternating from round to round; the table shows the median.
+nanoGPT's command evaluates 20 batches of 12 on each split every 250 steps; b6lab's sides default
+to the same 20 batches (of the validation split only: b6lab logs the training loss from the steps
+it trains). After each b6lab run, untimed, `b6lab eval` gives its final weights' loss on the
+whole validation split too.
+
+A round runs every side, in an order rotating from round to round; the table shows the medians.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -31,6 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ANCHOR = ROOT.parent / "shared" / "anchors" / "nanogpt"
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# nanoGPT's command estimates the val loss from 20 batches at each evaluation: the same here.
+DEFAULT_B6LAB = "b6lab=--set train.eval_steps=20"
 
 # The anchors README's command, argument for argument.
 NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
@@ -60,20 +70,23 @@ def nanogpt_once(python: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def b6lab_once(python: str, overrides: list[str]) -> dict:
+def b6lab_once(python: str, arguments: list[str]) -> dict:
     work = Path(tempfile.mkdtemp(prefix="b6lab-"))
     try:
         command = [python, "-m", "b6lab", "train", "--preset", "shakespeare-char-cpu", "--quiet",
-                   "--set", f"data.path={TEXT}", "--set", f"train.out_dir={work / 'run'}"]
-        for override in overrides:
-            command += ["--set", override]
+                   "--set", f"data.path={TEXT}", "--set", f"train.out_dir={work / 'run'}", *arguments]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         start = time.perf_counter()
-        subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
         summary = json.loads((work / "run" / "summary.json").read_text())
+        # Untimed: the final weights on the whole validation split (nanoGPT's figure, like the run's
+        # own with train.eval_steps=20, is an estimate from 20 batches).
+        whole = subprocess.run([python, "-m", "b6lab", "eval", str(work / "run" / "checkpoints" / "last"), "--json"],
+                               cwd=ROOT, check=True, capture_output=True, text=True, env=env)
         return {"wall_s": wall, "final_val_loss": summary["final_val_loss"], "step": summary.get("steps"),
-                "train_wall_s": summary.get("wall_seconds")}
+                "train_wall_s": summary.get("wall_seconds"),
+                "whole_split_val_loss": json.loads(whole.stdout.strip().splitlines()[-1])["loss"]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -81,31 +94,38 @@ def b6lab_once(python: str, overrides: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--b6lab-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an override for the b6lab run (repeatable)")
-    parser.add_argument("--only", choices=["nanogpt", "b6lab"], help="run one side alone (not a comparison)")
+    parser.add_argument("--b6lab", action="append", metavar="LABEL=ARGUMENTS",
+                        help="a b6lab side: a label, then `b6lab train` arguments added to the preset's "
+                             "(repeatable; default: " + DEFAULT_B6LAB + ")")
+    parser.add_argument("--no-nanogpt", action="store_true", help="b6lab sides only (not a comparison)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
-    runs: dict[str, list[dict]] = {"nanogpt": [], "b6lab": []}
-    sides = [args.only] if args.only else ["nanogpt", "b6lab"]
+    variants = dict(text.split("=", 1) for text in (args.b6lab or [DEFAULT_B6LAB]))
+    sides = ([] if args.no_nanogpt else ["nanogpt"]) + list(variants)
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for round_ in range(args.rounds):
-        for side in sides if round_ % 2 == 0 else sides[::-1]:
-            run = nanogpt_once(sys.executable) if side == "nanogpt" else b6lab_once(sys.executable, args.b6lab_set)
+        shift = round_ % len(sides)
+        for side in sides[shift:] + sides[:shift]:
+            load = os.getloadavg()[0]
+            run = nanogpt_once(sys.executable) if side == "nanogpt" else b6lab_once(sys.executable, shlex.split(variants[side]))
             runs[side].append(run)
-            print(f"round {round_ + 1} {side:8s} wall {run['wall_s']:7.1f} s  final val loss {run['final_val_loss']:.4f}"
-                  f"  load {os.getloadavg()[0]:.2f}", flush=True)
-    print()
-    print("| | wall s (median) | final val loss (median) | runs |")
-    print("| --- | --- | --- | --- |")
+            whole = f"  whole split {run['whole_split_val_loss']:.4f}" if "whole_split_val_loss" in run else ""
+            print(f"round {round_ + 1} {side:12s} wall {run['wall_s']:7.1f} s  final val loss {run['final_val_loss']:.4f}"
+                  f"{whole}  (load before {load:.2f})", flush=True)
+    print("\n| | arguments | wall s (median) | final val loss (median) | whole val split | runs |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for side in sides:
         walls = [run["wall_s"] for run in runs[side]]
         losses = [run["final_val_loss"] for run in runs[side]]
-        print(f"| {side} | {statistics.median(walls):.1f} | {statistics.median(losses):.4f} | {len(walls)} |")
-    if not args.only:
-        ratio = statistics.median(r["wall_s"] for r in runs["nanogpt"]) / statistics.median(r["wall_s"] for r in runs["b6lab"])
-        print(f"\nb6lab speed / nanoGPT's (wall time ratio): {ratio:.2f}x")
+        whole = [run["whole_split_val_loss"] for run in runs[side] if "whole_split_val_loss" in run]
+        print(f"| {side} | `{variants.get(side, 'the anchors README command')}` | {statistics.median(walls):.1f} "
+              f"| {statistics.median(losses):.4f} | {f'{statistics.median(whole):.4f}' if whole else ''} | {len(walls)} |")
+    if "nanogpt" in runs:
+        reference = statistics.median(r["wall_s"] for r in runs["nanogpt"])
+        for side in variants:
+            print(f"{side}: {reference / statistics.median(r['wall_s'] for r in runs[side]):.2f}x nanoGPT's speed (wall time)")
     if args.json_out:
-        args.json_out.write_text(json.dumps({"b6lab_set": args.b6lab_set, "runs": runs}, indent=1))
+        args.json_out.write_text(json.dumps({"variants": variants, "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,214 @@
+"""A sweep's own overhead against Ray's fixed cost, whole processes, alternating, in one run.
+
+Issue 17 item 3: a 4-trial tiny sweep's wall time minus its trials' training time must be at most
+Ray's fixed cost plus 3 s per trial. Each round runs, in alternating order:
+
+  ray    Ray's fixed cost: a fresh process that starts Ray exactly as `b6lab sweep` does
+         (b6lab.sweep.tune_runner.start_ray / stop_ray) and runs a Tuner with the sweep's settings
+         over 4 trials whose trainable only reports once. Timed from process start to exit.
+  sweep  `b6lab sweep` on a 4-trial sweep file this script writes (tiny preset, 2 learning rates
+         x 2 seeds, --steps steps each, 1 CPU per trial, one trial at a time). Timed from process
+         start to exit.
+
+A trial's training time is its summary.json `wall_seconds`: the Trainer's run() from its first
+step to its summary (steps, evaluations, checkpoints, the reports to Tune), i.e. what a trial
+would cost without a sweep around it. The overhead is the sweep's wall time minus the sum of
+those. Trials run one at a time (max_concurrent 1) so that this difference is exactly the time
+no trial was training; with trials side by side the difference no longer means anything.
+
+The sweep's stdout is read line by line as it comes, which splits the overhead into phases:
+
+  start-up        process start to the sweep's header: imports, every trial's config resolved,
+                  its plugins built and checked, parameter counts
+  ray start       header to the first trial's start: ray.init, the Tuner's set-up
+  trial set-up    each trial's start to end (as the driver sees it) minus its training time:
+                  the worker's imports, data source, tokenizer, model, optimizer, and the
+                  reports after the run; the sum over trials
+  between trials  a trial's end to the next one's start (Tune's scheduling)
+  the end         the last trial's end to process exit: Ray's shutdown, the results table,
+                  results.csv, the plots
+
+Run it from the repository root, on a quiet machine (it times whole processes):
+
+    .venv/bin/python benchmarks/sweep_overhead.py --rounds 3
+    .venv/bin/python benchmarks/sweep_overhead.py --rounds 1 --steps 50 --json-out overhead.json
+
+The table shows each figure's median over the rounds, and the check
+`overhead <= ray fixed cost + 3 s x 4 trials`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRIALS = 4
+ALLOWANCE_PER_TRIAL_S = 3.0
+EVENT = re.compile(r"\] (started|finished) +([^\s:]+)")
+
+
+def ray_fixed_child(storage: str, max_concurrent: int) -> None:
+    """The `ray` side, in its own process: b6lab's Ray start, an empty 4-trial Tuner, b6lab's Ray stop.
+    The Tuner's settings are run_tuner's for a sweep without a scheduler."""
+    from ray import tune
+
+    from b6lab.sweep.tune_runner import start_ray, stop_ray
+
+    def report_once(config):
+        tune.report({"val_loss": 0.0, "step": 1})
+
+    storage_path = Path(storage)
+    start_ray(None, storage_path)
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(report_once, {"cpu": 1, "gpu": 0}),
+            param_space={"x": tune.grid_search(list(range(TRIALS)))},
+            tune_config=tune.TuneConfig(metric="val_loss", mode="min", max_concurrent_trials=max_concurrent,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name="ray", storage_path=str(storage_path), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+        tuner.fit()
+    finally:
+        stop_ray(storage_path)
+
+
+def environment() -> dict:
+    # Unbuffered: the sweep's lines are timed as they come; PYTHONPATH: this checkout's b6lab.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def ray_fixed_once(python: str, max_concurrent: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="sweep-overhead-ray-"))
+    try:
+        start = time.perf_counter()
+        subprocess.run([python, __file__, "--ray-fixed-child", str(work), "--max-concurrent", str(max_concurrent)],
+                       cwd=ROOT, check=True, capture_output=True, text=True, env=environment())
+        return {"wall_s": time.perf_counter() - start}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def sweep_file(folder: Path, steps: int, max_concurrent: int) -> Path:
+    path = folder / "overhead_probe.yaml"
+    path.write_text(
+        "name: overhead_probe\n"
+        f"base: {{preset: tiny, set: {{train.max_steps: {steps}, train.eval_interval: {max(1, steps // 2)}, "
+        "train.log_interval: 5, train.precision: fp32}}\n"
+        "grid:\n  optim.lr: [0.001, 0.002]\n"
+        "seeds: [0, 1]\n"
+        "resources: {cpu: 1, gpu: 0}\n"
+        f"max_concurrent: {max_concurrent}\n"
+        f"storage: {folder / 'sweep'}\n"
+    )
+    return path
+
+
+def sweep_once(python: str, steps: int, max_concurrent: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="sweep-overhead-b6lab-"))
+    try:
+        path = sweep_file(work, steps, max_concurrent)
+        lines: list[tuple[float, str]] = []
+        start = time.perf_counter()
+        process = subprocess.Popen([python, "-m", "b6lab", "sweep", str(path)], cwd=ROOT, env=environment(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in process.stdout:
+            lines.append((time.perf_counter() - start, line.rstrip("\n")))
+        if process.wait() != 0:
+            raise SystemExit(f"b6lab sweep failed (exit {process.returncode}):\n" + "\n".join(text for _, text in lines[-20:]))
+        wall = time.perf_counter() - start
+        training = {}
+        for summary in (work / "sweep" / "trials").glob("*/summary.json"):
+            training[summary.parent.name] = json.loads(summary.read_text())["wall_seconds"]
+        if len(training) != TRIALS:
+            raise SystemExit(f"expected {TRIALS} trials' summary.json, found {len(training)}")
+        return {"wall_s": wall, "training_s": sum(training.values()), **phases(lines, wall, training)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def phases(lines: list[tuple[float, str]], wall: float, training: dict[str, float]) -> dict:
+    """The overhead's phases, from when the sweep printed its header and each trial's start and end."""
+    header = next(t for t, text in lines if text.startswith("overhead_probe:"))
+    started, finished = {}, {}
+    for t, text in lines:
+        event = EVENT.search(text)
+        if event:
+            (started if event[1] == "started" else finished)[event[2]] = t
+    spans = {name: finished[name] - started[name] for name in started}
+    first, last = min(started.values()), max(finished.values())
+    between = (last - first) - sum(spans.values()) if len(started) == TRIALS else float("nan")
+    return {
+        "startup_s": header, "ray_start_s": first - header,
+        "trial_setup_s": sum(spans.values()) - sum(training.values()),
+        "between_trials_s": between, "end_s": wall - last,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of ray + sweep, the order alternating (default 3)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per trial (default 20)")
+    parser.add_argument("--max-concurrent", type=int, default=1,
+                        help="trials at a time, on both sides (default 1: the overhead is then exact)")
+    parser.add_argument("--json-out", type=Path, help="also write every round's figures here")
+    parser.add_argument("--ray-fixed-child", metavar="DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.ray_fixed_child:
+        return ray_fixed_child(args.ray_fixed_child, args.max_concurrent)
+
+    runs: dict[str, list[dict]] = {"ray": [], "sweep": []}
+    for round_ in range(args.rounds):
+        for side in ("ray", "sweep") if round_ % 2 == 0 else ("sweep", "ray"):
+            if side == "ray":
+                run = ray_fixed_once(sys.executable, args.max_concurrent)
+                detail = ""
+            else:
+                run = sweep_once(sys.executable, args.steps, args.max_concurrent)
+                detail = (f"  trials' training {run['training_s']:5.1f} s  overhead {run['wall_s'] - run['training_s']:5.1f} s"
+                          f"  (start-up {run['startup_s']:.1f}, ray start {run['ray_start_s']:.1f}, trial set-up "
+                          f"{run['trial_setup_s']:.1f}, between trials {run['between_trials_s']:.1f}, end {run['end_s']:.1f})")
+            runs[side].append(run)
+            print(f"round {round_ + 1} {side:5s} wall {run['wall_s']:6.1f} s{detail}  load {os.getloadavg()[0]:.2f}", flush=True)
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[side])
+
+    ray_fixed = median("ray", "wall_s")
+    overhead = statistics.median(run["wall_s"] - run["training_s"] for run in runs["sweep"])
+    limit = ray_fixed + ALLOWANCE_PER_TRIAL_S * TRIALS
+    print(f"\nmedians over {args.rounds} round(s); {TRIALS} trials of {args.steps} steps, "
+          f"{args.max_concurrent} at a time; load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n")
+    print("| figure | seconds |")
+    print("| --- | --- |")
+    print(f"| Ray's fixed cost: ray.init + empty {TRIALS}-trial Tuner + shutdown, whole process | {ray_fixed:.1f} |")
+    print(f"| b6lab sweep, whole process | {median('sweep', 'wall_s'):.1f} |")
+    print(f"| its trials' training time (sum of summary.json wall_seconds) | {median('sweep', 'training_s'):.1f} |")
+    print(f"| **overhead** = sweep wall - trials' training | **{overhead:.1f}** |")
+    for key, what in (("startup_s", "start-up: imports, trials resolved and checked"),
+                      ("ray_start_s", "ray start: ray.init, Tuner set-up"),
+                      ("trial_setup_s", "trial set-up in the workers (sum over trials)"),
+                      ("between_trials_s", "between trials (Tune scheduling)"),
+                      ("end_s", "the end: Ray shutdown, results table, CSV, plots")):
+        print(f"| &nbsp; of which {what} | {median('sweep', key):.1f} |")
+    print(f"| overhead beyond Ray's fixed cost | {overhead - ray_fixed:.1f} ({(overhead - ray_fixed) / TRIALS:.1f} per trial) |")
+    verdict = "PASS" if overhead <= limit else "FAIL"
+    print(f"\ncheck: overhead {overhead:.1f} s <= Ray's fixed cost {ray_fixed:.1f} s + {ALLOWANCE_PER_TRIAL_S:g} s x "
+          f"{TRIALS} trials = {limit:.1f} s: {verdict}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"steps": args.steps, "max_concurrent": args.max_concurrent, "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

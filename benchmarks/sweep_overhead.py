@@ -32,6 +32,7 @@ Run it from the repository root, on a quiet machine (it times whole processes):
 
     .venv/bin/python benchmarks/sweep_overhead.py --rounds 3
     .venv/bin/python benchmarks/sweep_overhead.py --rounds 1 --steps 50 --json-out overhead.json
+    .venv/bin/python benchmarks/sweep_overhead.py --rounds 4 --baseline ../b6lab-main   # before/after
 
 The table shows each figure's median over the rounds, and the check
 `overhead <= ray fixed cost + 3 s x 4 trials`.
@@ -68,7 +69,9 @@ def ray_fixed_child(storage: str, max_concurrent: int) -> None:
         tune.report({"val_loss": 0.0, "step": 1})
 
     storage_path = Path(storage)
+    began = time.perf_counter()
     start_ray(None, storage_path)
+    started = time.perf_counter()
     try:
         tuner = tune.Tuner(
             tune.with_resources(report_once, {"cpu": 1, "gpu": 0}),
@@ -81,21 +84,23 @@ def ray_fixed_child(storage: str, max_concurrent: int) -> None:
         )
         tuner.fit()
     finally:
+        fitted = time.perf_counter()
         stop_ray(storage_path)
+    print(json.dumps({"init_s": started - began, "fit_s": fitted - started, "shutdown_s": time.perf_counter() - fitted}))
 
 
-def environment() -> dict:
-    # Unbuffered: the sweep's lines are timed as they come; PYTHONPATH: this checkout's b6lab.
-    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+def environment(checkout: Path = ROOT) -> dict:
+    # Unbuffered: the sweep's lines are timed as they come; PYTHONPATH: the checkout's b6lab.
+    return {**os.environ, "PYTHONPATH": str(checkout), "PYTHONUNBUFFERED": "1"}
 
 
 def ray_fixed_once(python: str, max_concurrent: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="sweep-overhead-ray-"))
     try:
         start = time.perf_counter()
-        subprocess.run([python, __file__, "--ray-fixed-child", str(work), "--max-concurrent", str(max_concurrent)],
-                       cwd=ROOT, check=True, capture_output=True, text=True, env=environment())
-        return {"wall_s": time.perf_counter() - start}
+        done = subprocess.run([python, __file__, "--ray-fixed-child", str(work), "--max-concurrent", str(max_concurrent)],
+                              cwd=ROOT, check=True, capture_output=True, text=True, env=environment())
+        return {"wall_s": time.perf_counter() - start, **json.loads(done.stdout.strip().splitlines()[-1])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -115,13 +120,13 @@ def sweep_file(folder: Path, steps: int, max_concurrent: int) -> Path:
     return path
 
 
-def sweep_once(python: str, steps: int, max_concurrent: int) -> dict:
+def sweep_once(python: str, steps: int, max_concurrent: int, checkout: Path) -> dict:
     work = Path(tempfile.mkdtemp(prefix="sweep-overhead-b6lab-"))
     try:
         path = sweep_file(work, steps, max_concurrent)
         lines: list[tuple[float, str]] = []
         start = time.perf_counter()
-        process = subprocess.Popen([python, "-m", "b6lab", "sweep", str(path)], cwd=ROOT, env=environment(),
+        process = subprocess.Popen([python, "-m", "b6lab", "sweep", str(path)], cwd=checkout, env=environment(checkout),
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in process.stdout:
             lines.append((time.perf_counter() - start, line.rstrip("\n")))
@@ -162,52 +167,74 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="training steps per trial (default 20)")
     parser.add_argument("--max-concurrent", type=int, default=1,
                         help="trials at a time, on both sides (default 1: the overhead is then exact)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also time the sweep with the b6lab of another checkout (e.g. a worktree of main), "
+                             "in the same rounds: a before/after under the same load")
     parser.add_argument("--json-out", type=Path, help="also write every round's figures here")
     parser.add_argument("--ray-fixed-child", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ray_fixed_child:
         return ray_fixed_child(args.ray_fixed_child, args.max_concurrent)
 
-    runs: dict[str, list[dict]] = {"ray": [], "sweep": []}
+    sweeps = {"sweep": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+    sides = ["ray", *sweeps]
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for round_ in range(args.rounds):
-        for side in ("ray", "sweep") if round_ % 2 == 0 else ("sweep", "ray"):
+        for side in sides if round_ % 2 == 0 else sides[::-1]:
             if side == "ray":
                 run = ray_fixed_once(sys.executable, args.max_concurrent)
-                detail = ""
+                detail = (f"  (ray.init {run['init_s']:.1f}, empty trials {run['fit_s']:.1f}, "
+                          f"shutdown {run['shutdown_s']:.1f}; the rest is imports and exit)")
             else:
-                run = sweep_once(sys.executable, args.steps, args.max_concurrent)
+                run = sweep_once(sys.executable, args.steps, args.max_concurrent, sweeps[side])
                 detail = (f"  trials' training {run['training_s']:5.1f} s  overhead {run['wall_s'] - run['training_s']:5.1f} s"
                           f"  (start-up {run['startup_s']:.1f}, ray start {run['ray_start_s']:.1f}, trial set-up "
                           f"{run['trial_setup_s']:.1f}, between trials {run['between_trials_s']:.1f}, end {run['end_s']:.1f})")
             runs[side].append(run)
-            print(f"round {round_ + 1} {side:5s} wall {run['wall_s']:6.1f} s{detail}  load {os.getloadavg()[0]:.2f}", flush=True)
+            print(f"round {round_ + 1} {side:8s} wall {run['wall_s']:6.1f} s{detail}  load {os.getloadavg()[0]:.2f}", flush=True)
 
     def median(side: str, key: str) -> float:
+        if key == "overhead_s":
+            return statistics.median(run["wall_s"] - run["training_s"] for run in runs[side])
         return statistics.median(run[key] for run in runs[side])
 
+    def row(what: str, key: str, bold: bool = False) -> None:
+        cells = [f"{median(side, key):.1f}" for side in sweeps]
+        if bold:
+            what, cells = f"**{what}**", [f"**{cell}**" for cell in cells]
+        print(f"| {what} | {' | '.join(cells)} |")
+
     ray_fixed = median("ray", "wall_s")
-    overhead = statistics.median(run["wall_s"] - run["training_s"] for run in runs["sweep"])
     limit = ray_fixed + ALLOWANCE_PER_TRIAL_S * TRIALS
-    print(f"\nmedians over {args.rounds} round(s); {TRIALS} trials of {args.steps} steps, "
-          f"{args.max_concurrent} at a time; load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n")
-    print("| figure | seconds |")
+    print(f"\neach figure its median over {args.rounds} round(s) (so parts need not add up exactly); {TRIALS} trials of "
+          f"{args.steps} steps, {args.max_concurrent} at a time; load average now {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs\n")
+    print("| Ray alone | seconds |")
     print("| --- | --- |")
-    print(f"| Ray's fixed cost: ray.init + empty {TRIALS}-trial Tuner + shutdown, whole process | {ray_fixed:.1f} |")
-    print(f"| b6lab sweep, whole process | {median('sweep', 'wall_s'):.1f} |")
-    print(f"| its trials' training time (sum of summary.json wall_seconds) | {median('sweep', 'training_s'):.1f} |")
-    print(f"| **overhead** = sweep wall - trials' training | **{overhead:.1f}** |")
+    print(f"| **Ray's fixed cost**: ray.init + empty {TRIALS}-trial Tuner + shutdown, whole process | **{ray_fixed:.1f}** |")
+    for key, what in (("init_s", "ray.init (b6lab's start_ray)"), ("fit_s", f"the empty {TRIALS}-trial Tuner's fit"),
+                      ("shutdown_s", "ray.shutdown (b6lab's stop_ray)")):
+        print(f"| &nbsp; of which {what} | {median('ray', key):.1f} |")
+    print(f"\n| b6lab sweep | {' | '.join(f'{side} ({sweeps[side]})' for side in sweeps)} |")
+    print(f"| --- |{' --- |' * len(sweeps)}")
+    row("whole process", "wall_s")
+    row("its trials' training time (sum of summary.json wall_seconds)", "training_s")
+    row("overhead = sweep wall - trials' training", "overhead_s", bold=True)
     for key, what in (("startup_s", "start-up: imports, trials resolved and checked"),
                       ("ray_start_s", "ray start: ray.init, Tuner set-up"),
                       ("trial_setup_s", "trial set-up in the workers (sum over trials)"),
                       ("between_trials_s", "between trials (Tune scheduling)"),
                       ("end_s", "the end: Ray shutdown, results table, CSV, plots")):
-        print(f"| &nbsp; of which {what} | {median('sweep', key):.1f} |")
-    print(f"| overhead beyond Ray's fixed cost | {overhead - ray_fixed:.1f} ({(overhead - ray_fixed) / TRIALS:.1f} per trial) |")
-    verdict = "PASS" if overhead <= limit else "FAIL"
-    print(f"\ncheck: overhead {overhead:.1f} s <= Ray's fixed cost {ray_fixed:.1f} s + {ALLOWANCE_PER_TRIAL_S:g} s x "
-          f"{TRIALS} trials = {limit:.1f} s: {verdict}")
+        row(f"&nbsp; of which {what}", key)
+    print()
+    for side in sweeps:
+        overhead = median(side, "overhead_s")
+        print(f"{side}: overhead beyond Ray's fixed cost {overhead - ray_fixed:.1f} s ({(overhead - ray_fixed) / TRIALS:.1f} s per trial); "
+              f"check: overhead {overhead:.1f} s <= Ray's fixed cost {ray_fixed:.1f} s + {ALLOWANCE_PER_TRIAL_S:g} s x "
+              f"{TRIALS} trials = {limit:.1f} s: {'PASS' if overhead <= limit else 'FAIL'}")
     if args.json_out:
-        args.json_out.write_text(json.dumps({"steps": args.steps, "max_concurrent": args.max_concurrent, "runs": runs}, indent=1))
+        args.json_out.write_text(json.dumps({"steps": args.steps, "max_concurrent": args.max_concurrent,
+                                             "checkouts": {side: str(path) for side, path in sweeps.items()}, "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

@@ -151,12 +151,12 @@ def phases(lines: list[tuple[float, str]], wall: float, training: dict[str, floa
         event = EVENT.search(text)
         if event:
             (started if event[1] == "started" else finished)[event[2]] = t
-    spans = {name: finished[name] - started[name] for name in started}
+    setups = sorted((started[name], finished[name] - started[name] - training[name]) for name in started)
     first, last = min(started.values()), max(finished.values())
-    between = (last - first) - sum(spans.values()) if len(started) == TRIALS else float("nan")
+    between = (last - first) - sum(finished[name] - started[name] for name in started)
     return {
         "startup_s": header, "ray_start_s": first - header,
-        "trial_setup_s": sum(spans.values()) - sum(training.values()),
+        "trial_setup_s": sum(setup for _, setup in setups), "first_trial_setup_s": setups[0][1],
         "between_trials_s": between, "end_s": wall - last,
     }
 
@@ -189,7 +189,7 @@ def main() -> None:
                 run = sweep_once(sys.executable, args.steps, args.max_concurrent, sweeps[side])
                 detail = (f"  trials' training {run['training_s']:5.1f} s  overhead {run['wall_s'] - run['training_s']:5.1f} s"
                           f"  (start-up {run['startup_s']:.1f}, ray start {run['ray_start_s']:.1f}, trial set-up "
-                          f"{run['trial_setup_s']:.1f}, between trials {run['between_trials_s']:.1f}, end {run['end_s']:.1f})")
+                          f"{run['trial_setup_s']:.1f} (first {run['first_trial_setup_s']:.1f}), between trials {run['between_trials_s']:.1f}, end {run['end_s']:.1f})")
             runs[side].append(run)
             print(f"round {round_ + 1} {side:8s} wall {run['wall_s']:6.1f} s{detail}  load {os.getloadavg()[0]:.2f}", flush=True)
 
@@ -223,6 +223,7 @@ def main() -> None:
     for key, what in (("startup_s", "start-up: imports, trials resolved and checked"),
                       ("ray_start_s", "ray start: ray.init, Tuner set-up"),
                       ("trial_setup_s", "trial set-up in the workers (sum over trials)"),
+                      ("first_trial_setup_s", "&nbsp; &nbsp; the first trial's (a new worker: its imports)"),
                       ("between_trials_s", "between trials (Tune scheduling)"),
                       ("end_s", "the end: Ray shutdown, results table, CSV, plots")):
         row(f"&nbsp; of which {what}", key)

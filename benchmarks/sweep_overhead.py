@@ -99,7 +99,9 @@ def ray_fixed_once(python: str, max_concurrent: int) -> dict:
     try:
         start = time.perf_counter()
         done = subprocess.run([python, __file__, "--ray-fixed-child", str(work), "--max-concurrent", str(max_concurrent)],
-                              cwd=ROOT, check=True, capture_output=True, text=True, env=environment())
+                              cwd=ROOT, capture_output=True, text=True, env=environment())
+        if done.returncode != 0:
+            raise SystemExit(f"the Ray-alone process failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         return {"wall_s": time.perf_counter() - start, **json.loads(done.stdout.strip().splitlines()[-1])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -127,18 +129,20 @@ def sweep_once(python: str, steps: int, max_concurrent: int, checkout: Path) -> 
         lines: list[tuple[float, str]] = []
         start = time.perf_counter()
         process = subprocess.Popen([python, "-m", "b6lab", "sweep", str(path)], cwd=checkout, env=environment(checkout),
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
             lines.append((time.perf_counter() - start, line.rstrip("\n")))
         if process.wait() != 0:
-            raise SystemExit(f"b6lab sweep failed (exit {process.returncode}):\n" + "\n".join(text for _, text in lines[-20:]))
+            tail = "\n".join(text for _, text in lines[-20:])
+            raise SystemExit(f"b6lab sweep failed (exit {process.returncode}) in {checkout}:\n{tail}")
         wall = time.perf_counter() - start
         training = {}
         for summary in (work / "sweep" / "trials").glob("*/summary.json"):
             training[summary.parent.name] = json.loads(summary.read_text())["wall_seconds"]
         if len(training) != TRIALS:
             raise SystemExit(f"expected {TRIALS} trials' summary.json, found {len(training)}")
-        return {"wall_s": wall, "training_s": sum(training.values()), **phases(lines, wall, training)}
+        return {"wall_s": wall, "training_s": sum(training.values()), "overhead_s": wall - sum(training.values()),
+                **phases(lines, wall, training)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -187,15 +191,14 @@ def main() -> None:
                           f"shutdown {run['shutdown_s']:.1f}; the rest is imports and exit)")
             else:
                 run = sweep_once(sys.executable, args.steps, args.max_concurrent, sweeps[side])
-                detail = (f"  trials' training {run['training_s']:5.1f} s  overhead {run['wall_s'] - run['training_s']:5.1f} s"
-                          f"  (start-up {run['startup_s']:.1f}, ray start {run['ray_start_s']:.1f}, trial set-up "
-                          f"{run['trial_setup_s']:.1f} (first {run['first_trial_setup_s']:.1f}), between trials {run['between_trials_s']:.1f}, end {run['end_s']:.1f})")
+                detail = (f"  trials' training {run['training_s']:5.1f} s  overhead {run['overhead_s']:5.1f} s"
+                          f"  (start-up {run['startup_s']:.1f}, ray start {run['ray_start_s']:.1f}, "
+                          f"trial set-up {run['trial_setup_s']:.1f} (first {run['first_trial_setup_s']:.1f}), "
+                          f"between trials {run['between_trials_s']:.1f}, end {run['end_s']:.1f})")
             runs[side].append(run)
             print(f"round {round_ + 1} {side:8s} wall {run['wall_s']:6.1f} s{detail}  load {os.getloadavg()[0]:.2f}", flush=True)
 
     def median(side: str, key: str) -> float:
-        if key == "overhead_s":
-            return statistics.median(run["wall_s"] - run["training_s"] for run in runs[side])
         return statistics.median(run[key] for run in runs[side])
 
     def row(what: str, key: str, bold: bool = False) -> None:

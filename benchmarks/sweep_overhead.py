@@ -22,8 +22,9 @@ The sweep's stdout is read line by line as it comes, which splits the overhead i
                   its plugins built and checked, parameter counts
   ray start       header to the first trial's start: ray.init, the Tuner's set-up
   trial set-up    each trial's start to end (as the driver sees it) minus its training time:
-                  the worker's imports, data source, tokenizer, model, optimizer, and the
-                  reports after the run; the sum over trials
+                  data source, tokenizer, model, optimizer, the run folder; summed over trials.
+                  The first trial's is shown apart: its new Ray worker also imports torch,
+                  torch._dynamo (any torch optimizer does) and b6lab; later trials reuse it
   between trials  a trial's end to the next one's start (Tune's scheduling)
   the end         the last trial's end to process exit: Ray's shutdown, the results table,
                   results.csv, the plots
@@ -32,7 +33,9 @@ Run it from the repository root, on a quiet machine (it times whole processes):
 
     .venv/bin/python benchmarks/sweep_overhead.py --rounds 3
     .venv/bin/python benchmarks/sweep_overhead.py --rounds 1 --steps 50 --json-out overhead.json
-    .venv/bin/python benchmarks/sweep_overhead.py --rounds 4 --baseline ../b6lab-main   # before/after
+    .venv/bin/python benchmarks/sweep_overhead.py --rounds 4 --baseline /tmp/before   # before/after
+
+(a baseline checkout: `git archive COMMIT | tar -x -C /tmp/before`, or a git worktree)
 
 The table shows each figure's median over the rounds, and the check
 `overhead <= ray fixed cost + 3 s x 4 trials`.

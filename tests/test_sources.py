@@ -9,7 +9,9 @@ import gzip
 import json
 import pickle
 import random
+import sysconfig
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -232,6 +234,15 @@ def test_sources_pickle_for_dataloader_workers(tmp_path):
         assert list(copy.documents("val", start=0))[:3] == list(source.documents("val"))[:3]
     hub = registry.get("dataset", "c4").build(VAL_FRACTION)
     assert pickle.loads(pickle.dumps(hub)).hub_call("val") == hub.hub_call("val")
+
+
+def test_python_stdlib_holds_the_library_files_and_nothing_installed_or_compiled():
+    source = registry.get("dataset", "python-stdlib").build(0.02)
+    files = {Path(name) for kind, name in source.items if kind == "file"}
+    assert Path(json.__file__) in files
+    root = Path(sysconfig.get_paths()["stdlib"])
+    assert all(path.suffix == ".py" and path.is_relative_to(root) for path in files)
+    assert not any({"site-packages", "dist-packages", "__pycache__"} & set(path.relative_to(root).parts) for path in files)
 
 
 def test_python_stdlib_start_skips_without_changing_the_stream():

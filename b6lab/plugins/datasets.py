@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import sysconfig
@@ -24,12 +25,7 @@ class PythonStdlib:
 
     def __init__(self, val_fraction: float):
         self.val_fraction = val_fraction
-        root = Path(sysconfig.get_paths()["stdlib"])
-        files = [
-            path for path in root.rglob("*.py")
-            if not {"site-packages", "dist-packages", "__pycache__"} & set(path.relative_to(root).parts)
-        ]
-        items: list[tuple[str, str]] = [("file", str(path)) for path in sorted(files)]
+        items: list[tuple[str, str]] = [("file", str(path)) for path in sorted(_stdlib_files())]
         items += [("topic", name) for name in sorted(_doc_topics())]
         random.Random(0).shuffle(items)
         self.items = items
@@ -41,6 +37,17 @@ class PythonStdlib:
         # Choose before reading, so the `start` documents a resumed stream skips are never read.
         for kind, name in split_documents(self.items, split, self.val_fraction, start):
             yield topics[name] if kind == "topic" else Path(name).read_text(encoding="utf-8", errors="replace")
+
+
+def _stdlib_files() -> list[Path]:
+    """The library's .py files. The folders it skips are pruned, not walked: a venv's Python may keep
+    hundreds of MB of site-packages there, and every trial of a sweep lists these files again."""
+    root = sysconfig.get_paths()["stdlib"]
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in ("site-packages", "dist-packages", "__pycache__")]
+        files += [Path(folder, name) for name in names if name.endswith(".py")]
+    return files
 
 
 def _doc_topics() -> dict[str, str]:

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -67,13 +67,13 @@ def resolve_trials(exp: Experiment) -> list[Trial]:
         if names.count(name) > 1:
             raise ConfigError(f"two grid points share the folder name {name}; give their values distinct labels",
                               key="grid", file=str(exp.file))
-    sizes = ModelSizes()
-    return [_resolve(exp, index, point, name, f"trial {index} of {len(points)}: {name}", plugins, sizes)
+    sizes, checked = ModelSizes(), {}
+    return [_resolve(exp, index, point, name, f"trial {index} of {len(points)}: {name}", plugins, sizes, checked)
             for index, (point, name) in enumerate(zip(points, names), 1)]
 
 
 def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, plugins: list[str],
-             sizes: ModelSizes) -> Trial:
+             sizes: ModelSizes, checked: dict[str, tuple[str | None, str]]) -> Trial:
     run_dir = exp.trials_dir / name
     overrides = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(point[axis.key]).items()]
     # logging.progress stays as the sweep file sets it: a trial's stdout is no terminal, so its
@@ -81,16 +81,23 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
     overrides += [_assign("train.seed", point[SEED_KEY]), _assign("train.out_dir", str(run_dir)),
                   _assign("name", exp.name), _assign("plugins", plugins)]
     cfg = _load(exp, overrides, point, where)
+    config = cfg.to_dict()
     with _located(exp, point, where):
         context = trial_context(cfg, exp.gpus)
-        reason = parts.why_unavailable(cfg, context) if context else None
-        if reason and not exp.skip_unavailable:
-            raise PluginError(f"{reason} (set skip_unavailable: true to skip such grid points)")
-        chosen = parts.check_plugins(cfg, context) if context and not reason else cfg.model.attention
+        # Trials that differ only where no plugin looks (the seed, say) share one check: a probe
+        # costs a fraction of a second, and a sweep has many seeds.
+        parts_key = json.dumps([{section: config[section] for section in ("model", "data", "optim", "schedule")},
+                                cfg.train.max_steps, repr(context)], sort_keys=True, default=str)
+        if parts_key not in checked:
+            reason = parts.why_unavailable(cfg, context) if context else None
+            if reason and not exp.skip_unavailable:
+                raise PluginError(f"{reason} (set skip_unavailable: true to skip such grid points)")
+            checked[parts_key] = reason, parts.check_plugins(cfg, context) if context and not reason else cfg.model.attention
+        reason, chosen = checked[parts_key]
         params = sizes.count(cfg)
     return Trial(
         index=index, name=name, point=point, grid={axis.key: axis.label(point[axis.key]) for axis in exp.grid},
-        seed=point[SEED_KEY], config=cfg.to_dict(), run_dir=run_dir,
+        seed=point[SEED_KEY], config=config, run_dir=run_dir,
         plugins={"attention": chosen, "norm": cfg.model.norm, "optimizer": cfg.optim.name,
                  "schedule": cfg.schedule.name, "data": f"{cfg.data.source}/{cfg.data.tokenizer}"},
         params=params, tokens=cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.seq_len,
@@ -167,6 +174,7 @@ class ModelSizes:
 
     def __init__(self):
         self.tokenizers: dict[str, object] = {}
+        self.counts: dict[str, int] = {}  # model config -> parameters
 
     def count(self, cfg: RunConfig) -> int | None:
         model_cfg = cfg.model
@@ -177,10 +185,13 @@ class ModelSizes:
             model_cfg = parts.resolve_vocab(model_cfg, tokenizer)
         # Attention backends hold no weights; eager builds anywhere, whatever the trial will use.
         model_cfg = replace(model_cfg, attention="eager")
-        context = AttentionContext(torch.device("cpu"), torch.float32, model_cfg.head_dim, model_cfg.dropout)
-        with torch.device("meta"):
-            model, _ = parts.build_model(model_cfg, context)
-        return model.num_params()
+        key = json.dumps(asdict(model_cfg), sort_keys=True, default=str)
+        if key not in self.counts:
+            context = AttentionContext(torch.device("cpu"), torch.float32, model_cfg.head_dim, model_cfg.dropout)
+            with torch.device("meta"):
+                model, _ = parts.build_model(model_cfg, context)
+            self.counts[key] = model.num_params()
+        return self.counts[key]
 
     def _tokenizer(self, cfg: RunConfig):
         key = json.dumps([cfg.data.source, cfg.data.tokenizer, cfg.data.options], sort_keys=True, default=str)

@@ -14,11 +14,14 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from b6lab.errors import UsageError
 from b6lab.sweep.grid import SEED_KEY, Experiment, point_key
-from b6lab.sweep.trials import Trial
 from b6lab.train.records import read_summary, write_json
+
+if TYPE_CHECKING:  # trials.py imports torch, which Ray's own start need not wait for
+    from b6lab.sweep.trials import Trial
 
 
 class StoppedEarly(SystemExit):

@@ -65,22 +65,20 @@ def test_auto_threads_take_one_for_a_small_model_and_record_why():
     assert hardware.plan(load_config(preset="tiny", overrides=["train.device=cpu", "train.threads=null"]), 1000).threads is None
 
 
-def test_auto_threads_never_exceed_what_torch_was_given():
-    # torch's own thread setting is what OMP_NUM_THREADS, torchrun and a sweep trial's `cpu` set
+def test_auto_threads_never_exceed_the_share_this_process_was_given(monkeypatch):
+    # OMP_NUM_THREADS is what a user, torchrun (per process) and a sweep trial's `cpu` resource set
     cfg = load_config(preset="cpu-small", overrides=["train.device=cpu"])
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert hardware.cpu_threads(cfg)[0] == 1
-    finally:
-        torch.set_num_threads(before)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert hardware.cpu_threads(cfg)[0] == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
     threads, why = hardware.cpu_threads(cfg)
-    assert 1 <= threads <= min(before, os.cpu_count()) and why.startswith(f"threads: {threads} (auto:")
+    assert 1 <= threads <= (os.cpu_count() or 1) and why.startswith(f"threads: {threads} (auto:")
 
 
-def test_auto_threads_leave_the_cores_other_processes_keep_busy():
+def test_auto_threads_leave_the_cores_other_processes_keep_busy(monkeypatch):
     """Real busy processes, one per core: auto then takes one thread, where more would wait on them."""
     cfg = load_config(preset="cpu-small", overrides=["train.device=cpu"])  # wide enough for several threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
     try:
         time.sleep(0.5)

@@ -37,18 +37,16 @@ def run_on_workers(spec: dict) -> None:
 def train_worker(loop_config: dict) -> None:
     """One Ray Train worker: the Trainer, in the process group Ray Train has set up."""
     import ray.train
-    import torch
 
     from b6lab.config import config_from_dict
-    from b6lab.train import checkpoint, distributed
+    from b6lab.train import checkpoint, distributed, hardware
     from b6lab.train.trainer import Trainer
 
     spec = loop_config["spec"]
     if os.path.isdir(spec["cwd"]):
         os.chdir(spec["cwd"])
     cfg = config_from_dict(spec["config"])
-    if cfg.train.threads in (None, "auto"):
-        torch.set_num_threads(spec["threads"])
+    hardware.share_cores(spec["threads"])
     run_dir = Path(spec["run_dir"])
 
     def report(record: dict, saved: Path | None) -> None:

@@ -48,11 +48,10 @@ def trial_spec(trial: Trial, exp: Experiment) -> dict:
 
 def run_trial(config: dict, trials: dict) -> None:
     """Ray Tune's trainable: one full training run, of the grid point `config`."""
-    import torch
     from ray import tune
 
     from b6lab.config import config_from_dict
-    from b6lab.train import checkpoint
+    from b6lab.train import checkpoint, hardware
     from b6lab.train.trainer import Trainer
 
     spec = trials[point_key(config)]
@@ -69,8 +68,7 @@ def run_trial(config: dict, trials: dict) -> None:
 
         return run_on_workers(spec)
     cfg = config_from_dict(spec["config"])
-    if cfg.train.threads in (None, "auto"):  # else torch takes every core in every trial, and trials fight over them
-        torch.set_num_threads(spec["threads"])
+    hardware.share_cores(spec["threads"])  # else torch takes every core in every trial, and trials fight over them
 
     def report(record: dict, saved: Path | None) -> None:
         metrics = {k: record[k] for k in ("step", "tokens", "val_loss", "best_val_loss", "val_bpb", "best_val_bpb") if k in record}

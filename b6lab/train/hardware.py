@@ -132,20 +132,27 @@ ONE_THREAD_BELOW_D_MODEL = 256
 def cpu_threads(cfg: RunConfig) -> tuple[int | None, str | None]:
     """train.threads as torch will use it, and why when `auto` chose it.
 
-    auto: the cores this process may use (its CPU affinity and cgroup quota, and no more than torch
-    was told: OMP_NUM_THREADS, torchrun's share per process, a sweep trial's `cpu` resource), less
+    auto: the cores this process may use (its CPU affinity and cgroup quota, and no more than
+    OMP_NUM_THREADS: what a user, torchrun's share per process or a sweep trial's `cpu` sets), less
     the cores other processes keep busy now (sampled over 0.1 s: on a loaded machine more threads
     than free cores wait on each other, and a step can take ten times longer); one thread for a
     model narrower than ONE_THREAD_BELOW_D_MODEL."""
     if cfg.train.threads != "auto":
         return cfg.train.threads, None
-    allowed = min(_usable_cores(), torch.get_num_threads())
+    allowed = min(_usable_cores(), int(os.environ.get("OMP_NUM_THREADS") or 1_000_000))
     busy = _busy_cores()
     free = max(1, min(allowed, round(_total_cores() - busy)))
     if cfg.model.d_model < ONE_THREAD_BELOW_D_MODEL:
         return 1, f"threads: 1 (auto: d_model {cfg.model.d_model} < {ONE_THREAD_BELOW_D_MODEL}, one thread is fastest)"
     reason = f"{allowed} usable" + (f", {busy:.1f} busy with other work" if free < allowed else "")
     return free, f"threads: {free} (auto: {reason})"
+
+
+def share_cores(threads: int) -> None:
+    """This process may use `threads` cores (a sweep trial's share): torch's default until the run's
+    plan says otherwise, and the most train.threads=auto takes."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def _usable_cores() -> int:

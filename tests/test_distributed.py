@@ -20,6 +20,7 @@ from b6lab import parts
 from b6lab.cli import main
 from b6lab.config import load_config
 from b6lab.data.packing import TrainBatches
+from b6lab.train import checkpoint
 from b6lab.train.trainer import Trainer
 
 STEPS = 16
@@ -109,20 +110,43 @@ def test_a_killed_rank_resumes_to_the_same_losses(two_processes, tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_matches_one_process_and_resumes_on_another_number_of_processes(tmp_path):
-    # A constant learning rate, so that stopping at step 8 and going on to 16 is one run of 16.
+def test_fsdp_checkpoints_are_sharded_and_resume_on_another_number_of_processes(tmp_path, capsys):
+    # A constant learning rate, so that a run stopped and resumed twice is one run of 16 steps.
     constant = "schedule.name=constant"
-    reference = records(one_process(tmp_path / "one", "train.batch_size=8", constant), "loss")
+    reference = one_process(tmp_path / "one", "train.batch_size=8", constant)
     out_dir = tmp_path / "fsdp"
-    process = torchrun(out_dir, "--set=train.parallel=fsdp", f"--set={constant}", f"--set=train.max_steps={STEPS // 2}")
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    assert "(fsdp, gloo)" in output
-    assert records(out_dir, "loss") == pytest.approx(reference[: STEPS // 2], abs=TOLERANCE)
 
-    cfg = load_config(out_dir / "config.yaml", overrides=[f"train.max_steps={STEPS}"])
-    Trainer(cfg, out_dir, resume=True, say=lambda _: None).run()  # one process, micro-batch 8
-    assert records(out_dir, "loss") == pytest.approx(reference, abs=TOLERANCE)
+    def two_fsdp_processes(steps: int, *extra: str) -> str:
+        process = torchrun(out_dir, "--set=train.parallel=fsdp", f"--set={constant}", f"--set=train.max_steps={steps}", *extra)
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        return output
+
+    assert "(fsdp, gloo)" in two_fsdp_processes(STEPS // 2)
+    assert records(out_dir, "loss") == pytest.approx(records(reference, "loss")[: STEPS // 2], abs=TOLERANCE)
+    # Each rank wrote its own shards through torch.distributed.checkpoint, rank 0 the index and the rest.
+    written = {p.name for p in (out_dir / "checkpoints" / "last").iterdir()}
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "state.pt", "config.yaml", "COMPLETE"} <= written
+    assert "model.pt" not in written
+
+    # 2 processes -> 1 (micro-batch 8): DCP reshards into the whole tensors of one process ...
+    cfg = load_config(out_dir / "config.yaml", overrides=[f"train.max_steps={3 * STEPS // 4}"])
+    Trainer(cfg, out_dir, resume=True, say=lambda _: None).run()
+    assert "model.pt" in {p.name for p in (out_dir / "checkpoints" / "last").iterdir()}
+    # ... and 1 -> 2: each process keeps its shard of the one-process checkpoint.
+    assert "resuming at step 12" in two_fsdp_processes(STEPS, "--resume")
+    assert records(out_dir, "loss") == pytest.approx(records(reference, "loss"), abs=TOLERANCE)
+    assert checkpoint.is_sharded(out_dir / "checkpoints" / "last")
+
+    # One process (eval, generate) reads the sharded checkpoint whole: the same weights as the reference's.
+    losses = []
+    for run in (out_dir, reference):
+        capsys.readouterr()
+        assert main(["eval", str(run / "checkpoints" / "last"), "--set", "train.batch_size=8", "--max-batches", "4",
+                     "--json"]) == 0
+        losses.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=TOLERANCE)
+    assert main(["generate", str(out_dir / "checkpoints" / "last"), "--prompt", "a", "--max-new-tokens", "8"]) == 0
 
 
 def sweep_file(folder: Path, workers: int) -> Path:

@@ -95,9 +95,14 @@ class TrainTrialEnds(tune.Callback):
         write_json(run_dir / "summary.json", summary | figures | outcome)
 
     def on_step_begin(self, iteration, trials, **info):
-        if time.monotonic() - self.last_check > self.CHECK_SECONDS:
+        if self.last_check is not None and time.monotonic() - self.last_check > self.CHECK_SECONDS:
             self.last_check = time.monotonic()
-            release_orphaned_placement_groups()
+            try:
+                release_orphaned_placement_groups()
+            except Exception as exc:  # noqa: BLE001 - Ray's internals moved: say so once, let the sweep go on
+                self.last_check = None
+                print(f"warning: cannot release the workers of stopped trials ({type(exc).__name__}: {exc}); "
+                      "a multi-worker trial after an ASHA stop may wait for them", flush=True)
 
 
 def release_orphaned_placement_groups() -> int:

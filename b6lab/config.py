@@ -4,9 +4,10 @@ A config is built in layers (config_sources.py): the defaults below, a preset (`
 file's `preset:` key), the YAML file, each `--set section.key=value`. Keys beside a plugin's name
 (`optim: {name: sgd, momentum: 0.9}`) are the keyword-only arguments of the plugin's factory.
 
-Types are checked and coerced by pydantic (v2, via validation.py): already installed (wandb needs
-it), it validates standard-library dataclasses as they are, so the config stays plain data that
-pickles, and its errors name their exact place, which the one-line messages need.
+Types and ranges are checked, and values coerced, by pydantic (v2, via validation.py): already
+installed (wandb needs it), it validates standard-library dataclasses as they are, so the config
+stays plain data that pickles, and its errors name their exact place, which the one-line messages
+need. A section's validate() checks what relates its keys.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 
@@ -24,17 +25,20 @@ from b6lab import registry, validation
 from b6lab.config_sources import Layers, parse_override, read_yaml
 from b6lab.errors import ConfigError, unknown
 from b6lab.presets import GPU_DEFAULT, PRESETS
+from b6lab.validation import NOT_NEGATIVE, POSITIVE, within
+
+PositiveInt = Annotated[int, POSITIVE]
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: Optional[int] = None  # None: the tokenizer's, rounded up to a multiple of 64
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    d_ff: Optional[int] = None  # None: 4 * d_model
-    max_seq_len: int = 256
-    dropout: float = 0.0
+    vocab_size: Optional[PositiveInt] = None  # None: the tokenizer's, rounded up to a multiple of 64
+    d_model: PositiveInt = 256
+    n_layers: PositiveInt = 4
+    n_heads: PositiveInt = 4
+    d_ff: Optional[PositiveInt] = None  # None: 4 * d_model
+    max_seq_len: PositiveInt = 256
+    dropout: Annotated[float, within(lambda p: 0 <= p < 1, "in [0, 1)")] = 0.0
     bias: bool = False  # biases in the feed-forward layers
     attn_bias: bool = False  # biases in the attention projections
     softmax_scale: Optional[float] = None  # None: 1 / sqrt(head_dim)
@@ -42,9 +46,9 @@ class ModelConfig:
     norm: str = "pre"  # norm placement (a plugin): where the norms go
     norm_layer: Literal["layernorm", "layernorm-nobias", "rmsnorm"] = "layernorm"  # which norm, everywhere
     feedforward: str = "gelu"  # a plugin: gelu | swiglu | relu2 | ...
-    n_kv_heads: Optional[int] = None  # None: n_heads (multi-head); fewer: grouped-query; 1: multi-query
+    n_kv_heads: Optional[PositiveInt] = None  # None: n_heads (multi-head); fewer: grouped-query; 1: multi-query
     qk_norm: bool = False  # normalise each head's queries and keys (with norm_layer) before RoPE
-    logit_softcap: Optional[float] = None  # None: off; c: logits = c * tanh(logits / c) (Gemma 2)
+    logit_softcap: Optional[Annotated[float, POSITIVE]] = None  # None: off; c: logits = c * tanh(logits / c) (Gemma 2)
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
     gradient_checkpointing: bool = False
@@ -65,12 +69,6 @@ class ModelConfig:
         return self.d_ff or 4 * self.d_model
 
     def validate(self) -> None:
-        for key in ("d_model", "n_layers", "n_heads", "max_seq_len"):
-            _positive(self, "model", key)
-        if self.vocab_size is not None:
-            _positive(self, "model", "vocab_size")
-        if self.d_ff is not None:
-            _positive(self, "model", "d_ff")
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"n_heads={self.n_heads} does not divide d_model={self.d_model}", key="model.n_heads"
@@ -80,56 +78,38 @@ class ModelConfig:
                 f"head size d_model/n_heads = {self.head_dim} is odd; RoPE rotates pairs of dimensions",
                 key="model.n_heads",
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}", key="model.dropout")
-        if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+        if self.n_heads % self.kv_heads:
             raise ConfigError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (each key/value head serves "
                 "a group of query heads); leave it unset for multi-head attention",
                 key="model.n_kv_heads",
             )
-        if self.logit_softcap is not None and self.logit_softcap <= 0:
-            raise ConfigError(f"must be a positive number or null (off), got {self.logit_softcap}", key="model.logit_softcap")
 
 
 @dataclass
 class DataConfig:
     source: str = "python-stdlib"
     tokenizer: str = "bpe"
-    seq_len: Optional[int] = None  # None: model.max_seq_len
-    val_fraction: float = 0.02
-    shuffle_buffer: int = 256  # sequences shuffled together
-    num_workers: int = 1  # DataLoader processes tokenizing ahead of the step
-    prefetch_factor: int = 4
+    seq_len: Optional[PositiveInt] = None  # None: model.max_seq_len
+    val_fraction: Annotated[float, within(lambda f: 0 < f < 1, "in (0, 1)")] = 0.02
+    shuffle_buffer: PositiveInt = 256  # sequences shuffled together
+    num_workers: Annotated[int, NOT_NEGATIVE] = 1  # DataLoader processes tokenizing ahead of the step
+    prefetch_factor: PositiveInt = 4
     doc_masking: bool = False  # attend only within a document (passes boundaries to attention)
     cache_dir: Optional[str] = None  # tokenizer cache; None: $B6LAB_CACHE, $XDG_CACHE_HOME/b6lab or ~/.cache/b6lab
     options: dict = field(default_factory=dict)
 
     plugin_keys = {"source": "dataset", "tokenizer": "tokenizer"}
 
-    def validate(self) -> None:
-        if self.seq_len is not None:
-            _positive(self, "data", "seq_len")
-        _positive(self, "data", "shuffle_buffer")
-        _positive(self, "data", "prefetch_factor")
-        if self.num_workers < 0:
-            raise ConfigError(f"must be >= 0, got {self.num_workers}", key="data.num_workers")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"must be in (0, 1), got {self.val_fraction}", key="data.val_fraction")
-
 
 @dataclass
 class OptimConfig:
     name: str = "lion"
-    grad_clip: Optional[float] = 1.0  # max global grad norm; None or 0: no clipping
+    grad_clip: Optional[Annotated[float, NOT_NEGATIVE]] = 1.0  # max global grad norm; None or 0: no clipping
     decay_embeddings: bool = True  # weight decay on embedding matrices too (as nanoGPT)
     options: dict = field(default_factory=dict)  # lr, weight_decay, betas, ...: the optimizer's own
 
     plugin_keys = {"name": "optimizer"}
-
-    def validate(self) -> None:
-        if self.grad_clip is not None and self.grad_clip < 0:
-            raise ConfigError(f"must be >= 0, got {self.grad_clip}", key="optim.grad_clip")
 
 
 @dataclass
@@ -142,32 +122,28 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 8  # sequences per micro-batch
-    grad_accum_steps: int = 1
-    max_steps: int = 400
-    eval_interval: int = 100
-    eval_steps: int = 10
-    log_interval: int = 10
+    batch_size: PositiveInt = 8  # sequences per micro-batch
+    grad_accum_steps: PositiveInt = 1
+    max_steps: PositiveInt = 400
+    eval_interval: PositiveInt = 100
+    eval_steps: PositiveInt = 10
+    log_interval: PositiveInt = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool | Literal["auto"] = "auto"  # auto: on a GPU (off on a CPU, where it ran slower)
     seed: int = 0
-    checkpoint_interval: Optional[int] = None  # None: at every eval
+    checkpoint_interval: Optional[PositiveInt] = None  # None: at every eval
     adaptive_batch: bool = True  # on CUDA out-of-memory, halve the micro-batch, double accumulation
     out_dir: Optional[str] = None  # None: runs/<config name>
-    threads: Optional[int] = None  # CPU threads for torch; None: torch's default
-    z_loss: float = 0.0  # coefficient of the mean squared log-partition added to the loss (PaLM: 1e-4)
+    # CPU threads for torch: auto (from the cores this process may use, how busy they are and the
+    # model's size: train/hardware.py), a number, or None for torch's own default
+    threads: Union[Literal["auto"], PositiveInt, None] = "auto"
+    z_loss: Annotated[float, within(lambda z: z >= 0, ">= 0 (0 turns it off)")] = 0.0  # coefficient of the mean squared log-partition added to the loss (PaLM: 1e-4)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicas, or FSDP2 shards per block
 
     def validate(self) -> None:
-        for key in ("batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_steps", "log_interval"):
-            _positive(self, "train", key)
-        if self.checkpoint_interval is not None:
-            _positive(self, "train", "checkpoint_interval")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"must be auto, cpu, cuda or cuda:N, got {self.device!r}", key="train.device")
-        if self.z_loss < 0:
-            raise ConfigError(f"must be >= 0 (0 turns it off), got {self.z_loss}", key="train.z_loss")
 
 
 @dataclass
@@ -187,12 +163,8 @@ class LoggingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     tensorboard: bool = False  # event files in <run folder>/tensorboard (tensorboardX)
     progress: bool = True  # a bar on a terminal; plain lines when stdout is redirected
-    plain_interval_seconds: float = 30.0  # redirected: a line per log_interval, at most one this often
+    plain_interval_seconds: Annotated[float, NOT_NEGATIVE] = 30.0  # redirected: a line per log_interval, at most one this often
     quiet: bool = False  # only the start line, warnings and the result (`b6lab train --quiet`)
-
-    def validate(self) -> None:
-        if self.plain_interval_seconds < 0:
-            raise ConfigError(f"must be >= 0, got {self.plain_interval_seconds}", key="logging.plain_interval_seconds")
 
 
 @dataclass
@@ -221,12 +193,6 @@ class RunConfig:
 SECTIONS = ("model", "data", "optim", "schedule", "train", "logging")
 # Keys config.yaml carries for the record that a loaded config may hold and that are ignored.
 RECORD_KEYS = ("run",)
-
-
-def _positive(section_obj, section: str, key: str) -> None:
-    value = getattr(section_obj, key)
-    if value <= 0:
-        raise ConfigError(f"must be a positive number, got {value}", key=f"{section}.{key}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +246,7 @@ def _gpu_expected(overrides: list[tuple[str, Any]]) -> bool:
 
 
 def build_config(layers: Layers) -> RunConfig:
-    """Type-check every key (pydantic), then each plugin's options, then each section's validate()."""
+    """Type-check every key and range (pydantic), then each plugin's options, then what relates keys."""
     for key in RECORD_KEYS:
         layers.values.pop(key, None)
     extras: dict[str, dict] = {}
@@ -290,11 +256,10 @@ def build_config(layers: Layers) -> RunConfig:
         obj = getattr(cfg, section)
         if hasattr(obj, "plugin_keys"):
             obj.options = validation.plugin_options(obj, extras.get(section, {}), section, layers)
-        for part in (obj, *(getattr(obj, f.name) for f in dataclasses.fields(obj))):
-            try:
-                getattr(part, "validate", lambda: None)()
-            except ConfigError as exc:
-                raise exc.located(layers.where(exc.key or "")) from None
+        try:
+            getattr(obj, "validate", lambda: None)()
+        except ConfigError as exc:
+            raise exc.located(layers.where(exc.key or "")) from None
     if cfg.data.seq_len is not None and cfg.data.seq_len > cfg.model.max_seq_len:
         raise ConfigError(f"seq_len={cfg.data.seq_len} is longer than model.max_seq_len={cfg.model.max_seq_len}",
                           key="data.seq_len", file=layers.where("data.seq_len"))

@@ -6,8 +6,10 @@ empty, full or partial, so the kernel skips the empty ones. Causal, sliding-wind
 masks are the three here, combined as the call needs them. Compiled (torch.compile), it runs as
 one fused kernel; uncompiled it materialises the whole score matrix (a debugging mode).
 
-On a CPU torch 2.13 has no backward pass for it, so it trains on CUDA GPUs only; its forward
-runs on a CPU (the tests compare it with eager there).
+On a CPU torch 2.13 refuses its backward pass (flex_attention raises "FlexAttention does not
+support backward on CPU" for inputs that require grad, under torch.compile too, and inductor has a
+C++ kernel for the forward only), so it trains on CUDA GPUs only; its forward runs on a CPU (the
+tests compare it with eager there).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """b6lab checkpoints as an lm-evaluation-harness model named `b6lab` (needs the extra `.[eval]`).
 
-lm-evaluation-harness has no entry points for models: a model exists once the module that
-registers it is imported. So run the harness through this module, with lm_eval's own arguments:
+Installing b6lab registers the model with lm-eval (an `lm_eval.models` entry point, and for
+lm-eval 0.4.13 and earlier the start-up hook in lm_eval_hook.py), so lm-eval's own command runs it:
 
-    python -m b6lab.lm_eval_model --model b6lab --model_args checkpoint=runs/x --tasks hellaswag
+    lm_eval --model b6lab --model_args checkpoint=runs/x --tasks hellaswag
 
-or, from Python, `import b6lab.lm_eval_model` before `lm_eval.simple_evaluate(model="b6lab", ...)`.
+and from Python, `lm_eval.simple_evaluate(model="b6lab", ...)`. A checkout used through PYTHONPATH,
+not installed, runs it as `python -m b6lab.lm_eval_model` with the same arguments.
+
 model_args: checkpoint (a checkpoint or run folder), max_length (the model's max_seq_len),
 max_gen_toks (256); lm_eval's own --device (cuda:0, or the CPU without a GPU) and --batch_size (16
 when not a number) apply.

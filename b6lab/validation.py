@@ -47,14 +47,33 @@ def build(cls, data: dict, where: Callable[[str], str | None], verb: str = "expe
         if loc is None:
             return result
     except pydantic.ValidationError as exc:
-        loc, error = exc.errors()[0]["loc"], exc.errors()[0]["type"]
+        first = exc.errors()[0]
+        loc, error = first["loc"], first["type"]
     path, annotation, owner = _place(cls, loc)
     key = prefix + ".".join(path)
     if error in ("extra_forbidden", "unexpected_keyword_argument"):
         message = unknown(path[-1], [f.name for f in dataclasses.fields(owner)], (names or {}).get(".".join(path[:-1]), "key"))
+    elif error == "value_error":  # a `within` check: its own words
+        message = str(first["ctx"]["error"])
     else:
         message = f"{verb} {type_name(annotation)}, got {_value_at(data, path)!r}"
     raise ConfigError(message, key=key, file=where(key))
+
+
+def within(test: Callable[[Any], bool], accepted: str) -> pydantic.AfterValidator:
+    """A check on a value of the right type, for `Annotated[int, within(...)]`: "must be {accepted}, got
+    {value}". Unlike Field(gt=...), it leaves the type's name alone in a type error ("expected an integer")."""
+
+    def check(value):
+        if not test(value):
+            raise ValueError(f"must be {accepted}, got {value}")
+        return value
+
+    return pydantic.AfterValidator(check)
+
+
+POSITIVE = within(lambda value: value > 0, "a positive number")
+NOT_NEGATIVE = within(lambda value: value >= 0, ">= 0")
 
 
 def _from_bool(value, result) -> bool:

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,8 +154,27 @@ QUESTIONS = [
 ]
 
 
+needs_lm_eval = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
+                                   reason="lm-eval is not installed (pip install .[eval])")
+
+
+def installed_python() -> str:
+    """This interpreter, once b6lab's install put its lm-eval hook next to it (pyproject.toml's force-include)."""
+    assert importlib.util.find_spec("_b6lab_lm_eval_hook"), "b6lab's lm-eval hook is not installed: pip install -e ."
+    return sys.executable
+
+
+@needs_lm_eval
+def test_lm_eval_finds_the_b6lab_model_lazily_and_its_own_models_still(tmp_path):
+    probe = ("import sys; from lm_eval.api.registry import get_model; "
+             "print(get_model('dummy').__name__, 'b6lab.lm_eval_model' in sys.modules, get_model('b6lab').__name__)")
+    result = subprocess.run([installed_python(), "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["DummyLM", "False", "B6LabLM"]
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval is not installed (pip install .[eval])")
+@needs_lm_eval
 def test_task_accuracy_matches_lm_eval_and_the_b6lab_model_runs_every_request_type(trained, tmp_path, capsys):
     task = tmp_path / "mc.jsonl"
     task.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
@@ -179,7 +199,8 @@ def test_task_accuracy_matches_lm_eval_and_the_b6lab_model_runs_every_request_ty
             "task": f"b6lab_test_{name}", "dataset_path": "json", "dataset_kwargs": {"data_files": files}, **split, **definition,
         }))
     result = subprocess.run(
-        [sys.executable, "-m", "b6lab.lm_eval_model", "--model", "b6lab", "--model_args", f"checkpoint={trained}",
+        # lm-eval's own command, as a user runs it: `lm_eval --model b6lab ...`
+        [str(Path(installed_python()).parent / "lm_eval"), "--model", "b6lab", "--model_args", f"checkpoint={trained}",
          "--tasks", "b6lab_test_mc,b6lab_test_rolling,b6lab_test_gen", "--include_path", str(tasks),
          "--device", "cpu", "--batch_size", "4", "--output_path", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600,

@@ -1,5 +1,10 @@
 """Hardware-aware choices: precision by device, and fitting the micro-batch into memory."""
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -48,3 +53,40 @@ def test_fitting_turns_on_checkpointing_then_halves_the_micro_batch():
 def test_checkpointing_needs_less_activation_memory():
     cfg = load_config(preset="gpt2-medium")  # 24 layers: the layers' activations outweigh the logits
     assert hardware.activation_bytes(cfg, "bf16", True) < 0.5 * hardware.activation_bytes(cfg, "bf16", False)
+
+
+def test_auto_threads_take_one_for_a_small_model_and_record_why():
+    cfg = load_config(preset="tiny", overrides=["train.device=cpu"])  # 64 wide
+    plan = hardware.plan(cfg, num_params=1000)
+    assert plan.threads == 1 and plan.record()["threads"] == 1
+    assert any("threads: 1 (auto: d_model 64" in note for note in plan.notes)
+    explicit = hardware.plan(load_config(preset="tiny", overrides=["train.device=cpu", "train.threads=3"]), 1000)
+    assert explicit.threads == 3 and not explicit.notes
+    assert hardware.plan(load_config(preset="tiny", overrides=["train.device=cpu", "train.threads=null"]), 1000).threads is None
+
+
+def test_auto_threads_never_exceed_what_torch_was_given():
+    # torch's own thread setting is what OMP_NUM_THREADS, torchrun and a sweep trial's `cpu` set
+    cfg = load_config(preset="cpu-small", overrides=["train.device=cpu"])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert hardware.cpu_threads(cfg)[0] == 1
+    finally:
+        torch.set_num_threads(before)
+    threads, why = hardware.cpu_threads(cfg)
+    assert 1 <= threads <= min(before, os.cpu_count()) and why.startswith(f"threads: {threads} (auto:")
+
+
+def test_auto_threads_leave_the_cores_other_processes_keep_busy():
+    """Real busy processes, one per core: auto then takes one thread, where more would wait on them."""
+    cfg = load_config(preset="cpu-small", overrides=["train.device=cpu"])  # wide enough for several threads
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)
+        threads, why = hardware.cpu_threads(cfg)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert threads == 1 and "busy with other work" in why or (os.cpu_count() == 1 and threads == 1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from b6lab.attention import Documents
-from b6lab.data.packing import TrainBatches, validation_batches
+from b6lab.data.packing import TrainBatches, rebatch, validation_batches
 from b6lab.data.sources import LocalFiles
 from b6lab.errors import DataError
 from b6lab.plugins.tokenizers import ByteTokenizer
@@ -123,3 +123,11 @@ def test_document_boundaries_follow_the_end_of_text_tokens():
     assert docs.max_seqlen == 5
     mask = docs.mask()[0, 0]
     assert mask[2, 0] and not mask[3, 2] and mask[6, 3]
+
+
+def test_rebatch_keeps_the_sequences_and_their_order():
+    batches = [(torch.arange(i * 12, i * 12 + 12).view(3, 4), torch.arange(i * 12, i * 12 + 12).view(3, 4) + 1) for i in range(5)]
+    regrouped = rebatch(batches, 6)
+    assert [x.size(0) for x, _ in regrouped] == [6, 6, 3]
+    assert torch.equal(torch.cat([x for x, _ in regrouped]), torch.cat([x for x, _ in batches]))
+    assert torch.equal(torch.cat([y for _, y in regrouped]), torch.cat([y for _, y in batches]))

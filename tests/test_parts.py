@@ -15,6 +15,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.config import load_config
 from b6lab.errors import ConfigError
+from b6lab.flex_attention import block_mask
 from b6lab.lm_loss import lm_loss
 from b6lab.model import NORM_LAYERS, KVCache
 from b6lab.plugins import attention
@@ -291,6 +292,21 @@ def test_flex_and_flash_v4_say_why_they_cannot_run_here():
     assert "CUDA" in registry.get("attention", "flex").why_unavailable(device="cpu", dtype=torch.float32)
     reason = registry.get("attention", "flash-v4").why_unavailable(device="cpu", dtype=torch.bfloat16)
     assert "not installed" in reason or "CUDA" in reason
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_torch_still_refuses_flex_backward_on_a_cpu(compiled):
+    """Why flex is refused on a CPU: torch's own check (2.13), uncompiled and under torch.compile.
+    When a torch lifts it this fails: then let flex_unavailable allow a CPU and train flex there."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    mask = block_mask(32, 32, causal=True, window=0, docs=None, device="cpu")
+    q = torch.randn(1, 2, 32, 16, requires_grad=True)
+    run = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    with pytest.raises(NotImplementedError, match="does not support backward on CPU"):
+        run(q, q, q, block_mask=mask)
+    assert "refuses FlexAttention's backward pass on a CPU" in registry.get("attention", "flex").why_unavailable(
+        device="cpu", dtype=torch.float32)
 
 
 def test_flash_v4_wrapper_matches_eager_on_a_stand_in(monkeypatch):

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
             usable = "usable" if reason is None else f"not usable here: {reason}"
             options = ", ".join(f"{key} (required)" if key in reg.required else f"{key}={value!r}"
                                 for key, value in reg.options.items())
-            print(f"  {name:<14} {usable}; from {reg.source}")
-            print(f"  {'':<14} {reg.description}" + (f" Options: {options}." if options else ""))
+            print(f"  {name:<18} {usable}; from {reg.source}")
+            print(f"  {'':<18} {reg.description}" + (f" Options: {options}." if options else ""))
     return 0
 
 

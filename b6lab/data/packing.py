@@ -260,3 +260,9 @@ def validation_batches(source, tokenizer, *, seq_len: int, batch_size: int, max_
         )
     tokens = torch.from_numpy(np.stack(blocks))
     return [(b[:, :-1], b[:, 1:]) for b in tokens.split(batch_size)]
+
+
+def rebatch(batches: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The same sequences, in the same order, cut into batches of `batch_size` (the last may be smaller)."""
+    x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    return list(zip(x.split(batch_size), y.split(batch_size)))

@@ -43,10 +43,12 @@ FLEX_NEEDS = Requirements(cuda=True, dropout=False)
 
 
 def flex_unavailable(**context) -> str | None:
-    """flex_attention has no backward pass on a CPU (torch 2.13), so it trains on CUDA GPUs only."""
+    """flex_attention refuses a backward pass on a CPU (torch 2.13, eager and compiled: see
+    docs/architecture.md), so it trains on CUDA GPUs only."""
     reason = FLEX_NEEDS(**context)
     if reason and "CUDA" in reason:
-        return f"{reason}; torch {torch.__version__.split('+')[0]} has no FlexAttention backward pass on a CPU"
+        return (f"{reason}; torch {torch.__version__.split('+')[0]} refuses FlexAttention's backward pass on a CPU, "
+                "compiled or not (\"FlexAttention does not support backward on CPU\"): use sdpa or eager there")
     return reason
 
 

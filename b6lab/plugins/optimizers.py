@@ -1,4 +1,5 @@
-"""Built-in optimizers: Lion (implemented here), torch's AdamW, and Muon (torch's, with AdamW beside it).
+"""Built-in optimizers: Lion (implemented here), torch's AdamW, Muon (torch's, with AdamW beside it)
+and schedule-free AdamW (the `schedulefree` package, an optional extra).
 
 A factory gets the model's parameter groups: the first decays (weight matrices), the second
 has weight_decay 0.0 already set (norms, biases); the factory's `weight_decay` fills in the rest.
@@ -6,6 +7,8 @@ Each group also holds its parameters' names under "param_names" (torch's own key
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 
@@ -149,8 +152,37 @@ def muon(
         raise ConfigError(str(exc), key="optim") from None
 
 
+# What AdamWScheduleFree keeps in its param groups that is state, not a setting: its step count, the
+# sum and peak of its averaging weights, and whether the weights are now y (train) or x (eval). A
+# resumed run takes these from the checkpoint (the trainer's _restore reads `group_state_keys`).
+SCHEDULE_FREE_GROUP_STATE = ("k", "weight_sum", "lr_max", "scheduled_lr", "train_mode")
+
+
+def schedulefree_missing(**_context) -> str | None:
+    if importlib.util.find_spec("schedulefree") is None:
+        return "the schedulefree package is not installed: pip install 'b6lab[schedulefree]'"
+    return None
+
+
+def adamw_schedulefree(
+    param_groups, *, lr: float = 2.5e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+    weight_decay: float = 0.1, warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0,
+):
+    """Schedule-free AdamW (Defazio et al. 2024, schedulefree.AdamWScheduleFree): no LR decay; use schedule.name=constant."""
+    from schedulefree import AdamWScheduleFree
+
+    if warmup_steps < 0:
+        raise ConfigError(f"must be >= 0, got {warmup_steps}", key="optim.warmup_steps")
+    optimizer = AdamWScheduleFree(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                  warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power)
+    optimizer.group_state_keys = SCHEDULE_FREE_GROUP_STATE
+    optimizer.train()  # b6lab trains right after building it; its evaluations and saves call eval()
+    return optimizer
+
+
 @b6lab.hookimpl
 def b6lab_register_optimizer(register):
     register("lion", lion)
     register("adamw", adamw)
     register("muon", muon)
+    register("adamw-schedulefree", adamw_schedulefree, unavailable=schedulefree_missing)

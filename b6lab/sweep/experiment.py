@@ -23,12 +23,12 @@ Every mistake is a ConfigError naming the key and the file: the types are pydant
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-import pydantic
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from b6lab import validation
 from b6lab.config import SECTIONS
@@ -39,7 +39,8 @@ from b6lab.sweep.grid import SEED_KEY, Axis, Base, Experiment, short_name
 
 BASE_KEYS = ("preset", "set", "file")  # beside the config's own sections, which may sit inline
 METRICS = ("val_loss", "val_bpb")  # what every trial reports at each evaluation; minimised
-FORBID = pydantic.ConfigDict(extra="forbid")  # a key the schema lacks is an error, not ignored
+SCHEDULERS = ("asha",)  # each a dataclass below
+FORBID = ConfigDict(extra="forbid")  # a key the schema lacks is an error, not ignored
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
@@ -62,9 +63,6 @@ class Asha:
     max_t: Optional[PositiveInt] = None
     reduction_factor: Optional[Annotated[float, Field(gt=1)]] = None
     brackets: Optional[PositiveInt] = None
-
-
-SCHEDULERS = ("asha",)
 
 
 @dataclass
@@ -159,8 +157,7 @@ def _grid(grid: dict[str, list], file: str) -> list[Axis]:
                 f"e.g. {{optim.name: lion, optim.lr: 3.0e-4}} (got {bad[0]!r}); a single config key needs its "
                 "section, e.g. model.norm", key=where, file=file)
         axis = Axis(key, tuple(values), short_name(key, list(grid)))
-        labels = [axis.label(v) for v in values]
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        repeated = sorted(label for label, times in Counter(map(axis.label, values)).items() if times > 1)
         if repeated:
             raise ConfigError(f"values must differ; {', '.join(repeated)} appears more than once", key=where, file=file)
         axes.append(axis)

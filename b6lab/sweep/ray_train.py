@@ -57,7 +57,7 @@ def train_worker(loop_config: dict) -> None:
     if os.path.isdir(spec["cwd"]):
         os.chdir(spec["cwd"])
     cfg = config_from_dict(spec["config"])
-    if cfg.train.threads is None:
+    if cfg.train.threads in (None, "auto"):
         torch.set_num_threads(spec["threads"])
     run_dir = Path(spec["run_dir"])
 

@@ -66,7 +66,7 @@ def run_trial(config: dict, trials: dict) -> None:
 
         return run_on_workers(spec)
     cfg = config_from_dict(spec["config"])
-    if cfg.train.threads is None:  # else torch takes every core in every trial, and trials fight over them
+    if cfg.train.threads in (None, "auto"):  # else torch takes every core in every trial, and trials fight over them
         torch.set_num_threads(spec["threads"])
 
     def report(record: dict, saved: Path | None) -> None:

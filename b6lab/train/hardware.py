@@ -11,10 +11,13 @@ is printed at start and stored in config.yaml.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import resource
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import psutil
 import torch
 
 from b6lab.config import RunConfig
@@ -34,6 +37,7 @@ class Plan:
     gradient_checkpointing: bool
     compile: bool = False
     memory_gb: float | None = None
+    threads: int | None = None  # torch's CPU threads (None: torch's default)
     notes: tuple[str, ...] = ()
 
     @property
@@ -47,8 +51,9 @@ class Plan:
         memory = f", {self.memory_gb:.0f} GB" if self.memory_gb else ""
         checkpointing = ", gradient checkpointing" if self.gradient_checkpointing else ""
         compiled = ", torch.compile" if self.compile else ""
+        threads = f", {self.threads} thread{'s' * (self.threads > 1)}" if self.threads and self.device == "cpu" else ""
         return (
-            f"{self.device} ({self.device_name}{memory}), {self.precision}, micro-batch {self.batch_size} "
+            f"{self.device} ({self.device_name}{memory}{threads}), {self.precision}, micro-batch {self.batch_size} "
             f"x {self.grad_accum_steps} accumulation{checkpointing}{compiled}"
         )
 
@@ -69,8 +74,6 @@ def peak_memory(device: torch.device, reset: bool = False) -> dict:
         return record
     record = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     with contextlib.suppress(Exception):
-        import psutil
-
         children = psutil.Process().children(recursive=True)
         if children:
             record["children_mb"] = sum(child.memory_full_info().uss for child in children) / 2**20
@@ -107,7 +110,9 @@ def plan(cfg: RunConfig, num_params: int) -> Plan:
     compiled = cfg.train.compile if cfg.train.compile != "auto" else device.type == "cuda"
     notes: list[str] = []
     if device.type == "cpu":
-        return Plan(str(device), _cpu_name(), precision, batch, accum, checkpointing, compiled)
+        threads, why = cpu_threads(cfg)
+        return Plan(str(device), _cpu_name(), precision, batch, accum, checkpointing, compiled,
+                    threads=threads, notes=(why,) if why else ())
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
     total_gb = props.total_memory / 2**30
@@ -115,7 +120,50 @@ def plan(cfg: RunConfig, num_params: int) -> Plan:
     if automatic:
         budget = 0.85 * props.total_memory - model_state_bytes(cfg, num_params)
         batch, accum, checkpointing, notes = fit_micro_batch(cfg, precision, budget, f"{total_gb:.0f} GB")
-    return Plan(f"cuda:{index}", props.name, precision, batch, accum, checkpointing, compiled, total_gb, tuple(notes))
+    threads = cfg.train.threads if isinstance(cfg.train.threads, int) else None  # on a GPU they only feed it
+    return Plan(f"cuda:{index}", props.name, precision, batch, accum, checkpointing, compiled, total_gb, tuple(notes), threads)
+
+
+# Below this width one thread runs a step as fast as two or more (benchmarks/README.md, "Threads"):
+# each matmul is too small to share, and the threads' hand-offs cost more than they save.
+ONE_THREAD_BELOW_D_MODEL = 256
+
+
+def cpu_threads(cfg: RunConfig) -> tuple[int | None, str | None]:
+    """train.threads as torch will use it, and why when `auto` chose it.
+
+    auto: the cores this process may use (its CPU affinity and cgroup quota, and no more than torch
+    was told: OMP_NUM_THREADS, torchrun's share per process, a sweep trial's `cpu` resource), less
+    the cores other processes keep busy now (sampled over 0.1 s: on a loaded machine more threads
+    than free cores wait on each other, and a step can take ten times longer); one thread for a
+    model narrower than ONE_THREAD_BELOW_D_MODEL."""
+    if cfg.train.threads != "auto":
+        return cfg.train.threads, None
+    allowed = min(_usable_cores(), torch.get_num_threads())
+    busy = _busy_cores()
+    free = max(1, min(allowed, round(_total_cores() - busy)))
+    if cfg.model.d_model < ONE_THREAD_BELOW_D_MODEL:
+        return 1, f"threads: 1 (auto: d_model {cfg.model.d_model} < {ONE_THREAD_BELOW_D_MODEL}, one thread is fastest)"
+    reason = f"{allowed} usable" + (f", {busy:.1f} busy with other work" if free < allowed else "")
+    return free, f"threads: {free} (auto: {reason})"
+
+
+def _usable_cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):  # cgroup v2: "max 100000" or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    return cores
+
+
+def _total_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _busy_cores() -> float:
+    """Cores busy with any process's work over the next 0.1 s (psutil reads /proc/stat twice)."""
+    return psutil.cpu_percent(interval=0.1) / 100 * _total_cores()
 
 
 def fit_micro_batch(cfg: RunConfig, precision: str, budget: float, memory: str = "memory") -> tuple[int, int, bool, list[str]]:

@@ -32,7 +32,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.bpb import bits_per_byte, token_byte_lengths
 from b6lab.config import RunConfig, dump_config
-from b6lab.data.packing import TrainBatches, validation_batches
+from b6lab.data.packing import TrainBatches, rebatch, validation_batches
 from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.progress import Progress, progress_mode
 from b6lab.train import checkpoint, diagnostics, distributed, hardware, provenance
@@ -40,6 +40,8 @@ from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull
 from b6lab.train.records import MetricsFile, write_json
 from b6lab.train.run_folder import RunLock, holds_run
 from b6lab.train.trackers import RunLog, check_wandb_login
+
+CPU_EVAL_MICRO_BATCHES = 8  # see val_batches in Trainer._setup
 
 # Called with every eval record and the checkpoint folder written with it (or None): Ray Tune's hook.
 EvalCallback = Callable[[dict, "Path | None"], None]
@@ -118,12 +120,12 @@ class Trainer:
     def _setup(self, saved) -> None:
         cfg = self.cfg
         _seed_everything(cfg.train.seed)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
         self.source = parts.build_source(cfg.data)
         self.tokenizer = distributed.main_first(lambda: parts.build_tokenizer(cfg.data, self.source))
         model_cfg = parts.resolve_vocab(cfg.model, self.tokenizer)
         self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
+        if self.plan.threads:
+            torch.set_num_threads(self.plan.threads)
         state = saved[1] if saved else None
         if saved:
             checkpoint.check_resumable(saved[2], self.cfg.to_dict(), self.say)
@@ -162,12 +164,16 @@ class Trainer:
             prefetch_factor=cfg.data.prefetch_factor, pin_memory=self.device.type == "cuda",
             state=state["data"] if state else None, rank=self.ranks.rank, ranks=self.ranks.world_size,
         )
-        # eval_steps global batches, in micro-batches: the same sequences whatever the accumulation
-        # and the number of processes (each evaluates its share).
-        self.val_batches = distributed.validation_share(validation_batches(
-            self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
-            max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size,
-        ), cfg.train.parallel)
+        # eval_steps global batches: the same sequences whatever the accumulation and the number of
+        # processes (each evaluates its share). A CPU evaluates CPU_EVAL_MICRO_BATCHES micro-batches
+        # per forward: with no gradients to keep, memory allows it, and at CPU model sizes each
+        # operation's fixed cost, not its arithmetic, is what small batches pay for. A GPU keeps the
+        # micro-batch its memory plan chose.
+        val = validation_batches(self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
+                                 max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size)
+        if self.device.type == "cpu":
+            val = rebatch(val, cfg.train.batch_size * CPU_EVAL_MICRO_BATCHES)
+        self.val_batches = distributed.validation_share(val, cfg.train.parallel)
         self.token_bytes = token_byte_lengths(self.tokenizer).to(self.device)
         # Per-block diagnostics read whole gradients and run the blocks outside the model's forward:
         # under FSDP2 both are sharded, so they are recorded alone or with DDP only.
@@ -180,8 +186,9 @@ class Trainer:
 
     def _restore(self, folder, state, _config) -> None:
         # The optimizer's settings are this run's config (a --set optim.weight_decay takes effect);
-        # its state (momenta, step counts) is the checkpoint's.
-        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        # its state (momenta, step counts, and the group entries it names in group_state_keys) is the checkpoint's.
+        kept = ("params", *getattr(self.optimizer, "group_state_keys", ()))
+        settings = [{k: v for k, v in group.items() if k not in kept} for group in self.optimizer.param_groups]
         try:
             distributed.load_checkpoint_state(self.model, self.optimizer, folder, state, self.cfg.train.parallel)
         except RuntimeError as exc:
@@ -196,6 +203,7 @@ class Trainer:
         self.wandb_id = state.get("wandb_id")
         self._window = [torch.tensor(v, device=self.device) for v in state.get("loss_window", [])]
         checkpoint.restore_rng(state["rng"])
+        self._optimizer_mode("train")  # a checkpoint holds a schedule-free optimizer's eval weights
 
     def _record(self) -> dict:
         """What config.yaml records beside the config: versions, plugin sources, automatic choices."""
@@ -397,6 +405,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """{"val_loss": nats per target token, "val_bpb": bits per UTF-8 byte those targets spell}."""
         self.model.eval()
+        self._optimizer_mode("eval")
         nats, targets, n_bytes = (torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(3))
         for x, y, counts in self.val_batches:  # this process's share (all of them, alone)
             x, y = x.to(self.device), y.to(self.device)
@@ -409,13 +418,14 @@ class Trainer:
                 targets += counted.sum()
                 n_bytes += self.token_bytes[y.clamp(min=0)][counted].sum()
         self.model.train()
+        self._optimizer_mode("train")
         nats, targets, n_bytes = distributed.sum_tensor_over_ranks(torch.stack([nats, targets, n_bytes])).tolist()
         return {"val_loss": nats / targets, "val_bpb": bits_per_byte(nats, int(n_bytes))}
 
     def _residual_rms(self) -> list[float] | None:
         if not self.diagnose:
             return None
-        x = self.val_batches[0][0].to(self.device)
+        x = self.val_batches[0][0][: self.cfg.train.batch_size].to(self.device)  # one micro-batch
         docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
         return diagnostics.block_residual_rms(self.model, x, docs, self.autocast)
 
@@ -452,7 +462,22 @@ class Trainer:
     def _position(self) -> dict:
         return {"data": self.batches.state_dict(), "rng": checkpoint.rng_state()}
 
+    def _optimizer_mode(self, mode: str) -> None:
+        """Schedule-free optimizers take gradients at one point (y) and evaluate at another (x, an
+        average): their train()/eval() move the weights between the two (as transformers' Trainer
+        calls them). Evaluation and checkpoints see x; the steps, y."""
+        switch = getattr(self.optimizer, mode, None)
+        if callable(switch):
+            switch()
+
     def _save(self, name: str) -> Path | None:
+        self._optimizer_mode("eval")  # the checkpoint holds the weights evaluation sees
+        try:
+            return self._write_checkpoint(name)
+        finally:
+            self._optimizer_mode("train")
+
+    def _write_checkpoint(self, name: str) -> Path | None:
         """Write checkpoints/<name> of the state between steps (mid-step: of the step's start): the main
         rank writes it (under FSDP2 of several processes, every rank its shards and the main one the
         rest). Raises Diverged rather than save a non-finite state, DiskFull when the disk runs out."""
@@ -503,6 +528,9 @@ class Trainer:
                                                 self.plan.grad_accum_steps, cfg.seq_len))
         for note in self.plan.notes:
             self.say(f"  {note}")
+        if callable(getattr(self.optimizer, "eval", None)) and cfg.schedule.name != "constant":
+            self.say(f"  note: optimizer {cfg.optim.name} is schedule-free (no decay needed; warmup is optim.warmup_steps): "
+                     f"schedule.name={cfg.schedule.name} scales its lr on top; schedule.name=constant is how it is meant to run")
         self.say(f"  data: {cfg.data.source} ({self.source.fingerprint}), tokenizer {cfg.data.tokenizer} "
                  f"({self.tokenizer.vocab_size} ids), {cfg.seq_len} tokens per sequence")
         self.say(f"  writing to {self.out_dir}")

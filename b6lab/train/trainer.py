@@ -189,6 +189,7 @@ class Trainer:
         # its state (momenta, step counts, and the group entries it names in group_state_keys) is the checkpoint's.
         kept = ("params", *getattr(self.optimizer, "group_state_keys", ()))
         settings = [{k: v for k, v in group.items() if k not in kept} for group in self.optimizer.param_groups]
+        self._optimizer_mode("train")  # loading sharded state may step the fresh optimizer (to create its state)
         try:
             distributed.load_checkpoint_state(self.model, self.optimizer, folder, state, self.cfg.train.parallel)
         except RuntimeError as exc:

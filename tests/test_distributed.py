@@ -285,3 +285,22 @@ def test_multi_worker_trials_resume_retry_and_stop_early_under_asha(tmp_path):
 
     bad = summary_of(storage / "trials" / "trial=bad,seed=0")
     assert bad["status"] == "stopped" and "asha" in bad["reason"] and bad["steps"] < 12
+
+
+def test_the_driver_records_a_multi_worker_trial_tune_stopped(tmp_path):
+    from types import SimpleNamespace
+
+    from b6lab.sweep.ray_train import TrainTrialEnds
+
+    ends = TrainTrialEnds({"a": str(tmp_path / "a"), "b": str(tmp_path / "b"), "c": str(tmp_path / "c")}, "asha")
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    (tmp_path / "c" / "summary.json").write_text(json.dumps({"status": "completed", "steps": 12}))
+    result = {"max_steps": 12, "val_loss": 5.0, "best_val_loss": 4.9, "tokens": 2048}
+    for name, step in (("a", 4), ("b", 12), ("c", 12)):
+        ends.on_trial_complete(0, [], SimpleNamespace(last_result=result | {"trial": name, "step": step}))
+    a = summary_of(tmp_path / "a")
+    assert a["status"] == "stopped" and a["reason"].startswith("stopped at step 4: the asha scheduler")
+    assert (a["steps"], a["final_val_loss"], a["best_val_loss"], a["tokens"]) == (4, 5.0, 4.9, 2048)
+    assert summary_of(tmp_path / "b")["status"] == "completed"  # stopped at its last report: nothing left to do
+    assert summary_of(tmp_path / "c") == {"status": "completed", "steps": 12}  # the workers' own summary stays

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from b6lab.data.packing import rebatch
 from b6lab.errors import ConfigError, UsageError
 from b6lab.train import checkpoint
 
@@ -208,12 +209,16 @@ def full_value(value: torch.Tensor) -> float:
     return float(value)
 
 
-def validation_share(batches: list, parallel: str) -> list[tuple]:
-    """This rank's share of the validation batches: every N-th, as (x, y, counted). FSDP2 runs its
-    forward collectively, so a rank with one batch fewer repeats one, uncounted."""
+def validation_share(batches: list, parallel: str, merged: int = 1) -> list[tuple]:
+    """This rank's share of the validation micro-batches: every N-th, `merged` of them per forward, as
+    (x, y, counted). Merged after sharing, so that every rank has some. FSDP2 runs its forward
+    collectively, so a rank with one batch fewer repeats one, uncounted."""
     ranks = current()
-    share = [(x, y, True) for x, y in batches[ranks.rank::ranks.world_size]]
-    longest = -(-len(batches) // ranks.world_size)
+    mine = batches[ranks.rank::ranks.world_size]
+    if merged > 1 and mine:
+        mine = rebatch(mine, len(mine[0][0]) * merged)
+    share = [(x, y, True) for x, y in mine]
+    longest = -(-(-(-len(batches) // ranks.world_size)) // merged)
     if parallel == "fsdp" and ranks.world_size > 1:
         share += [(batches[0][0], batches[0][1], False)] * (longest - len(share))
     return share

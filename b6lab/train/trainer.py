@@ -32,7 +32,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.bpb import bits_per_byte, token_byte_lengths
 from b6lab.config import RunConfig, dump_config
-from b6lab.data.packing import TrainBatches, rebatch, validation_batches
+from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.progress import Progress, progress_mode
 from b6lab.train import checkpoint, diagnostics, distributed, hardware, provenance
@@ -171,9 +171,8 @@ class Trainer:
         # micro-batch its memory plan chose.
         val = validation_batches(self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
                                  max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size)
-        if self.device.type == "cpu":
-            val = rebatch(val, cfg.train.batch_size * CPU_EVAL_MICRO_BATCHES)
-        self.val_batches = distributed.validation_share(val, cfg.train.parallel)
+        merged = CPU_EVAL_MICRO_BATCHES if self.device.type == "cpu" else 1
+        self.val_batches = distributed.validation_share(val, cfg.train.parallel, merged)
         self.token_bytes = token_byte_lengths(self.tokenizer).to(self.device)
         # Per-block diagnostics read whole gradients and run the blocks outside the model's forward:
         # under FSDP2 both are sharded, so they are recorded alone or with DDP only.

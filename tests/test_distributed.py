@@ -20,6 +20,7 @@ from b6lab import parts
 from b6lab.cli import main
 from b6lab.config import load_config
 from b6lab.data.packing import TrainBatches
+from b6lab.train import checkpoint
 from b6lab.train.trainer import Trainer
 
 STEPS = 16
@@ -109,20 +110,43 @@ def test_a_killed_rank_resumes_to_the_same_losses(two_processes, tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_matches_one_process_and_resumes_on_another_number_of_processes(tmp_path):
-    # A constant learning rate, so that stopping at step 8 and going on to 16 is one run of 16.
+def test_fsdp_checkpoints_are_sharded_and_resume_on_another_number_of_processes(tmp_path, capsys):
+    # A constant learning rate, so that a run stopped and resumed twice is one run of 16 steps.
     constant = "schedule.name=constant"
-    reference = records(one_process(tmp_path / "one", "train.batch_size=8", constant), "loss")
+    reference = one_process(tmp_path / "one", "train.batch_size=8", constant)
     out_dir = tmp_path / "fsdp"
-    process = torchrun(out_dir, "--set=train.parallel=fsdp", f"--set={constant}", f"--set=train.max_steps={STEPS // 2}")
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    assert "(fsdp, gloo)" in output
-    assert records(out_dir, "loss") == pytest.approx(reference[: STEPS // 2], abs=TOLERANCE)
 
-    cfg = load_config(out_dir / "config.yaml", overrides=[f"train.max_steps={STEPS}"])
-    Trainer(cfg, out_dir, resume=True, say=lambda _: None).run()  # one process, micro-batch 8
-    assert records(out_dir, "loss") == pytest.approx(reference, abs=TOLERANCE)
+    def two_fsdp_processes(steps: int, *extra: str) -> str:
+        process = torchrun(out_dir, "--set=train.parallel=fsdp", f"--set={constant}", f"--set=train.max_steps={steps}", *extra)
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        return output
+
+    assert "(fsdp, gloo)" in two_fsdp_processes(STEPS // 2)
+    assert records(out_dir, "loss") == pytest.approx(records(reference, "loss")[: STEPS // 2], abs=TOLERANCE)
+    # Each rank wrote its own shards through torch.distributed.checkpoint, rank 0 the index and the rest.
+    written = {p.name for p in (out_dir / "checkpoints" / "last").iterdir()}
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "state.pt", "config.yaml", "COMPLETE"} <= written
+    assert "model.pt" not in written
+
+    # 2 processes -> 1 (micro-batch 8): DCP reshards into the whole tensors of one process ...
+    cfg = load_config(out_dir / "config.yaml", overrides=[f"train.max_steps={3 * STEPS // 4}"])
+    Trainer(cfg, out_dir, resume=True, say=lambda _: None).run()
+    assert "model.pt" in {p.name for p in (out_dir / "checkpoints" / "last").iterdir()}
+    # ... and 1 -> 2: each process keeps its shard of the one-process checkpoint.
+    assert "resuming at step 12" in two_fsdp_processes(STEPS, "--resume")
+    assert records(out_dir, "loss") == pytest.approx(records(reference, "loss"), abs=TOLERANCE)
+    assert checkpoint.is_sharded(out_dir / "checkpoints" / "last")
+
+    # One process (eval, generate) reads the sharded checkpoint whole: the same weights as the reference's.
+    losses = []
+    for run in (out_dir, reference):
+        capsys.readouterr()
+        assert main(["eval", str(run / "checkpoints" / "last"), "--set", "train.batch_size=8", "--max-batches", "4",
+                     "--json"]) == 0
+        losses.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=TOLERANCE)
+    assert main(["generate", str(out_dir / "checkpoints" / "last"), "--prompt", "a", "--max-new-tokens", "8"]) == 0
 
 
 def sweep_file(folder: Path, workers: int) -> Path:
@@ -161,3 +185,122 @@ def test_no_processes_is_a_one_line_error(capsys, tiny_overrides):
     code = main(["train", "--preset", "tiny", "--nproc", "0", *[f"--set={s}" for s in tiny_overrides]])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--nproc must be at least 1, got 0" in err
+
+
+# An attention backend for the multi-worker sweep below: on rank 0, the first time its trial's
+# checkpoints/last holds step 4 it hangs (the sweep's driver is then killed), the first time it holds
+# step 8 it fails (the trial is then retried). Its own markers say what it has done.
+FLAKY_PARTS = '''
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import b6lab
+from b6lab.attention import attention_mask
+
+
+def flaky(context, *, marker: str = "", watch: str = ""):
+    def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
+        if torch.is_grad_enabled() and dist.is_initialized() and dist.get_rank() == 0:
+            try:
+                step = json.loads(open(watch).read())["step"]
+            except (OSError, ValueError):
+                step = 0
+            if step == 4 and not os.path.exists(marker + ".hung"):
+                open(marker + ".hung", "w").close()
+                time.sleep(600)
+            if step == 8 and not os.path.exists(marker + ".failed"):
+                open(marker + ".failed", "w").close()
+                raise RuntimeError("boom: the flaky attention failed once")
+        mask = attention_mask(q.size(-2), k.size(-2), causal, docs, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return attend
+
+
+@b6lab.hookimpl
+def b6lab_register_attention(register):
+    register("flaky", flaky)
+'''
+
+
+def summary_of(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+
+
+@pytest.mark.slow
+def test_multi_worker_trials_resume_retry_and_stop_early_under_asha(tmp_path):
+    """One sweep of two 2-worker trials under ASHA: the good one (flaky) is interrupted by a SIGKILL of
+    the sweep's driver after its step-4 checkpoint, resumed by `--resume`, fails once after its step-8
+    checkpoint and is retried from there to the end; the bad one (a learning rate too small to learn)
+    is then stopped by ASHA at a rung (step 4 or 8), where the good one's loss is far lower."""
+    import ray
+
+    (tmp_path / "flaky_parts.py").write_text(FLAKY_PARTS)
+    storage, marker = tmp_path / "sweep", tmp_path / "flaky"
+    good = storage / "trials" / "trial=good,seed=0"
+    settings = dict(s.split("=") for s in [*SETTINGS, "train.batch_size=4", "train.max_steps=12", "train.eval_interval=4",
+                                           "train.checkpoint_interval=4", "train.eval_steps=1"])
+    sweep = {
+        "name": "workers", "base": {"preset": "tiny", "set": {k: yaml.safe_load(v) for k, v in settings.items()}},
+        "plugins": ["flaky_parts.py"], "seeds": [0], "storage": str(storage),
+        "grid": {"trial": [
+            {"label": "good", "model.attention": "flaky", "model.marker": str(marker),
+             "model.watch": str(good / "checkpoints" / "last" / "COMPLETE")},
+            {"label": "bad", "model.attention": "sdpa", "optim.lr": 1e-7},
+        ]},
+        "resources": {"workers": 2, "cpu": 1}, "max_concurrent": 1, "max_failures": 1,
+        "scheduler": {"name": "asha", "grace_period": 4, "reduction_factor": 2},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))  # after Ray's start: its token is in it
+    try:
+        command = [sys.executable, "-m", "b6lab", "sweep", str(path), "--address", ray.get_runtime_context().gcs_address]
+        with open(tmp_path / "first.log", "w") as log:
+            driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 180
+            while not Path(str(marker) + ".hung").exists():
+                assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+                time.sleep(0.2)
+            time.sleep(1)  # let Tune write down its state, as it would have long before in a real run
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
+        resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        ray.shutdown()
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output
+
+    log = (good / "train.log").read_text()
+    assert "resuming at step 4" in log and "resuming at step 8" in log  # after the kill, after the failure
+    assert "retrying trial=good,seed=0 after" in output and "boom: the flaky attention failed once" in output
+    assert summary_of(good)["status"] == "completed" and summary_of(good)["steps"] == 12
+    evals = [r["step"] for r in map(json.loads, (good / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert evals == [4, 8, 12]  # one record each, though it ran in three worker groups
+
+    bad = summary_of(storage / "trials" / "trial=bad,seed=0")
+    assert bad["status"] == "stopped" and "asha" in bad["reason"] and bad["steps"] < 12
+
+
+def test_the_driver_records_a_multi_worker_trial_tune_stopped(tmp_path):
+    from types import SimpleNamespace
+
+    from b6lab.sweep.ray_train import TrainTrialEnds
+
+    ends = TrainTrialEnds({"a": str(tmp_path / "a"), "b": str(tmp_path / "b"), "c": str(tmp_path / "c")}, "asha")
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    (tmp_path / "c" / "summary.json").write_text(json.dumps({"status": "completed", "steps": 12}))
+    result = {"max_steps": 12, "val_loss": 5.0, "best_val_loss": 4.9, "tokens": 2048}
+    for name, step in (("a", 4), ("b", 12), ("c", 12)):
+        ends.on_trial_complete(0, [], SimpleNamespace(last_result=result | {"trial": name, "step": step}))
+    a = summary_of(tmp_path / "a")
+    assert a["status"] == "stopped" and a["reason"].startswith("stopped at step 4: the asha scheduler")
+    assert (a["steps"], a["final_val_loss"], a["best_val_loss"], a["tokens"]) == (4, 5.0, 4.9, 2048)
+    assert summary_of(tmp_path / "b")["status"] == "completed"  # stopped at its last report: nothing left to do
+    assert summary_of(tmp_path / "c") == {"status": "completed", "steps": 12}  # the workers' own summary stays

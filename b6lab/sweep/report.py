@@ -18,6 +18,8 @@ def sweep_header(exp, trials) -> str:
     seeds = f"{len(exp.seeds)} seed" + ("s" if len(exp.seeds) > 1 else "")
     shape = " x ".join([f"{len(axis.values)} {axis.short}" for axis in exp.grid] + [seeds])
     per_trial = f"{exp.cpus:g} CPU" + (f" + {exp.gpus:g} GPU" if exp.gpus else "")
+    if exp.workers > 1:
+        per_trial = f"{exp.workers} workers x {per_trial}"
     at_once = f"at most {exp.max_concurrent} at a time" if exp.max_concurrent else "as many at a time as fit"
     early = f"; early stopping: {exp.scheduler['name']}" if exp.scheduler else ""
     return (f"{exp.name}: {len(trials)} trials ({shape}), {per_trial} per trial, {at_once}{early}\n"

@@ -274,8 +274,9 @@ def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: 
     from ray import tune
 
     from b6lab.sweep.progress import SweepProgress
+    from b6lab.sweep.ray_train import TrainTrialEnds
 
-    names = {t.key: t.name for t in trials}
+    names, run_dirs = {t.key: t.name for t in trials}, {t.name: str(t.run_dir) for t in trials}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, trials={t.key: trial_spec(t, exp) for t in trials}),
         # A trial of several workers is only their driver: Ray Train reserves the workers' resources
@@ -302,7 +303,8 @@ def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: 
                 name=exp.ray_dir.name, storage_path=str(exp.ray_dir.parent), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the last one is all a restart needs
-                callbacks=[SweepProgress(names, {t.name: str(t.run_dir) for t in trials}, len(trials), quiet)],
+                callbacks=[SweepProgress(names, run_dirs, len(trials), quiet)]
+                + ([TrainTrialEnds(run_dirs, exp.scheduler and exp.scheduler["name"])] if exp.workers > 1 else []),
             ),
         )
     return tuner.fit()

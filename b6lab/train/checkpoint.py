@@ -4,6 +4,11 @@ A checkpoint is a folder (`checkpoints/last`, `checkpoints/best`) holding model.
 (optimizer, scaler, RNG, data position, step and counters), config.yaml, the tokenizer, and
 last of all COMPLETE (its step): a folder without that marker was cut off mid-write.
 
+An FSDP run of several processes writes the weights and optimizer state sharded instead, through
+torch.distributed.checkpoint: each process writes its own shards (`__<rank>_0.distcp`), rank 0 the
+index (`.metadata`) and the rest; DCP reshards them when the run resumes on another number of
+processes, and a single process (`b6lab generate`, `eval`, `export`) reads them whole.
+
 A save writes `<name>.tmp-PID`, marks it complete, renames the current `<name>` to `<name>.old`,
 renames the temporary to `<name>` and only then deletes `<name>.old`: at every instant one of
 the three is a complete checkpoint, and `find` takes the newest complete one. `tidy` (at the
@@ -12,12 +17,14 @@ start of a run, which holds the folder's lock) puts that one back in place and r
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import pickle
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,7 @@ from b6lab.errors import ConfigError, DataError, exception_line
 
 TOKENIZER_FILE = "tokenizer.pkl"
 MARKER = "COMPLETE"  # written last; holds {"step": N}
+SHARDS_INDEX = ".metadata"  # torch.distributed.checkpoint's index of the shard files
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -39,24 +47,96 @@ class DiskFull(Exception):
 def save(folder: Path, *, model_state: dict, state: dict, config: dict, extra: dict | None = None) -> None:
     """`extra` maps file names to objects pickled beside (the tokenizer, so sampling needs no corpus)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    old = folder.with_name(f"{folder.name}.old")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    partial = _new_partial(folder)
+    with _cleaned_up_on_error(partial, folder):
         partial.mkdir()
         _write(partial / "model.pt", lambda f: torch.save(model_state, f))
-        _write(partial / "state.pt", lambda f: torch.save(state, f))
-        _write(partial / "config.yaml", lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))
-        for name, obj in (extra or {}).items():
-            _write(partial / name, lambda f: pickle.dump(obj, f))
-        _write(partial / MARKER, lambda f: f.write(json.dumps({"step": state["step"]}).encode()))
+    _complete(partial, folder, state, config, extra)
+
+
+def save_sharded(folder: Path, *, shards: dict, state: dict, config: dict, extra: dict | None = None,
+                 needed_bytes: float = 0) -> None:
+    """`save` for an FSDP run of several processes; every process calls it. `shards` is this rank's
+    part of the state ({"model": ..., "optimizer": ...}, DTensors by parameter name): each process
+    writes its own shards, then rank 0 (once all are written) the rest and the marker. An error on
+    any rank (DiskFull when rank 0 sees less than `needed_bytes` free) is raised on every rank."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    folder, main = Path(folder), dist.get_rank() == 0
+    box: list = [None]
+    if main:
+        try:
+            check_space(folder, needed_bytes)
+            box[0] = _new_partial(folder)
+            with _cleaned_up_on_error(box[0], folder):
+                box[0].mkdir()
+        except Exception as exc:  # noqa: BLE001 - handed to every rank
+            box[0] = exc
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    partial = box[0]
+    try:
+        dcp.save(shards, checkpoint_id=partial)
+    except CheckpointException as exc:
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)
+        errors = [failure[0] for failure in exc.failures.values()]
+        full = [e for e in errors if isinstance(e, OSError) and e.errno in DISK_FULL]
+        if full:
+            raise DiskFull(f"{os.strerror(full[0].errno).lower()} writing {folder}") from None
+        raise
+    dist.barrier()  # every rank's shards are on disk before the marker says the folder is complete
+    box = [None]
+    if main:
+        try:
+            _complete(partial, folder, state, config, extra)
+        except Exception as exc:  # noqa: BLE001 - handed to every rank
+            box[0] = exc
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise box[0]
+
+
+def check_space(folder: Path, needed_bytes: float) -> None:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder.parent).free
+    if free < needed_bytes:
+        raise DiskFull(f"{free / 2**20:.0f} MB free, checkpoints/{folder.name} needs ~{needed_bytes / 2**20:.0f} MB")
+
+
+def _new_partial(folder: Path) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    return partial
+
+
+@contextlib.contextmanager
+def _cleaned_up_on_error(partial: Path, folder: Path):
+    """A failed write removes the temporary; a full disk is DiskFull."""
+    try:
+        yield
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if exc.errno in DISK_FULL:
             raise DiskFull(f"{os.strerror(exc.errno).lower()} writing {folder}") from None
         raise
+
+
+def _complete(partial: Path, folder: Path, state: dict, config: dict, extra: dict | None) -> None:
+    """Write the rest of the checkpoint into `partial`, the marker last, and swap it in as `folder`."""
+    with _cleaned_up_on_error(partial, folder):
+        _write(partial / "state.pt", lambda f: torch.save(state, f))
+        _write(partial / "config.yaml", lambda f: f.write(yaml.safe_dump(config, sort_keys=False).encode()))
+        for name, obj in (extra or {}).items():
+            _write(partial / name, lambda f: pickle.dump(obj, f))
+        _write(partial / MARKER, lambda f: f.write(json.dumps({"step": state["step"]}).encode()))
     _fsync(partial)
+    old = folder.with_name(f"{folder.name}.old")
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)  # `folder` is complete: this older copy is not needed
         os.replace(folder, old)
@@ -132,18 +212,58 @@ def describe(folder: Path) -> str:
     return f"{folder} holds {', '.join(words)}"
 
 
-def load(folder: Path, map_location="cpu") -> tuple[dict, dict, dict]:
-    """(model state, trainer state, config dict) of a checkpoint folder."""
+def load(folder: Path) -> tuple[dict, dict, dict]:
+    """(model state, trainer state, config dict) of a checkpoint folder (the newest complete copy);
+    sharded weights are put together whole in this process."""
     found = find(folder)
     if found is None:
         raise DataError(f"no checkpoint in {folder} (expected model.pt, state.pt and {MARKER})")
+    return read_weights(found), *read_state(found)
+
+
+def is_sharded(folder: Path) -> bool:
+    """Whether a checkpoint's weights and optimizer state are torch.distributed.checkpoint shards."""
+    return (Path(folder) / SHARDS_INDEX).is_file()
+
+
+def read_state(folder: Path) -> tuple[dict, dict]:
+    """(trainer state, config dict) of one complete checkpoint folder."""
+    with _readable(folder):
+        return torch.load(folder / "state.pt", map_location="cpu", weights_only=False), \
+            yaml.safe_load((folder / "config.yaml").read_text())
+
+
+def read_weights(folder: Path) -> dict:
+    """The model's state dict of one complete checkpoint folder, on the CPU, whole."""
+    with _readable(folder):
+        if not is_sharded(folder):
+            return torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        import torch.distributed.checkpoint as dcp
+
+        # DCP loads into tensors it is given: empty ones of the shapes its index records.
+        index = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
+        weights = {key.removeprefix("model."): torch.empty(entry.size, dtype=entry.properties.dtype)
+                   for key, entry in index.items() if key.startswith("model.") and hasattr(entry, "chunks")}
+        load_shards({"model": weights}, folder)
+        return weights
+
+
+def load_shards(state_dict: dict, folder: Path) -> None:
+    """Fill `state_dict` (tensors, DTensors) in place from a sharded checkpoint, resharding as needed:
+    collectively when a process group is up, else in this process alone."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # DCP warns that it loads in one process: here that is the intent
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state_dict, checkpoint_id=folder)
+
+
+@contextlib.contextmanager
+def _readable(folder: Path):
     try:
-        model_state = torch.load(found / "model.pt", map_location=map_location, weights_only=True)
-        state = torch.load(found / "state.pt", map_location=map_location, weights_only=False)
-        config = yaml.safe_load((found / "config.yaml").read_text())
+        yield
     except Exception as exc:
-        raise DataError(f"checkpoint {found} is unreadable ({exception_line(exc, 120)})") from exc
-    return model_state, state, config
+        raise DataError(f"checkpoint {folder} is unreadable ({exception_line(exc, 120)})") from exc
 
 
 def load_tokenizer(folder: Path):

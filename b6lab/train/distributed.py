@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from b6lab.data.packing import rebatch
 from b6lab.errors import ConfigError, UsageError
+from b6lab.train import checkpoint
 
 
 @dataclass(frozen=True)
@@ -207,12 +209,16 @@ def full_value(value: torch.Tensor) -> float:
     return float(value)
 
 
-def validation_share(batches: list, parallel: str) -> list[tuple]:
-    """This rank's share of the validation batches: every N-th, as (x, y, counted). FSDP2 runs its
-    forward collectively, so a rank with one batch fewer repeats one, uncounted."""
+def validation_share(batches: list, parallel: str, merged: int = 1) -> list[tuple]:
+    """This rank's share of the validation micro-batches: every N-th, `merged` of them per forward, as
+    (x, y, counted). Merged after sharing, so that every rank has some. FSDP2 runs its forward
+    collectively, so a rank with one batch fewer repeats one, uncounted."""
     ranks = current()
-    share = [(x, y, True) for x, y in batches[ranks.rank::ranks.world_size]]
-    longest = -(-len(batches) // ranks.world_size)
+    mine = batches[ranks.rank::ranks.world_size]
+    if merged > 1 and mine:
+        mine = rebatch(mine, len(mine[0][0]) * merged)
+    share = [(x, y, True) for x, y in mine]
+    longest = -(-(-(-len(batches) // ranks.world_size)) // merged)
     if parallel == "fsdp" and ranks.world_size > 1:
         share += [(batches[0][0], batches[0][1], False)] * (longest - len(share))
     return share
@@ -235,36 +241,49 @@ def resumed_micro_batch(state: dict) -> int:
     return global_batch // world_size
 
 
-def checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, parallel: str) -> tuple[dict, dict]:
-    """(model state, optimizer state) for a checkpoint. Under FSDP2 every rank must call it: the
-    shards are gathered (through torch.distributed.checkpoint's state_dict API) into full, unsharded
-    tensors on the CPU, keyed by parameter name, so the checkpoint loads on any number of processes
-    and `b6lab generate` reads it like any other."""
-    if parallel != "fsdp":
-        return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """This rank's part of the model and optimizer state, keyed by parameter name (DTensor shards
+    under FSDP2, whole tensors otherwise): what torch.distributed.checkpoint saves and loads into."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
 
 
-def load_checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                          optimizer_state: dict, parallel: str) -> None:
-    """The inverse of checkpoint_state; under FSDP2 each rank keeps its shard of the full tensors."""
-    if parallel != "fsdp":
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+def load_checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder, state: dict,
+                          parallel: str) -> None:
+    """The weights and optimizer state of checkpoint `folder` (whose trainer state is `state`) into
+    this run's model, whatever the number of processes of the run that wrote it: sharded ones are
+    resharded by torch.distributed.checkpoint, a whole one is loaded by every rank (under FSDP2 each
+    keeps its shard of it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, model_state, options=options)
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+    if checkpoint.is_sharded(folder):
+        shards = sharded_state(model, optimizer)
+        checkpoint.load_shards(shards, folder)
+        set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    elif parallel == "fsdp" and current().world_size > 1:
+        set_state_dict(model, optimizer, model_state_dict=checkpoint.read_weights(folder),
+                       optim_state_dict=_keyed_by_name(state["optimizer"], model, optimizer),
+                       options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(checkpoint.read_weights(folder))
+        optimizer.load_state_dict(state["optimizer"])
+
+
+def _keyed_by_name(optimizer_state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """An optimizer's state_dict (parameters numbered in the order of its groups) keyed by parameter
+    name instead, as torch.distributed.checkpoint's state_dict API takes it."""
+    names = {param: name for name, param in model.named_parameters()}
+    order = [names[param] for group in optimizer.param_groups for param in group["params"]]
+    return {"state": {order[number]: value for number, value in optimizer_state["state"].items()},
+            "param_groups": [group | {"params": [order[number] for number in group["params"]]}
+                             for group in optimizer_state["param_groups"]]}
 
 
 def saves_alone(parallel: str) -> bool:
-    """Whether rank 0 can write a checkpoint without the others (not under FSDP2, whose shards it
-    must gather: after a crash the other ranks may be gone)."""
+    """Whether rank 0 writes checkpoints alone (else every rank writes its shards, FSDP2 over
+    several processes: after a crash the other ranks may be gone, and nothing can be saved)."""
     return parallel != "fsdp" or current().world_size == 1
 
 

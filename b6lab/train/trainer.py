@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import math
 import random
-import shutil
 import signal
 import threading
 import time
@@ -33,7 +32,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.bpb import bits_per_byte, token_byte_lengths
 from b6lab.config import RunConfig, dump_config
-from b6lab.data.packing import TrainBatches, rebatch, validation_batches
+from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.progress import Progress, progress_mode
 from b6lab.train import checkpoint, diagnostics, distributed, hardware, provenance
@@ -113,7 +112,7 @@ class Trainer:
         if found is None:
             self.say(f"nothing to resume in {self.out_dir}: starting a new run there")
             return None
-        return checkpoint.load(found)
+        return found, *checkpoint.read_state(found)  # the weights are read once the model is built
 
     # -----------------------------------------------------------------------------------------
     # Setup
@@ -172,9 +171,8 @@ class Trainer:
         # micro-batch its memory plan chose.
         val = validation_batches(self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
                                  max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size)
-        if self.device.type == "cpu":
-            val = rebatch(val, cfg.train.batch_size * CPU_EVAL_MICRO_BATCHES)
-        self.val_batches = distributed.validation_share(val, cfg.train.parallel)
+        merged = CPU_EVAL_MICRO_BATCHES if self.device.type == "cpu" else 1
+        self.val_batches = distributed.validation_share(val, cfg.train.parallel, merged)
         self.token_bytes = token_byte_lengths(self.tokenizer).to(self.device)
         # Per-block diagnostics read whole gradients and run the blocks outside the model's forward:
         # under FSDP2 both are sharded, so they are recorded alone or with DDP only.
@@ -185,14 +183,14 @@ class Trainer:
         if self.ranks.is_main:
             dump_config(cfg, self.out_dir / "config.yaml", self.record)
 
-    def _restore(self, model_state, state, _config) -> None:
+    def _restore(self, folder, state, _config) -> None:
         # The optimizer's settings are this run's config (a --set optim.weight_decay takes effect);
         # its state (momenta, step counts, and the group entries it names in group_state_keys) is the checkpoint's.
         kept = ("params", *getattr(self.optimizer, "group_state_keys", ()))
         settings = [{k: v for k, v in group.items() if k not in kept} for group in self.optimizer.param_groups]
+        self._optimizer_mode("train")  # loading sharded state may step the fresh optimizer (to create its state)
         try:
-            distributed.load_checkpoint_state(self.model, self.optimizer, model_state, state["optimizer"],
-                                              self.cfg.train.parallel)
+            distributed.load_checkpoint_state(self.model, self.optimizer, folder, state, self.cfg.train.parallel)
         except RuntimeError as exc:
             raise DataError(f"the checkpoint in {self.ckpt_dir} does not fit this run's model "
                             f"({exception_line(exc, 200)})") from None
@@ -480,22 +478,18 @@ class Trainer:
             self._optimizer_mode("train")
 
     def _write_checkpoint(self, name: str) -> Path | None:
-        """Write checkpoints/<name> of the state between steps (mid-step: of the step's start); every
-        rank takes part (FSDP gathers its shards), the main one writes. Raises Diverged rather than
-        save a non-finite state, DiskFull when the disk runs out."""
+        """Write checkpoints/<name> of the state between steps (mid-step: of the step's start): the main
+        rank writes it (under FSDP2 of several processes, every rank its shards and the main one the
+        rest). Raises Diverged rather than save a non-finite state, DiskFull when the disk runs out."""
         self._check_finite()
-        model_state, optimizer_state = distributed.checkpoint_state(self.model, self.optimizer, self.cfg.train.parallel)
-        if not self.ranks.is_main:
+        folder, sharded = self.ckpt_dir / name, not distributed.saves_alone(self.cfg.train.parallel)
+        if not (self.ranks.is_main or sharded):
             self.saved_steps[name] = self.step
             return None
-        folder = self.ckpt_dir / name
         needed = checkpoint.size_estimate(self.model, self.optimizer) * 1.2
-        free = shutil.disk_usage(self.out_dir).free
-        if free < needed:
-            raise DiskFull(f"{free / 2**20:.0f} MB free, checkpoints/{name} needs ~{needed / 2**20:.0f} MB")
         position = self._boundary or self._position()
         state = {
-            "optimizer": optimizer_state, "scaler": self.scaler.state_dict(), "step": self.step,
+            "scaler": self.scaler.state_dict(), "step": self.step,
             "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
             "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb,
             "train_seconds": self.train_seconds, "rng": position["rng"], "data": position["data"],
@@ -503,10 +497,16 @@ class Trainer:
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
             "world_size": self.ranks.world_size,
         }
-        checkpoint.save(folder, model_state=model_state, state=state, config=self.cfg.to_dict() | {"run": self.record},
-                        extra={TOKENIZER_FILE: self.tokenizer})
+        config, extra = self.cfg.to_dict() | {"run": self.record}, {TOKENIZER_FILE: self.tokenizer}
+        if sharded:  # FSDP2 over several processes: each rank writes its shards
+            checkpoint.save_sharded(folder, shards=distributed.sharded_state(self.model, self.optimizer), state=state,
+                                    config=config, extra=extra, needed_bytes=needed)
+        else:
+            checkpoint.check_space(folder, needed)
+            checkpoint.save(folder, model_state=self.model.state_dict(),
+                            state=state | {"optimizer": self.optimizer.state_dict()}, config=config, extra=extra)
         self.saved_steps[name] = self.step
-        return folder
+        return folder if self.ranks.is_main else None
 
     def _log(self, record: dict) -> None:
         if self.ranks.is_main:

@@ -157,3 +157,34 @@ def test_attention_bias_and_softmax_scale_are_configurable():
     assert attn.qkv.bias is not None and attn.proj.bias is not None and model.blocks[0].ffn.up.bias is not None
     assert attn.scale == 0.1
     assert tiny_model("eager").blocks[0].attn.qkv.bias is None
+
+
+def test_cpu_bf16_attention_and_rope_compute_in_fp32_and_round_once():
+    """On a CPU, bf16 attention and RoPE run on fp32 copies (torch's bf16 CPU kernels are slower there):
+    the result is the fp32 computation on the same bf16 inputs, rounded to bf16 once, and so are the
+    gradients."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 33, 16).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = backend("sdpa")(q, k, v, causal=True, scale=0.25)
+    assert out.dtype == torch.bfloat16
+    exact = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    expected = backend("eager")(*exact, causal=True, scale=0.25)
+    torch.testing.assert_close(out.float(), expected.bfloat16().float(), atol=0, rtol=2**-7)
+    grad = torch.randn_like(expected)
+    out.backward(grad.bfloat16())
+    expected.backward(grad.bfloat16().float())
+    for got, want in zip((q, k, v), exact):
+        torch.testing.assert_close(got.grad.float(), want.grad.bfloat16().float(), atol=1e-2, rtol=2**-6)
+
+    rope = RotaryEmbedding(16, 33, 10000.0)
+    x = torch.randn(2, 33, 4, 16).bfloat16().requires_grad_()
+    rotated = apply_rope(x, *rope(33))
+    x32 = x.detach().float().requires_grad_()
+    cos, sin = (t.bfloat16().float() for t in rope(33))  # the tables as the bf16 route reads them
+    expected = apply_rope(x32, cos, sin)
+    assert rotated.dtype == torch.bfloat16
+    assert torch.equal(rotated, expected.bfloat16())
+    rotated.float().sum().backward()
+    expected.sum().backward()
+    assert torch.equal(x.grad, x32.grad.bfloat16())

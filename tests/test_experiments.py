@@ -76,12 +76,35 @@ def test_norm_depth_asks_xiongs_question_deep_with_and_without_warmup_over_three
     assert all(t.config["model"]["n_layers"] >= 12 for t in trials)
 
 
-def test_shakespeare_tuning_keeps_the_recipes_model_and_tokens():
+@pytest.mark.parametrize("name", ["shakespeare_tuning", "shakespeare_confirm"])
+def test_shakespeare_sweeps_keep_the_recipes_model_and_tokens(name):
     from b6lab.config import load_config
 
     recipe = load_config(preset="shakespeare-char-cpu")
-    for trial in trials_of("shakespeare_tuning"):
+    for trial in trials_of(name):
         assert trial.config["model"] == recipe.to_dict()["model"]
         train = trial.config["train"]
         assert (train["batch_size"], train["max_steps"]) == (recipe.train.batch_size, recipe.train.max_steps)
         assert trial.config["data"]["path"] and trial.config["data"]["tokenizer"] == "byte"
+
+
+def _without_run_specifics(config: dict) -> dict:
+    """A trial's config less what differs between runs of the same choices: the data file, the
+    eval cadence (the final evaluation is the same full validation split), the folder, the seed."""
+    config = {section: dict(keys) if isinstance(keys, dict) else keys for section, keys in config.items()}
+    config.pop("name", None)
+    config["data"].pop("path")
+    for key in ("eval_interval", "out_dir", "seed"):
+        config["train"].pop(key)
+    return config
+
+
+def test_the_tuned_shakespeare_preset_is_the_tuning_sweeps_winner_and_the_confirm_sweeps_arm():
+    from b6lab.config import load_config
+
+    tuned = _without_run_specifics(load_config(preset="shakespeare-char-cpu-tuned").to_dict())
+    winner = next(t for t in trials_of("shakespeare_tuning") if "optimizer=muon-0.03,schedule=cosine-to-0," in t.name)
+    arm = next(t for t in trials_of("shakespeare_confirm") if "recipe=b6lab-tuned," in t.name)
+    assert _without_run_specifics(winner.config) == tuned
+    assert _without_run_specifics(arm.config) == tuned
+    assert {t.seed for t in trials_of("shakespeare_confirm")} == {0, 1, 2}

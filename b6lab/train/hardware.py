@@ -124,26 +124,20 @@ def plan(cfg: RunConfig, num_params: int) -> Plan:
     return Plan(f"cuda:{index}", props.name, precision, batch, accum, checkpointing, compiled, total_gb, tuple(notes), threads)
 
 
-# Below this width one thread runs a step as fast as two or more (benchmarks/README.md, "Threads"):
-# each matmul is too small to share, and the threads' hand-offs cost more than they save.
-ONE_THREAD_BELOW_D_MODEL = 256
-
-
 def cpu_threads(cfg: RunConfig) -> tuple[int | None, str | None]:
     """train.threads as torch will use it, and why when `auto` chose it.
 
     auto: the cores this process may use (its CPU affinity and cgroup quota, and no more than
     OMP_NUM_THREADS: what a user, torchrun's share per process or a sweep trial's `cpu` sets), less
     the cores other processes keep busy now (sampled over 0.1 s: on a loaded machine more threads
-    than free cores wait on each other, and a step can take ten times longer); one thread for a
-    model narrower than ONE_THREAD_BELOW_D_MODEL."""
+    than free cores wait on each other, and a step can take several times longer). The model's size
+    does not enter: on free cores even the 64-wide tiny model ran faster on two threads than on one
+    (benchmarks/README.md, "Threads and precision")."""
     if cfg.train.threads != "auto":
         return cfg.train.threads, None
     allowed = min(_usable_cores(), int(os.environ.get("OMP_NUM_THREADS") or 1_000_000))
     busy = _busy_cores()
     free = max(1, min(allowed, round(_total_cores() - busy)))
-    if cfg.model.d_model < ONE_THREAD_BELOW_D_MODEL:
-        return 1, f"threads: 1 (auto: d_model {cfg.model.d_model} < {ONE_THREAD_BELOW_D_MODEL}, one thread is fastest)"
     reason = f"{allowed} usable" + (f", {busy:.1f} busy with other work" if free < allowed else "")
     return free, f"threads: {free} (auto: {reason})"
 

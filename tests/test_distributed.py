@@ -197,13 +197,14 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import b6lab
-from b6lab.attention import attention_mask
+from b6lab.plugins.attention import sdpa
 
 
 def flaky(context, *, marker: str = "", watch: str = ""):
+    attend_as_sdpa = sdpa(context)
+
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
         if torch.is_grad_enabled() and dist.is_initialized() and dist.get_rank() == 0:
             try:
@@ -216,8 +217,7 @@ def flaky(context, *, marker: str = "", watch: str = ""):
             if step == 8 and not os.path.exists(marker + ".failed"):
                 open(marker + ".failed", "w").close()
                 raise RuntimeError("boom: the flaky attention failed once")
-        mask = attention_mask(q.size(-2), k.size(-2), causal, docs, q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return attend_as_sdpa(q, k, v, causal=causal, docs=docs, dropout_p=dropout_p, scale=scale)
     return attend
 
 

@@ -211,31 +211,31 @@ def b6lab_register_norm(register):
 # Results: each kind's part checked as soon as it is built
 
 
-def test_attention_in_the_wrong_layout(tmp_path, capsys):
-    assert_fails(tmp_path, capsys, '''
-def seq_first(context):
+def attention_plugin(name: str, attend_body: str) -> str:
+    """A plugin file registering attention `name` whose attend(q, k, v, ...) runs `attend_body`."""
+    return f'''
+def factory(context):
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-        return out.transpose(1, 2)
+{textwrap.indent(textwrap.dedent(attend_body).strip(), " " * 8)}
     return attend
 
 @b6lab.hookimpl
 def b6lab_register_attention(register):
-    register("seq-first", seq_first)
-''', "model.attention=seq-first", says="that is (batch, seq, heads, head_dim): transpose(1, 2) it back")
+    register({name!r}, factory)
+'''
+
+
+def test_attention_in_the_wrong_layout(tmp_path, capsys):
+    assert_fails(tmp_path, capsys, attention_plugin("seq-first", """
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+        return out.transpose(1, 2)
+    """), "model.attention=seq-first", says="that is (batch, seq, heads, head_dim): transpose(1, 2) it back")
 
 
 def test_attention_that_ignores_causal(tmp_path, capsys):
-    assert_fails(tmp_path, capsys, '''
-def peeking(context):
-    def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
+    assert_fails(tmp_path, capsys, attention_plugin("peeking", """
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return attend
-
-@b6lab.hookimpl
-def b6lab_register_attention(register):
-    register("peeking", peeking)
-''', "model.attention=peeking", says="with causal=True a position sees only itself and earlier ones")
+    """), "model.attention=peeking", says="with causal=True a position sees only itself and earlier ones")
 
 
 def test_an_attention_factory_returning_a_tensor(tmp_path, capsys):

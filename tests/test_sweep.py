@@ -129,7 +129,7 @@ def test_resume_refuses_a_sweep_file_that_changed_and_a_new_sweep_refuses_an_old
 # A real sweep on Ray Tune
 
 # Attention backends for the test sweep: `broken` always fails in training; `stall` stalls its trial
-# at step 7 the first time (just after the step-6 evaluation and checkpoint), so the sweep is killed
+# at step 8 the first time (just after the step-6 evaluation and checkpoint), so the sweep is killed
 # there. Both pass the probe b6lab runs on every backend it builds (8 positions, no gradients).
 TEST_PARTS = '''
 import os
@@ -158,8 +158,8 @@ def broken(context):
 
 def stall(context, *, marker: str = ""):
     """At its 21st call (2 layers at step 0's residual-RMS pass, 2 layers x 6 steps, at the step-6
-    eval 2 layers x 2 batches and the RMS pass again, then step 7), the first time ever: leaves
-    `marker` and hangs."""
+    eval 2 layers x 1 batch (a CPU evaluates its 4 micro-batches in one forward) and the RMS pass
+    again, step 7, then step 8's first layer), the first time ever: leaves `marker` and hangs."""
     calls = 0
 
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):

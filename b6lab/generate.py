@@ -22,7 +22,8 @@ def checkpoint_folder(path: str | Path) -> Path:
         folder = checkpoint.find(folder / "checkpoints" / "best") or checkpoint.find(folder / "checkpoints" / "last") or folder
     found = checkpoint.find(folder)
     if found is None:
-        raise UsageError(f"{path} is not a checkpoint (a folder with model.pt) nor a run folder with checkpoints/")
+        raise UsageError(f"{path} is not a checkpoint (a folder with model.pt or torch.distributed.checkpoint shards, "
+                         "and COMPLETE) nor a run folder with checkpoints/")
     return found
 
 

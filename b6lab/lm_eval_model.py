@@ -31,6 +31,7 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from b6lab.errors import UsageError  # noqa: E402
 from b6lab.generate import load_for_sampling, sample  # noqa: E402
 from b6lab.scoring import loglikelihoods  # noqa: E402
 
@@ -45,7 +46,11 @@ class B6LabLM(TemplateLM):
         super().__init__()
         if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
             device = "auto"  # lm_eval passes its default, cuda:0, even on a machine without a GPU
-        self.model, self._tokenizer, note = load_for_sampling(checkpoint, device)
+        try:
+            self.model, self._tokenizer, note = load_for_sampling(checkpoint, device)
+        except UsageError as exc:  # lm_eval's command line would print a traceback: one line instead
+            print(f"b6lab: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         if note:
             print(f"note: {note}", file=sys.stderr)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16  # "auto" -> the default
@@ -110,8 +115,6 @@ class B6LabLM(TemplateLM):
 
 if __name__ == "__main__":
     from lm_eval.__main__ import cli_evaluate
-
-    from b6lab.errors import UsageError
 
     try:
         cli_evaluate()

@@ -131,7 +131,10 @@ def test_fsdp_checkpoints_are_sharded_and_resume_on_another_number_of_processes(
 
     # 2 processes -> 1 (micro-batch 8): DCP reshards into the whole tensors of one process ...
     cfg = load_config(out_dir / "config.yaml", overrides=[f"train.max_steps={3 * STEPS // 4}"])
-    Trainer(cfg, out_dir, resume=True, say=lambda _: None).run()
+    trainer = Trainer(cfg, out_dir, resume=True, say=lambda _: None)
+    # the same validation set as on 2 processes: eval_steps (2) global batches of 2 x 4 sequences
+    assert sum(x.size(0) for x, _, counted in trainer.val_batches if counted) == 2 * 8
+    trainer.run()
     assert "model.pt" in {p.name for p in (out_dir / "checkpoints" / "last").iterdir()}
     # ... and 1 -> 2: each process keeps its shard of the one-process checkpoint.
     assert "resuming at step 12" in two_fsdp_processes(STEPS, "--resume")
@@ -146,6 +149,11 @@ def test_fsdp_checkpoints_are_sharded_and_resume_on_another_number_of_processes(
                      "--json"]) == 0
         losses.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss"])
     assert losses[0] == pytest.approx(losses[1], abs=TOLERANCE)
+    # `b6lab eval --set train.eval_steps=N` is the trainer's own validation set, global batches and all
+    capsys.readouterr()
+    assert main(["eval", str(out_dir / "checkpoints" / "last"), "--set", "train.eval_steps=2", "--json"]) == 0
+    own = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss"]
+    assert own == pytest.approx(records(out_dir, "val_loss")[-1], abs=TOLERANCE)
     assert main(["generate", str(out_dir / "checkpoints" / "last"), "--prompt", "a", "--max-new-tokens", "8"]) == 0
 
 

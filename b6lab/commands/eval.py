@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which part of the data: val (default), train, or all: the train part then the val part "
                         "(of a single text file, the whole file, with an end-of-text token between the two)")
     parser.add_argument("--max-batches", type=int, help="read at most this many batches (default: the whole split, "
-                        "or train.eval_steps x grad_accum_steps when --set gives train.eval_steps)")
+                        "or, when --set gives train.eval_steps, the trainer's own validation set: that many global batches)")
     parser.add_argument("--task", metavar="FILE.jsonl", help="a multiple-choice task: lines of "
                         '{"context", "choices", "label"} or HellaSwag\'s own (ctx_a, ctx_b, activity_label, endings, label)')
     parser.add_argument("--limit", type=int, help="with --task: score only the first N questions")
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         max_batches = args.max_batches
         if max_batches is None and any(parse_override(o)[0] == "train.eval_steps" for o in args.overrides):
-            max_batches = ckpt.cfg.train.eval_steps * ckpt.cfg.train.grad_accum_steps  # the trainer's own val set
+            max_batches = trainer_validation_batches(ckpt)
         figures = evaluate_text(
             ckpt, split=args.split, max_batches=max_batches, precision=args.precision,
             on_batch=lambda f: progress.show(f["batches"], max_batches, f"{f['batches']} batches, {f['tokens']:,} tokens, "
@@ -121,3 +121,14 @@ def _table(figures: dict) -> str:
             ("bits/byte", f"{figures['bits_per_byte']:.4f}" if figures["bits_per_byte"] is not None else "-"),
         ]
     return "\n".join(f"{name:<11} {value}" for name, value in rows)
+
+
+def trainer_validation_batches(ckpt) -> int:
+    """Batches of train.batch_size holding the trainer's own validation set: train.eval_steps global
+    batches, the global batch as the run that wrote the checkpoint had it (micro-batch x
+    accumulation x processes, from its config.yaml's `run` record)."""
+    run = ckpt.config.get("run", {})
+    resolved = run.get("resolved", {})
+    global_batch = (resolved.get("batch_size", ckpt.cfg.train.batch_size)
+                    * resolved.get("grad_accum_steps", ckpt.cfg.train.grad_accum_steps) * run.get("processes", 1))
+    return -(-ckpt.cfg.train.eval_steps * global_batch // ckpt.cfg.train.batch_size)

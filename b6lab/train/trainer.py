@@ -165,12 +165,13 @@ class Trainer:
             state=state["data"] if state else None, rank=self.ranks.rank, ranks=self.ranks.world_size,
         )
         # eval_steps global batches: the same sequences whatever the accumulation and the number of
-        # processes (each evaluates its share). A CPU evaluates CPU_EVAL_MICRO_BATCHES micro-batches
+        # processes (each evaluates its share), also after a resume on another number of processes
+        # (the plan's micro-batch is then the checkpoint's global batch shared out). A CPU evaluates CPU_EVAL_MICRO_BATCHES micro-batches
         # per forward: with no gradients to keep, memory allows it, and at CPU model sizes each
         # operation's fixed cost, not its arithmetic, is what small batches pay for. A GPU keeps the
         # micro-batch its memory plan chose.
-        val = validation_batches(self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=cfg.train.batch_size,
-                                 max_batches=cfg.train.eval_steps * cfg.train.grad_accum_steps * self.ranks.world_size)
+        val = validation_batches(self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=self.plan.batch_size,
+                                 max_batches=cfg.train.eval_steps * self.plan.grad_accum_steps * self.ranks.world_size)
         merged = CPU_EVAL_MICRO_BATCHES if self.device.type == "cpu" else 1
         self.val_batches = distributed.validation_share(val, cfg.train.parallel, merged)
         self.token_bytes = token_byte_lengths(self.tokenizer).to(self.device)
@@ -226,6 +227,7 @@ class Trainer:
             "plugins": plugins,
             "resolved": {"vocab_size": self.model_cfg.vocab_size, "attention": self.attention, **self.plan.record()},
             "params": self.params,
+            "processes": self.ranks.world_size,
         }
 
     # -----------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def sdpa(context: AttentionContext, *, sdpa_kernel: str = "auto"):
     def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
             # torch's CPU attention kernels are slower in bf16 than in fp32 (the backward 2.5x at
-            # head_dim 32: benchmarks/README.md, "Threads and precision"): on a CPU, fp32 it is.
+            # head_dim 32: benchmarks/README.md, "Small models on this CPU"): on a CPU, fp32 it is.
             with torch.autocast("cpu", enabled=False):
                 return attend(q.float(), k.float(), v.float(), causal=causal, docs=docs, dropout_p=dropout_p,
                               scale=scale).to(q.dtype)

@@ -218,7 +218,8 @@ def validation_share(batches: list, parallel: str, merged: int = 1) -> list[tupl
     if merged > 1 and mine:
         mine = rebatch(mine, len(mine[0][0]) * merged)
     share = [(x, y, True) for x, y in mine]
-    longest = -(-(-(-len(batches) // ranks.world_size)) // merged)
+    most_per_rank = -(-len(batches) // ranks.world_size)
+    longest = -(-most_per_rank // merged)  # forwards of the rank with the most batches
     if parallel == "fsdp" and ranks.world_size > 1:
         share += [(batches[0][0], batches[0][1], False)] * (longest - len(share))
     return share

@@ -166,10 +166,10 @@ class Trainer:
         )
         # eval_steps global batches: the same sequences whatever the accumulation and the number of
         # processes (each evaluates its share), also after a resume on another number of processes
-        # (the plan's micro-batch is then the checkpoint's global batch shared out). A CPU evaluates CPU_EVAL_MICRO_BATCHES micro-batches
-        # per forward: with no gradients to keep, memory allows it, and at CPU model sizes each
-        # operation's fixed cost, not its arithmetic, is what small batches pay for. A GPU keeps the
-        # micro-batch its memory plan chose.
+        # (the plan's micro-batch is then the checkpoint's global batch shared out). A CPU evaluates
+        # CPU_EVAL_MICRO_BATCHES micro-batches per forward: with no gradients to keep, memory allows
+        # it, and at CPU model sizes each operation's fixed cost, not its arithmetic, is what small
+        # batches pay for. A GPU keeps the micro-batch its memory plan chose.
         val = validation_batches(self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=self.plan.batch_size,
                                  max_batches=cfg.train.eval_steps * self.plan.grad_accum_steps * self.ranks.world_size)
         merged = CPU_EVAL_MICRO_BATCHES if self.device.type == "cpu" else 1
@@ -427,7 +427,7 @@ class Trainer:
     def _residual_rms(self) -> list[float] | None:
         if not self.diagnose:
             return None
-        x = self.val_batches[0][0][: self.cfg.train.batch_size].to(self.device)  # one micro-batch
+        x = self.val_batches[0][0][: self.plan.batch_size].to(self.device)  # one micro-batch
         docs = Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
         return diagnostics.block_residual_rms(self.model, x, docs, self.autocast)
 

@@ -26,7 +26,7 @@ def plain(h, w, t):
 
 
 def fused(chunk):
-    return lambda h, w, t: LinearCrossEntropy.apply(h, w, t, chunk, True)
+    return lambda h, w, t: LinearCrossEntropy.apply(h, w, t, chunk, True, None, 0.0)
 
 
 def forward_backward(loss_fn, h0, w0, targets, precision):

@@ -110,6 +110,18 @@ def test_fused_loss_equals_cross_entropy_over_full_logits(head_inputs, chunk_ele
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+def test_fused_loss_stays_exact_where_the_targets_probability_underflows(head_inputs):
+    """A target 200 below the row's top logit has probability exp(-200), zero in fp32: its loss
+    (~200) must still come out finite and exact, as the plain route's log-softmax gives it."""
+    h, weight, targets = head_inputs
+    h = h.clone()
+    h[1, :5] = weight[targets[1, :5] + 1] * 400  # the next id's logit far above the target's
+    expected, got = loss_and_grads(plain_loss, h, weight, targets), loss_and_grads(lm_loss, h, weight, targets)
+    assert expected[0].isfinite() and expected[0] > 5
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_fused_loss_under_bf16_autocast_is_close(head_inputs):
     expected, got = loss_and_grads(plain_loss, *head_inputs, autocast=True), loss_and_grads(lm_loss, *head_inputs, autocast=True)
     torch.testing.assert_close(got[0], expected[0], atol=2e-2, rtol=1e-2)

@@ -126,6 +126,8 @@ class Trainer:
         self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
         if self.plan.threads:
             torch.set_num_threads(self.plan.threads)
+        if self.plan.device == "cpu":
+            hardware.keep_freed_memory()
         state = saved[1] if saved else None
         if saved:
             checkpoint.check_resumable(saved[2], self.cfg.to_dict(), self.say)

@@ -109,6 +109,10 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         dh, dw = ctx.saved_tensors
+        if grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
+            # loss.backward() itself: spare a pass over dW (vocab x width; reading the value would
+            # make a GPU wait, so there the product is always taken)
+            return dh, dw, None, None, None, None, None
         dh = dh * grad_loss if dh is not None else None
         dw = dw * grad_loss if dw is not None else None
         return dh, dw, None, None, None, None, None

@@ -85,11 +85,11 @@ def plain_loss(h, weight, targets):
     return F.cross_entropy(F.linear(h, weight).float().flatten(0, -2), targets.flatten(), ignore_index=-1)
 
 
-def loss_and_grads(loss_fn, h, weight, targets, autocast=False):
+def loss_and_grads(loss_fn, h, weight, targets, autocast=False, scale=3.0):
     h, weight = h.clone().requires_grad_(), weight.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         loss = loss_fn(h, weight, targets)
-    (3.0 * loss).backward()  # a gradient other than 1 reaches the loss, as with accumulation
+    (scale * loss).backward()  # 3: a gradient other than 1 reaches the loss, as with accumulation
     return loss.detach(), h.grad, weight.grad
 
 
@@ -103,9 +103,10 @@ def head_inputs():
 
 
 @pytest.mark.parametrize("chunk_elements", [LOSS_CHUNK_ELEMENTS, 300 * 40])  # one chunk; four uneven ones
-def test_fused_loss_equals_cross_entropy_over_full_logits(head_inputs, chunk_elements, monkeypatch):
+@pytest.mark.parametrize("scale", [1.0, 3.0])  # loss.backward() itself takes a shorter way
+def test_fused_loss_equals_cross_entropy_over_full_logits(head_inputs, chunk_elements, scale, monkeypatch):
     monkeypatch.setattr("b6lab.lm_loss.LOSS_CHUNK_ELEMENTS", chunk_elements)
-    expected, got = loss_and_grads(plain_loss, *head_inputs), loss_and_grads(lm_loss, *head_inputs)
+    expected, got = loss_and_grads(plain_loss, *head_inputs, scale=scale), loss_and_grads(lm_loss, *head_inputs, scale=scale)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 

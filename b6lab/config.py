@@ -38,7 +38,7 @@ class ModelConfig:
     n_heads: PositiveInt = 4
     d_ff: Optional[PositiveInt] = None  # None: 4 * d_model
     max_seq_len: PositiveInt = 256
-    dropout: Annotated[float, within(lambda p: 0 <= p < 1, "in [0, 1)")] = 0.0
+    dropout: Annotated[float, within(lambda p: 0 <= p < 1, "in [0, 1)", "in [0, 1)")] = 0.0
     bias: bool = False  # biases in the feed-forward layers
     attn_bias: bool = False  # biases in the attention projections
     softmax_scale: Optional[float] = None  # None: 1 / sqrt(head_dim)
@@ -91,7 +91,7 @@ class DataConfig:
     source: str = "python-stdlib"
     tokenizer: str = "bpe"
     seq_len: Optional[PositiveInt] = None  # None: model.max_seq_len
-    val_fraction: Annotated[float, within(lambda f: 0 < f < 1, "in (0, 1)")] = 0.02
+    val_fraction: Annotated[float, within(lambda f: 0 < f < 1, "in (0, 1)", "in (0, 1)")] = 0.02
     shuffle_buffer: PositiveInt = 256  # sequences shuffled together
     num_workers: Annotated[int, NOT_NEGATIVE] = 1  # DataLoader processes tokenizing ahead of the step
     prefetch_factor: PositiveInt = 4
@@ -138,7 +138,7 @@ class TrainConfig:
     # CPU threads for torch: auto (from the cores this process may use, how busy they are and the
     # model's size: train/hardware.py), a number, or None for torch's own default
     threads: Union[Literal["auto"], PositiveInt, None] = "auto"
-    z_loss: Annotated[float, within(lambda z: z >= 0, ">= 0 (0 turns it off)")] = 0.0  # coefficient of the mean squared log-partition added to the loss (PaLM: 1e-4)
+    z_loss: Annotated[float, within(lambda z: z >= 0, ">= 0 (0 turns it off)", ">= 0")] = 0.0  # coefficient of the mean squared log-partition added to the loss (PaLM: 1e-4)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicas, or FSDP2 shards per block
 
     def validate(self) -> None:

@@ -60,6 +60,7 @@ def test_config_is_plain_data_that_pickles_and_round_trips():
         ("train: {precision: fp8}\n", "train.precision", "one of 'auto', 'fp32', 'bf16', 'fp16'"),
         ("train: {max_steps: 0}\n", "train.max_steps", "positive"),
         ("train: {compile: maybe}\n", "train.compile", "expected true, false or 'auto', got 'maybe'"),
+        ("train: {threads: 0}\n", "train.threads", "expected 'auto', an integer > 0 or null, got 0"),
         ("optim: {betas: [0.9]}\n", "optim.betas", "a list of 2"),
         ("optim: {lr: fast}\n", "optim.lr", "expected a number"),
         ("data: {val_fraction: 1.5}\n", "data.val_fraction", "(0, 1)"),

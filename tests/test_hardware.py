@@ -60,8 +60,13 @@ def test_auto_threads_are_recorded_with_why_and_a_number_or_null_is_kept(monkeyp
     plan = hardware.plan(load_config(preset="tiny", overrides=["train.device=cpu"]), num_params=1000)
     assert plan.threads == 1 and plan.record()["threads"] == 1
     assert any(note.startswith("threads: 1 (auto: 1 usable") for note in plan.notes)
-    explicit = hardware.plan(load_config(preset="tiny", overrides=["train.device=cpu", "train.threads=3"]), 1000)
-    assert explicit.threads == 3 and not explicit.notes
+    explicit = hardware.plan(load_config(preset="tiny", overrides=["train.device=cpu", "train.threads=1"]), 1000)
+    assert explicit.threads == 1 and not explicit.notes
+    too_many = hardware._usable_cores() + 1  # kept as asked, with a line that says so
+    explicit = hardware.plan(load_config(preset="tiny", overrides=["train.device=cpu", f"train.threads={too_many}"]), 1000)
+    assert explicit.threads == too_many
+    assert explicit.notes == (f"threads: {too_many}, more than the {too_many - 1} cores this process may use: "
+                              "they will wait on each other",)
     assert hardware.plan(load_config(preset="tiny", overrides=["train.device=cpu", "train.threads=null"]), 1000).threads is None
 
 

@@ -126,7 +126,8 @@ def plan(cfg: RunConfig, num_params: int) -> Plan:
 
 
 def cpu_threads(cfg: RunConfig) -> tuple[int | None, str | None]:
-    """train.threads as torch will use it, and why when `auto` chose it.
+    """train.threads as torch will use it, and why when `auto` chose it (or a warning, when a number
+    asks for more threads than this process has cores).
 
     auto: the cores this process may use (its CPU affinity and cgroup quota, and no more than
     OMP_NUM_THREADS: what a user, torchrun's share per process or a sweep trial's `cpu` sets), less
@@ -135,7 +136,10 @@ def cpu_threads(cfg: RunConfig) -> tuple[int | None, str | None]:
     does not enter: on free cores even the 64-wide tiny model ran faster on two threads than on one
     (benchmarks/README.md, "Threads and precision")."""
     if cfg.train.threads != "auto":
-        return cfg.train.threads, None
+        threads, usable = cfg.train.threads, _usable_cores()
+        if threads and threads > usable:  # the user's to choose, but said: it is rarely what they meant
+            return threads, f"threads: {threads}, more than the {usable} cores this process may use: they will wait on each other"
+        return threads, None
     allowed = min(_usable_cores(), int(os.environ.get("OMP_NUM_THREADS") or 1_000_000))
     busy = _busy_cores()
     free = max(1, min(allowed, round(_total_cores() - busy)))

@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"b6lab {args.command}: error: {exc}", file=sys.stderr)
+        from b6lab.train.distributed import report_to_launcher
+
+        if not report_to_launcher(f"b6lab {args.command}: error: {exc}"):
+            print(f"b6lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nb6lab {args.command}: interrupted", file=sys.stderr)

@@ -189,6 +189,20 @@ def test_gpu_processes_on_a_machine_without_gpus_is_a_one_line_error(capsys, tin
     assert "train.device" in err and "NCCL" in err and "train.device=cpu" in err
 
 
+def test_a_mistake_every_process_finds_under_nproc_is_one_line_once(tmp_path, capfd):
+    """A refused resume under `b6lab train --nproc 2`: each process refuses it; the launcher says it
+    once, exits 2, and no traceback (torchrun's report of a failed process) follows."""
+    sets = [f"--set={s}" for s in [*SETTINGS, f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2"]]
+    assert main(["train", "--preset", "tiny", *sets]) == 0
+    capfd.readouterr()
+    code = main(["train", "--preset", "tiny", "--nproc", "2", "--resume", *sets, "--set=model.d_model=32"])
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert code == 2, err
+    assert len(errors) == 1 and errors[0].startswith("b6lab train: error: model.d_model") and "cannot change when resuming" in errors[0], err
+    assert "Traceback" not in err and "ChildFailedError" not in err, err
+
+
 def test_no_processes_is_a_one_line_error(capsys, tiny_overrides):
     code = main(["train", "--preset", "tiny", "--nproc", "0", *[f"--set={s}" for s in tiny_overrides]])
     err = capsys.readouterr().err.strip()

@@ -21,8 +21,10 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -108,9 +110,47 @@ def launch(nproc: int, train_args: list[str], device: str) -> int:
     env = dict(os.environ)
     # torchrun would set one thread per process; share the cores out instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "b6lab", "train", *train_args]
-    return subprocess.call(command, env=env)
+    command = [sys.executable, "-c", "import sys; from b6lab.train.distributed import torchrun; sys.exit(torchrun(sys.argv[1:]))",
+               f"--nproc-per-node={nproc}", "-m", "b6lab", "train", *train_args]
+    with tempfile.TemporaryDirectory(prefix="b6lab-launch-") as errors:
+        code = subprocess.call(command, env={**env, LAUNCH_ERRORS: errors})
+        messages = [path.read_text() for path in sorted(Path(errors).iterdir(), key=lambda path: int(path.name))]
+    # A mistake every process found is said once (the processes leave it to this launcher).
+    for message in dict.fromkeys(messages):
+        print(message, file=sys.stderr)
+    return code
+
+
+# Set by `launch` for the processes it starts: where each writes the one-line error of a UsageError.
+LAUNCH_ERRORS = "B6LAB_LAUNCH_ERRORS"
+
+
+def report_to_launcher(message: str) -> bool:
+    """Under `b6lab train --nproc`, leave a user mistake's line to the launcher (which says it once,
+    not once per process); False elsewhere: the caller prints it."""
+    folder = os.environ.get(LAUNCH_ERRORS)
+    if not folder or not os.path.isdir(folder):
+        return False
+    (Path(folder) / os.environ.get("RANK", "0")).write_text(message)
+    return True
+
+
+def torchrun(argv: list[str]) -> int:
+    """torchrun on this machine, as `launch` runs it: the same agent and processes, with its exit
+    code the processes' own (2 for a user mistake), and without torchrun's report of a failed process
+    (a traceback of the launcher itself, under what the process already said)."""
+    import logging
+
+    from torch.distributed import run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run.run(run.parse_args(["--standalone", *argv]))
+    except ChildFailedError as exc:
+        first = exc.failures[min(exc.failures)]  # the lowest rank that failed
+        return first.exitcode if first.exitcode > 0 else 128 - first.exitcode  # killed by a signal: 128 + its number
+    return 0
 
 
 def from_main(compute):

@@ -46,3 +46,31 @@ def test_flex_sliding_window_matches_eager_on_cuda():
     scores = (q.float() @ k.float().transpose(-2, -1)) * 0.125
     want = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1) @ v.float()
     torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
+
+
+def test_the_fused_lm_loss_on_cuda_equals_cross_entropy_over_full_logits():
+    """The loss's softmax runs in place over the chunk's logits (torch's kernel, out= its input):
+    on CUDA, eager and compiled, fp32 and under bf16 autocast, it must give the plain route's
+    loss and gradients, a 50k vocabulary in two chunks included."""
+    import torch.nn.functional as F
+
+    from b6lab import lm_loss as module
+
+    torch.manual_seed(0)
+    h0, w0 = torch.randn(2048, 64, device="cuda"), torch.randn(50304, 64, device="cuda") * 0.3
+    targets = torch.randint(0, 50304, (2048,), device="cuda")
+    targets[:7] = -1
+
+    def run(fn, autocast):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = fn(h, w, targets)
+        (3.0 * loss).backward()
+        return loss.detach().float(), h.grad, w.grad
+
+    plain = lambda h, w, t: F.cross_entropy(F.linear(h, w).float(), t, ignore_index=-1)  # noqa: E731
+    for autocast, tolerance in ((False, dict(atol=1e-5, rtol=1e-4)), (True, dict(atol=2e-3, rtol=2e-2))):
+        expected = run(plain, autocast)
+        for fn in (module.lm_loss, torch.compile(module.lm_loss)):
+            for got, want in zip(run(fn, autocast), expected):
+                torch.testing.assert_close(got, want, **tolerance)

@@ -18,6 +18,7 @@ of each backend's output from `eager` on the same inputs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -64,23 +65,16 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
     from b6lab.model import flops_per_token
     from b6lab.train import hardware
     from b6lab.train import distributed
-    from b6lab.train.trainer import Trainer
 
-    with tempfile.TemporaryDirectory(prefix="b6lab-bench-") as tmp:
-        cfg = replace(cfg, train=replace(cfg.train, out_dir=tmp), logging=replace(cfg.logging, progress=False))
-        cfg.logging.wandb = replace(cfg.logging.wandb, enabled=False)
-        trainer = Trainer(cfg, Path(tmp) / "run", say=lambda message: None)
+    with throwaway_trainer(cfg) as trainer:
         device = trainer.device
         if trainer.plan.compile:
             warmup = max(warmup, 1)  # compilation happens in the first step: never time it
-        try:
-            warmup_times = [_timed_step(trainer) for _ in range(warmup)]
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            step_times = [_timed_step(trainer) for _ in range(steps)]
-            memory = hardware.peak_memory(device)  # CUDA: during the timed steps
-        finally:
-            trainer.batches.close()
+        warmup_times = [_timed_step(trainer) for _ in range(warmup)]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step_times = [_timed_step(trainer) for _ in range(steps)]
+        memory = hardware.peak_memory(device)  # CUDA: during the timed steps
 
     plan = trainer.plan
     tokens_per_step = plan.batch_size * plan.grad_accum_steps * cfg.seq_len
@@ -123,6 +117,22 @@ def measure(cfg: RunConfig, *, steps: int = 10, warmup: int = 3, peak_tflops: fl
     if "children_mb" in memory:
         result["children_mb"] = memory["children_mb"]
     return result
+
+
+@contextlib.contextmanager
+def throwaway_trainer(cfg: RunConfig):
+    """The Trainer `b6lab train` would build for `cfg`, in a temporary run folder removed afterwards,
+    printing nothing, without progress bars or wandb: for timing its steps."""
+    from b6lab.train.trainer import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="b6lab-bench-") as tmp:
+        cfg = replace(cfg, train=replace(cfg.train, out_dir=tmp), logging=replace(cfg.logging, progress=False))
+        cfg.logging.wandb = replace(cfg.logging.wandb, enabled=False)
+        trainer = Trainer(cfg, Path(tmp) / "run", say=lambda message: None)
+        try:
+            yield trainer
+        finally:
+            trainer.batches.close()
 
 
 def _timed_step(trainer) -> float:

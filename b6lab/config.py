@@ -38,7 +38,7 @@ class ModelConfig:
     n_heads: PositiveInt = 4
     d_ff: Optional[PositiveInt] = None  # None: 4 * d_model
     max_seq_len: PositiveInt = 256
-    dropout: Annotated[float, within(lambda p: 0 <= p < 1, "in [0, 1)", "in [0, 1)")] = 0.0
+    dropout: Annotated[float, within(lambda p: 0 <= p < 1, "in [0, 1)")] = 0.0
     bias: bool = False  # biases in the feed-forward layers
     attn_bias: bool = False  # biases in the attention projections
     softmax_scale: Optional[float] = None  # None: 1 / sqrt(head_dim)
@@ -91,7 +91,7 @@ class DataConfig:
     source: str = "python-stdlib"
     tokenizer: str = "bpe"
     seq_len: Optional[PositiveInt] = None  # None: model.max_seq_len
-    val_fraction: Annotated[float, within(lambda f: 0 < f < 1, "in (0, 1)", "in (0, 1)")] = 0.02
+    val_fraction: Annotated[float, within(lambda f: 0 < f < 1, "in (0, 1)")] = 0.02
     shuffle_buffer: PositiveInt = 256  # sequences shuffled together
     num_workers: Annotated[int, NOT_NEGATIVE] = 1  # DataLoader processes tokenizing ahead of the step
     prefetch_factor: PositiveInt = 4

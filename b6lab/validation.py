@@ -60,23 +60,23 @@ def build(cls, data: dict, where: Callable[[str], str | None], verb: str = "expe
     raise ConfigError(message, key=key, file=where(key))
 
 
-def within(test: Callable[[Any], bool], accepted: str, limit: str) -> pydantic.AfterValidator:
+def within(test: Callable[[Any], bool], accepted: str, limit: str | None = None) -> pydantic.AfterValidator:
     """A check on a value of the right type, for `Annotated[int, within(...)]`: "must be {accepted}, got
     {value}". Unlike Field(gt=...), it leaves the type's name alone in a type error ("expected an integer");
     as one choice of a union, where pydantic's error is the union's, the name carries `limit`
-    ("expected 'auto', an integer > 0 or null")."""
+    (`accepted` unless given: "expected 'auto', an integer > 0 or null")."""
 
     def check(value):
         if not test(value):
             raise ValueError(f"must be {accepted}, got {value}")
         return value
 
-    check.limit = limit
+    check.limit = limit or accepted
     return pydantic.AfterValidator(check)
 
 
 POSITIVE = within(lambda value: value > 0, "a positive number", "> 0")
-NOT_NEGATIVE = within(lambda value: value >= 0, ">= 0", ">= 0")
+NOT_NEGATIVE = within(lambda value: value >= 0, ">= 0")
 
 
 def _from_bool(value, result) -> bool:

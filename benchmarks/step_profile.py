@@ -23,9 +23,7 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,16 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(args: argparse.Namespace) -> None:
     import torch
 
+    from b6lab.bench import throwaway_trainer
     from b6lab.config import load_config
-    from b6lab.train import hardware, trainer
+    from b6lab.train import hardware
 
     if args.malloc == "default":
         hardware.keep_freed_memory = lambda: False
-    cfg = load_config(preset=args.preset, overrides=args.overrides)
-    with tempfile.TemporaryDirectory(prefix="b6lab-step-profile-") as tmp:
-        cfg = replace(cfg, train=replace(cfg.train, out_dir=tmp), logging=replace(cfg.logging, progress=False))
-        cfg.logging.wandb = replace(cfg.logging.wandb, enabled=False)
-        run = trainer.Trainer(cfg, Path(tmp) / "run", say=lambda message: None)
+    with throwaway_trainer(load_config(preset=args.preset, overrides=args.overrides)) as run:
         for _ in range(args.warmup):
             run.take_step()
         if args.profile:

@@ -44,9 +44,12 @@ class DiskFull(Exception):
     """The disk (or the quota) ran out while a checkpoint was written; the temporary is removed."""
 
 
-def save(folder: Path, *, model_state: dict, state: dict, config: dict, extra: dict | None = None) -> None:
-    """`extra` maps file names to objects pickled beside (the tokenizer, so sampling needs no corpus)."""
+def save(folder: Path, *, model_state: dict, state: dict, config: dict, extra: dict | None = None,
+         needed_bytes: float = 0) -> None:
+    """`extra` maps file names to objects pickled beside (the tokenizer, so sampling needs no corpus).
+    DiskFull before anything is written when less than `needed_bytes` is free."""
     folder = Path(folder)
+    check_space(folder, needed_bytes)
     partial = _new_partial(folder)
     with _cleaned_up_on_error(partial, folder):
         partial.mkdir()

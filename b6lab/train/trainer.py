@@ -506,9 +506,8 @@ class Trainer:
             checkpoint.save_sharded(folder, shards=distributed.sharded_state(self.model, self.optimizer), state=state,
                                     config=config, extra=extra, needed_bytes=needed)
         else:
-            checkpoint.check_space(folder, needed)
-            checkpoint.save(folder, model_state=self.model.state_dict(),
-                            state=state | {"optimizer": self.optimizer.state_dict()}, config=config, extra=extra)
+            checkpoint.save(folder, model_state=self.model.state_dict(), state=state | {"optimizer": self.optimizer.state_dict()},
+                            config=config, extra=extra, needed_bytes=needed)
         self.saved_steps[name] = self.step
         return folder if self.ranks.is_main else None
 

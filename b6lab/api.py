@@ -59,16 +59,18 @@ def sweep(path: str | Path, *, resume: bool = False, address: str | None = None)
     return read_results(storage / "results.csv")
 
 
-def compare(paths, *, by: str | list[str] | None = None, metric: str = "val_loss") -> dict:
-    """Runs or sweeps side by side, as `b6lab compare DIR... [--by K1,K2] [--metric M] --json`; returns that
-    JSON document: each judged key's values with mean, std, n_seeds, n_runs, delta from the best, its 95%
-    confidence interval, the Holm-corrected p-value and the verdict, the two-way table and every run."""
+def compare(paths, *, by: str | list[str] | None = None, metric: str = "val_loss", family: str = "key") -> dict:
+    """Runs or sweeps side by side, as `b6lab compare DIR... [--by K1,K2] [--metric M] [--family F] --json`;
+    returns that JSON document: each judged key's values with mean, std, n_seeds, n_runs, diverged, delta
+    from the reference, its Holm-level confidence interval, the Holm-corrected p-value and the verdict, the
+    two-way table with its interaction tests, any warnings, and every run. `family="all"` corrects across
+    every key instead of within each."""
     from b6lab.sweep import comparison
 
     if isinstance(paths, (str, Path)):
         paths = [paths]
     with _as_config_error():
-        return comparison.compare(list(paths), by=by, metric=metric)
+        return comparison.compare(list(paths), by=by, metric=metric, family=family)
 
 
 def read_results(path: str | Path) -> list[dict]:

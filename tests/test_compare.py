@@ -5,6 +5,7 @@ per-block diagnostics plot."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -13,7 +14,8 @@ from b6lab.config import load_config
 from b6lab.sweep.comparison import Comparison, build, compare
 from b6lab.sweep.folders import RunResult, collect
 from b6lab.sweep.report import verdict_sentences
-from b6lab.sweep.stats import summarize_key
+from b6lab.sweep.stats import holm
+from b6lab.sweep.verdicts import summarize_key
 from b6lab.train.trainer import Trainer
 
 
@@ -89,9 +91,10 @@ def test_a_difference_smaller_than_the_seed_spread_is_not_distinguishable():
     runs = runs_with({"pre": [2.30, 2.34], "post": [2.33, 2.37]}, first_seed={"post": 2})  # unpaired
     summary = summarize_key(runs, "model.norm")
     pre, post = summary.values
-    assert (pre.verdict, post.verdict) == ("best", "not distinguishable")
+    # The lower mean is not `best`: nothing else is worse than it.
+    assert (pre.verdict, post.verdict) == ("lowest mean", "not distinguishable")
     assert pre.mean == pytest.approx(2.32) and pre.std == pytest.approx(0.0283, abs=1e-4)
-    assert post.test == "Welch t" and post.ci[0] < 0 < post.ci[1] and post.p > 0.05
+    assert post.test == "Welch-Hsu t" and post.ci[0] < 0 < post.ci[1] and post.p > 0.05
     assert post.seeds_needed and post.seeds_needed > 2  # how many seeds would tell them apart
     sentence = verdict_sentences(summary)[0]
     assert "not distinguishable at 5%" in sentence and f"about {post.seeds_needed} seeds per value" in sentence
@@ -112,7 +115,7 @@ def test_runs_that_share_seeds_are_paired_and_the_seed_effect_cancels():
     paired = summarize_key(runs_with({"pre": pre, "post": post}), "model.norm").values[1]
     unpaired = summarize_key(runs_with({"pre": pre, "post": post}, first_seed={"post": 3}), "model.norm").values[1]
     assert (paired.test, paired.verdict) == ("paired t", "worse")
-    assert (unpaired.test, unpaired.verdict) == ("Welch t", "not distinguishable")
+    assert (unpaired.test, unpaired.verdict) == ("Welch-Hsu t", "not distinguishable")
 
 
 def test_with_one_seed_the_verdict_is_inconclusive():
@@ -126,13 +129,37 @@ def test_with_one_seed_the_verdict_is_inconclusive():
     assert post.verdict == "inconclusive" and post.seeds_needed is not None
 
 
-def test_diverged_runs_are_left_out_of_the_means_and_reported():
+def test_diverged_runs_are_counted_as_an_outcome_not_averaged():
     runs = runs_with({"pre": [2.30, 2.31], "post": [2.35, 9.99]}, status={"post-1": "diverged"})
     summary = summarize_key(runs, "model.norm")
-    post = summary.values[1]
-    assert post.mean == pytest.approx(2.35) and post.runs == 1 and post.not_counted == {"diverged": 1}
-    assert post.verdict == "inconclusive"
-    assert "model.norm=post: 1 diverged (not counted)" in verdict_sentences(summary)
+    pre, post = summary.values
+    # Means over the seeds both completed (seed 0): the diverged seed cannot flatter either side.
+    assert post.mean == pytest.approx(2.35) and pre.mean == pytest.approx(2.30) and pre.seeds == 1
+    assert post.runs == 1 and post.diverged == 1 and post.not_counted == {"diverged": 1}
+    assert (pre.verdict, post.verdict) == ("inconclusive", "inconclusive")
+    assert any("model.norm=post: diverged in 1 of 2 runs" in line for line in verdict_sentences(summary))
+
+
+def test_a_value_that_diverged_is_never_best_on_its_survivors():
+    """post diverged in 2 of 4 seeds; its two survivors are low. The stable pre is the reference:
+    post's lucky survivors do not make pre `worse`."""
+    runs = runs_with({"pre": [2.30, 2.31, 2.32, 2.30], "post": [2.10, 2.12, 9.9, 9.9]},
+                     status={"post-2": "diverged", "post-3": "diverged"})
+    summary = summarize_key(runs, "model.norm")
+    pre, post = summary.values
+    assert (pre.verdict, post.verdict) == ("reference", "not distinguishable")
+    assert post.diverged == 2 and post.delta == pytest.approx(-0.195)
+    assert "model.norm: pre is the reference (it diverged least)" in " ".join(verdict_sentences(summary))
+
+
+def test_a_value_that_diverges_in_every_seed_of_many_is_worse():
+    runs = runs_with({"pre": [2.30 + 0.01 * s for s in range(8)], "post": [9.9] * 8},
+                     status={f"post-{s}": "diverged" for s in range(8)})
+    summary = summarize_key(runs, "model.norm")
+    pre, post = summary.values
+    assert (pre.verdict, post.verdict) == ("best", "worse") and post.by_divergence
+    assert post.p == pytest.approx(2 * 2 * 0.5**8)  # sign test over 8 seeds, sharing the pair with the losses' test
+    assert "it diverged in 8 of 8 runs" in verdict_sentences(summary)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,3 +324,89 @@ def test_two_sweeps_of_one_grid_give_one_finding_per_choice(tmp_path, capsys):
     assert main(["compare", str(lion), str(adamw), "--no-plots", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "optim.lr=0.003, optim.eps=1e-08" in out and "optim.eps  " not in out  # beside, never its own table
+
+
+def test_runs_with_different_tokenizers_are_judged_on_bits_per_byte(tmp_path, capsys):
+    """byte vs BPE with the same bits per byte: per token BPE's loss is higher (longer tokens);
+    val_loss would call it worse. The comparison warns and judges val_bpb."""
+    for tokenizer, tokens_per_byte in (("byte", 1.0), ("bpe", 0.3)):
+        for seed in range(3):
+            cfg = config("pre", seed) | {"data": {"tokenizer": tokenizer}}
+            bpb = 1.20 + 0.01 * seed + (0.002 if tokenizer == "bpe" else -0.002) * (seed - 1)
+            folder = write_run(tmp_path / "runs" / f"{tokenizer}-{seed}", cfg, bpb * 0.6931 / tokens_per_byte)
+            summary = json.loads((folder / "summary.json").read_text())
+            summary["final_val_bpb"] = summary["best_val_bpb"] = bpb
+            (folder / "summary.json").write_text(json.dumps(summary))
+    doc = compare([tmp_path / "runs"])
+    assert doc["metric"] == "val_bpb" and "different tokenizers (bpe, byte)" in doc["warnings"][0]
+    assert [v["verdict"] for v in doc["keys"]["data.tokenizer"]["values"]] != ["lowest mean", "worse"]
+    assert all(v["verdict"] != "worse" for v in doc["keys"]["data.tokenizer"]["values"])
+    assert main(["compare", str(tmp_path / "runs"), "--no-plots", "--out", str(tmp_path / "out")]) == 0
+    assert "warning: the runs use different tokenizers" in capsys.readouterr().out
+
+
+def grid_runs(losses, missing=(), diverged=()) -> list[RunResult]:
+    """norm x warmup x seeds with losses[norm][warmup][seed]; `missing`/`diverged`: (norm, warmup, seed)."""
+    return [RunResult(folder=Path(f"{n}-{w}-{s}"), name=f"{n}-{w}-{s}", config={},
+                      grid={"model.norm": n, "schedule.warmup_steps": w}, seed=s,
+                      status="diverged" if (n, w, s) in diverged else "completed", final_val_loss=loss)
+            for n, by_warmup in losses.items() for w, seeds in by_warmup.items() for s, loss in enumerate(seeds)
+            if (n, w, s) not in missing]
+
+
+def test_a_missing_trial_is_warned_of_and_the_marginal_uses_complete_cells():
+    # Warmup 0 costs 0.3 for both norms; post's warmup-0 seed 0 never ran. Averaging what ran would
+    # give post seed 0 the easy cell only (2.0 vs pre's 2.15).
+    losses = {"pre": {"0": [2.3, 2.31, 2.29], "100": [2.0, 2.01, 1.99]},
+              "post": {"0": [2.3, 2.32, 2.30], "100": [2.0, 2.00, 2.00]}}
+    result = Comparison(grid_runs(losses, missing={("post", "0", 0)}), ["model.norm", "schedule.warmup_steps"])
+    assert "1 trial of the grid did not run" in result.warnings[0]
+    pre, post = result.summaries[0].values
+    assert post.delta == pytest.approx((0.02 + 0.0 + 0.01 - 0.01) / 2 - 0.005, abs=0.006)
+    assert abs(post.delta) < 0.02 and post.verdict != "best" and pre.verdict != "worse"
+    assert "did not run" in report_text(result)
+
+
+def report_text(result: Comparison) -> str:
+    from b6lab.sweep.report import comparison_text
+
+    return comparison_text(result, show_names=True)
+
+
+def test_the_two_way_table_gives_each_cell_a_ci_and_tests_the_interaction():
+    # Post-LN needs warmup (+0.3 without it); Pre-LN does not: a difference of differences of 0.3.
+    losses = {"pre": {"0": [2.00, 2.02, 2.01, 2.03], "100": [2.00, 2.01, 2.02, 2.02]},
+              "post": {"0": [2.31, 2.30, 2.33, 2.32], "100": [2.01, 2.02, 2.01, 2.03]}}
+    result = Comparison(grid_runs(losses), ["model.norm", "schedule.warmup_steps"])
+    cell = result.interaction.cells["post", "0"]
+    assert cell.ci[0] < cell.mean < cell.ci[1] and cell.seeds == 4
+    (contrast,) = result.interaction.interactions
+    assert contrast.delta == pytest.approx(-0.3, abs=0.01) and contrast.verdict == "interaction"
+    assert contrast.ci[0] < -0.3 < contrast.ci[1] and contrast.p < 0.05
+    text = report_text(result)
+    assert "interaction model.norm x schedule.warmup_steps: (pre - post at 0) - (pre - post at 100)" in text
+    assert "the effect of one key depends on the other" in text
+    doc = compare_document(result)
+    assert doc["interaction"]["contrasts"][0]["verdict"] == "interaction"
+
+
+def compare_document(result: Comparison) -> dict:
+    from b6lab.sweep.comparison import document
+
+    return document(result)
+
+
+def test_family_all_corrects_across_keys_and_says_so(capsys, tmp_path):
+    losses = {"pre": {"0": [2.30, 2.31, 2.29], "100": [2.0, 2.01, 1.99]},
+              "post": {"0": [2.40, 2.42, 2.41], "100": [2.1, 2.12, 2.09]}}
+    per_key = Comparison(grid_runs(losses), ["model.norm", "schedule.warmup_steps"])
+    together = Comparison(grid_runs(losses), ["model.norm", "schedule.warmup_steps"], family="all")
+    assert [s.family_size for s in per_key.summaries] == [1, 1]
+    assert [s.family_size for s in together.summaries] == [2, 2]
+    # One pair per key: alone each p is its raw p; together, Holm over the two.
+    raw = np.array([next(v.p for v in s.values if v.p is not None) for s in per_key.summaries])
+    assert [next(v.p for v in s.values if v.p is not None) for s in together.summaries] == pytest.approx(holm(raw))
+    assert "every key of the comparison together" in report_text(together)
+    assert "each key is its own family" in report_text(per_key)
+    with pytest.raises(Exception, match="--family some"):
+        Comparison(grid_runs(losses), ["model.norm"], family="some")

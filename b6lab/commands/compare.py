@@ -4,8 +4,11 @@ Give it run folders (made by `b6lab train`), sweep folders (made by `b6lab sweep
 runs (like runs/). Runs are grouped by the keys you choose (--by), else by the sweeps' grid keys,
 else by the config keys that differ between them; a key that only changes with another (a plugin's
 options with the plugin) is shown beside it. Each value gets its mean ± std over seeds and a
-verdict against the best value: best, worse, not distinguishable, or inconclusive, from t-tests
-over seeds corrected with Holm, so that a false "worse" has at most a 5% chance (docs/sweeps.md).
+verdict against the reference value (the one that diverged least, then the lowest mean): best
+(every other value is worse), lowest mean, worse, not distinguishable, or inconclusive, from
+paired t-tests over seeds and a sign test on divergence, corrected with Holm, so that a false
+"worse" among a key's values has at most a 5% chance; --family all holds that across every key
+(docs/sweeps.md).
 
   b6lab compare runs/pre-ln runs/post-ln
   b6lab compare runs/sweeps/norm_ablation --by model.norm,schedule.warmup_steps
@@ -28,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="group by these config (or grid) keys; with two, also the table of their combinations")
     parser.add_argument("--metric", choices=("val_loss", "val_bpb"), default="val_loss",
                         help="the final value compared (default: val_loss; val_bpb: bits per byte, across tokenizers)")
+    parser.add_argument("--family", choices=("key", "all"), default="key",
+                        help="what the 5%% error rate covers: each key's values (default), or all keys together")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document (each key's values, differences, CIs, p-values, verdicts)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs")
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from b6lab.sweep import comparison, folders, report
     from b6lab.train.trackers import tensorboard_command
 
-    result = comparison.build(args.folders, by=args.by, metric=args.metric)
+    result = comparison.build(args.folders, by=args.by, metric=args.metric, family=args.family)
     one_sweep = len(args.folders) == 1 and folders.read_sweep_record(Path(args.folders[0])) is not None
     out = Path(args.out) if args.out else Path(args.folders[0]) if one_sweep else Path("runs/compare")
     title = Path(args.folders[0]).name if one_sweep else "comparison"

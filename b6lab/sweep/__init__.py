@@ -7,7 +7,9 @@
     progress.py     the compact progress lines a sweep prints while it runs
     folders.py      reading run folders and sweep folders back into results
     comparison.py   which keys runs are grouped by, and the document `b6lab compare --json` prints
-    stats.py        the t-tests over seeds, Holm's correction, the verdict; the two-way table
+    stats.py        the tests on arrays of outcomes: paired t over seeds, Welch–Hsu, the sign test on
+                    divergence, Holm's correction and levels, the verdicts, the interaction test
+    verdicts.py     runs laid out by value, cell and seed; each value's summary; the two-way table
     report.py       the results table and the verdicts (terminal, CSV, markdown)
     plots.py        val loss against tokens, final val loss by key, per-block diagnostics by layer
 

@@ -13,15 +13,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from b6lab.config_sources import flatten
 from b6lab.errors import UsageError
 from b6lab.sweep import folders
 from b6lab.sweep.folders import METRICS, RunResult
-from b6lab.sweep.stats import ALPHA, KeySummary, TwoWay, summarize_key, two_way
+from b6lab.sweep.stats import ALPHA, holm, holm_levels, key_tests
+from b6lab.sweep.verdicts import KeySummary, TwoWay, outcome_table, summarize_key, two_way
 
-RULE = ("each value against the best (lowest mean) value of its key: two-sided t-test over seeds, paired by seed "
-        "where both values ran the same seeds, else Welch's; p-values corrected with Holm over every pair of "
-        "values of the key, so a false 'worse' among them has at most an alpha chance")
+FAMILIES = ("key", "all")
+RULE = ("each value against the reference (the value that diverged least, then the lowest mean) of its key: "
+        "two-sided paired t-test over the seeds and cells both values completed (Welch's with Hsu's conservative "
+        "degrees of freedom where they share fewer than 2 seeds), and an exact sign test on divergence where it "
+        "could decide; p-values corrected with Holm over every pair of values of {family}, so a false 'worse' among "
+        "them has at most an alpha chance")
+FAMILY_WORDS = {"key": "the key (each key is its own family: with several keys, the chance of a false 'worse' "
+                       "somewhere grows; --family all corrects across them)",
+                "all": "every key of the comparison together"}
+
+
+def rule(family: str = "key") -> str:
+    return RULE.format(family=FAMILY_WORDS[family])
 
 
 @dataclass
@@ -32,21 +45,44 @@ class Comparison:
     beside: dict[str, list[str]] = field(default_factory=dict)  # judged key -> keys that change only with it
     pooled: list[str] = field(default_factory=list)  # keys that differ but were not grouped by (with --by)
     alpha: float = ALPHA
+    family: str = "key"  # what Holm corrects over: each key's pairs, or all keys' pairs together
+    warnings: list[str] = field(default_factory=list)  # what the reader must know before the verdicts
     summaries: list[KeySummary] = field(init=False)
     interaction: TwoWay | None = field(init=False)
 
     def __post_init__(self):
-        self.summaries = [summarize_key(self.runs, key, self.metric, self.alpha, self.beside.get(key))
-                          for key in self.keys]
-        self.interaction = two_way(self.runs, *self.keys[:2], self.metric) if len(self.keys) >= 2 else None
+        if self.family not in FAMILIES:
+            raise UsageError(f"--family {self.family}: expected one of {', '.join(FAMILIES)}")
+        tables = [outcome_table(self.runs, [key], self.metric, blind=self.beside.get(key, [])) for key in self.keys]
+        tests = [key_tests(table.outcomes, self.alpha) for table in tables]
+        raw = [t.p for t in tests]
+        if self.family == "all" and raw:
+            pooled = np.concatenate(raw)
+            sizes = np.cumsum([0] + [len(p) for p in raw])
+            adjusted, levels = holm(pooled), holm_levels(pooled, self.alpha)
+            cut = [(adjusted[a:b], levels[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
+            size = int(np.sum(~np.isnan(pooled)))
+        else:
+            cut, size = [(None, None)] * len(raw), None
+        self.summaries = [summarize_key(self.runs, key, self.metric, self.alpha, self.beside.get(key), test, adjusted,
+                                        levels, self.family, size)
+                          for key, test, (adjusted, levels) in zip(self.keys, tests, cut)]
+        missing = max((table.missing for table in tables), default=0)
+        if missing:
+            self.warnings.append(f"{missing} trial{'s' * (missing != 1)} of the grid did not run (no run folder for "
+                                 "that combination and seed): each comparison uses only the cells and seeds both "
+                                 "of its values completed")
+        self.interaction = two_way(self.runs, *self.keys[:2], self.metric, self.alpha) if len(self.keys) >= 2 else None
 
 
-def compare(paths: list[str | Path], *, by: str | list[str] | None = None, metric: str = "val_loss") -> dict:
+def compare(paths: list[str | Path], *, by: str | list[str] | None = None, metric: str = "val_loss",
+            family: str = "key") -> dict:
     """The comparison of the runs in `paths` (run, sweep, or runs folders) as a JSON-ready dict."""
-    return document(build(paths, by=by, metric=metric))
+    return document(build(paths, by=by, metric=metric, family=family))
 
 
-def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric: str = "val_loss") -> Comparison:
+def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric: str = "val_loss",
+          family: str = "key") -> Comparison:
     if metric not in METRICS:
         raise UsageError(f"metric {metric!r}: runs record {' and '.join(METRICS)}; compare on one of those")
     if not paths:
@@ -55,6 +91,7 @@ def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric:
     if metric != "val_loss" and all(getattr(run, f"final_{metric}") is None for run in runs):
         raise UsageError(f"--metric {metric}: none of these runs recorded it (runs from before b6lab did); "
                          "compare them on val_loss")
+    metric, warnings = metric_across_tokenizers(runs, metric)
     by = [key.strip() for key in by.split(",") if key.strip()] if isinstance(by, str) else list(by or [])
     if by:
         keys, beside, pooled = group(runs, by, judge_the_rest=False)
@@ -62,7 +99,27 @@ def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric:
         keys, beside, pooled = grid_keys, {}, []
     else:
         keys, beside, pooled = group(runs, grid_keys, judge_the_rest=True)
-    return Comparison(runs, keys, metric, beside, pooled)
+    return Comparison(runs, keys, metric, beside, pooled, family=family, warnings=warnings)
+
+
+def tokenizer_of(run: RunResult) -> str | None:
+    """The tokenizer a run's losses are per token of: its name and vocabulary size."""
+    data, model = run.config.get("data") or {}, run.config.get("model") or {}
+    if not data.get("tokenizer"):
+        return None
+    return f"{data['tokenizer']}" + (f" ({model['vocab_size']} tokens)" if model.get("vocab_size") else "")
+
+
+def metric_across_tokenizers(runs: list[RunResult], metric: str) -> tuple[str, list[str]]:
+    """val_loss is nats per token: where the runs' tokenizers differ a token is not one unit, and
+    the tokenizer with longer tokens looks worse. Judge bits per byte there instead."""
+    tokenizers = sorted({t for t in map(tokenizer_of, runs) if t})
+    if metric != "val_loss" or len(tokenizers) < 2:
+        return metric, []
+    differ = f"the runs use different tokenizers ({', '.join(tokenizers)}): val_loss is per token, and their tokens differ"
+    if all(run.final_val_bpb is not None for run in runs if run.status == "completed"):
+        return "val_bpb", [f"{differ}; judged on val_bpb (bits per byte of the same text) instead"]
+    return metric, [f"{differ}, and some runs recorded no val_bpb: these val_loss verdicts compare different units"]
 
 
 def group(runs: list[RunResult], chosen: list[str], judge_the_rest: bool) -> tuple[list[str], dict, list[str]]:
@@ -118,8 +175,10 @@ def document(comparison: Comparison) -> dict:
     doc = {
         "metric": metric,
         "alpha": comparison.alpha,
-        "ci_level": 1 - comparison.alpha,
-        "rule": RULE,
+        "family": comparison.family,
+        "ci_level": 1 - comparison.alpha,  # of the two-way cells; each difference's own level is beside it
+        "rule": rule(comparison.family),
+        "warnings": comparison.warnings,
         "keys": {summary.key: _key_document(summary) for summary in comparison.summaries},
         "pooled": comparison.pooled,
         "interaction": None,
@@ -136,8 +195,12 @@ def document(comparison: Comparison) -> dict:
         doc["interaction"] = {
             "keys": [table.rows_key, table.columns_key],
             "cells": [{table.rows_key: row, table.columns_key: column, "mean": _number(cell.mean),
-                       "std": _number(cell.std), "n_seeds": cell.seeds}
+                       "std": _number(cell.std), "n_seeds": cell.seeds, "ci": _interval(cell.ci),
+                       "diverged": cell.diverged, "n_runs": cell.runs}
                       for (row, column), cell in table.cells.items()],
+            "contrasts": [{"rows": list(c.rows), "columns": list(c.columns), "delta": _number(c.delta),
+                           "ci": _interval(c.ci), "p_corrected": _number(c.p), "n_seeds": c.seeds,
+                           "verdict": c.verdict} for c in table.interactions],
         }
     return doc
 
@@ -145,15 +208,22 @@ def document(comparison: Comparison) -> dict:
 def _key_document(summary: KeySummary) -> dict:
     return {
         "comparisons": summary.comparisons,
+        "family": summary.family,
+        "family_size": summary.family_size,
+        "missing_trials": summary.missing,
         "beside": summary.beside,
         "values": [{
             "value": v.value, "mean": _number(v.mean), "std": _number(v.std), "n_seeds": v.seeds, "n_runs": v.runs,
-            "not_counted": dict(v.not_counted), "with": v.beside, "delta": _number(v.delta),
-            "ci": None if v.ci is None else [_number(v.ci[0]), _number(v.ci[1])],
-            "p_corrected": _number(v.p), "test": v.test, "verdict": v.verdict,
-            "seeds_needed": v.seeds_needed, "note": v.note,
+            "diverged": v.diverged, "not_counted": dict(v.not_counted), "with": v.beside, "delta": _number(v.delta),
+            "ci": _interval(v.ci), "ci_level": _number(v.ci_level),
+            "p_corrected": _number(v.p), "test": v.test, "test_seeds": v.test_seeds, "by_divergence": v.by_divergence,
+            "verdict": v.verdict, "seeds_needed": v.seeds_needed, "note": v.note,
         } for v in summary.values],
     }
+
+
+def _interval(ci) -> list | None:
+    return None if ci is None else [_number(ci[0]), _number(ci[1])]
 
 
 def _number(value) -> float | None:

@@ -20,7 +20,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from b6lab.sweep.grid import short_name  # noqa: E402
 from b6lab.sweep.folders import RunResult  # noqa: E402
-from b6lab.sweep.stats import final_value, label, summarize_key  # noqa: E402
+from b6lab.sweep.verdicts import final_value, label, summarize_key  # noqa: E402
 
 LINESTYLES = ("-", "--", ":", "-.")
 

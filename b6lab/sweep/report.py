@@ -1,5 +1,5 @@
 """The results of runs side by side: one row per run in the terminal, in results.csv, and in a
-markdown report, followed by each key's verdicts (verdicts.py)."""
+markdown report, followed by each key's verdicts (verdicts.py) and the two-way table."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 from b6lab.sweep.grid import short_name
 from b6lab.sweep.folders import RunResult
-from b6lab.sweep.comparison import RULE, Comparison
-from b6lab.sweep.stats import KeySummary, TwoWay, ValueSummary
+from b6lab.sweep.comparison import Comparison, rule
+from b6lab.sweep.verdicts import KeySummary, TwoWay, ValueSummary
 
 
 def sweep_header(exp, trials) -> str:
@@ -128,6 +128,7 @@ def comparison_text(comparison: Comparison, show_names: bool) -> str:
     notes = reasons(comparison.runs)
     if notes:
         parts.append("\n".join(f"  {note}" for note in notes))
+    parts += [f"\nwarning: {warning}" for warning in comparison.warnings]
     if comparison.keys:
         parts.append("\n" + verdicts_text(comparison))
     else:
@@ -143,6 +144,7 @@ def write_markdown(path: Path, title: str, comparison: Comparison, show_names: b
     notes = reasons(comparison.runs)
     if notes:
         parts.append("\n".join(f"- {note}" for note in notes))
+    parts += [f"**Warning:** {warning}" for warning in comparison.warnings]
     for plot in plots:
         parts.append(f"![{plot.stem.replace('_', ' ')}]({os.path.relpath(plot, path.parent)})")
     if comparison.keys:
@@ -173,58 +175,82 @@ def verdicts_text(comparison: Comparison, markdown: bool = False) -> str:
     if comparison.interaction is not None:
         blocks.append(two_way_caption(comparison.interaction, comparison.metric) + "\n\n"
                       + table(two_way_rows(comparison.interaction)))
-    blocks.append(rule_sentence(comparison.alpha))
+        sentences = interaction_sentences(comparison.interaction)
+        if sentences:
+            blocks.append("\n".join(bullet + sentence for sentence in sentences))
+    blocks.append(rule_sentence(comparison.alpha, comparison.family))
     return "\n\n".join(blocks)
 
 
 def key_rows(summary: KeySummary, metric: str) -> list[dict]:
-    ci = f"{1 - summary.alpha:.0%} CI"
     rows = []
     for v in summary.values:
         row = {summary.key: v.value}
+        is_reference = v is summary.reference
         if summary.beside:
             row["with"] = ", ".join(f"{key}={value}" for key, value in v.beside.items())
         row |= {
             f"final {metric_name(metric)}": _mean_std(v.mean, v.std),
             "seeds": str(v.seeds),
             "runs": str(v.runs),
-            f"vs best [{ci}]": "" if v.delta is None or v.verdict == "best" else _delta(v),
+            "diverged": f"{v.diverged}/{v.runs + v.diverged}" if v.diverged else "",
+            "vs reference [Holm CI]": "" if v.delta is None or is_reference else _delta(v),
             "p (Holm)": "" if v.p is None else _p(v.p),
             "verdict": v.verdict,
         }
         rows.append(row)
+    if not any(v.diverged for v in summary.values):
+        for row in rows:
+            del row["diverged"]
     return rows
 
 
 def verdict_sentences(summary: KeySummary) -> list[str]:
-    """One plain sentence per value against the best, and the runs left out."""
-    scored = [v for v in summary.values if v.mean is not None]
-    best = min(scored, key=lambda v: v.mean) if len(scored) >= 2 else None
+    """One plain sentence per value against the reference, and the runs left out."""
+    reference = summary.reference
     level = f"{summary.alpha:.0%}"
+    holm_over = f"after Holm over {_pairs(summary.family_size)}" + (" of every key" if summary.family == "all" else "")
     lines = []
-    for v in scored:
-        if best is None or v is best:
+    for v in summary.values:
+        if reference is None or v is reference or (v.mean is None and not v.diverged):
             continue
-        head = f"{summary.key}: {v.value} vs {best.value}: {v.delta:+.4f}"
-        if v.verdict == "worse":
-            lines.append(f"{summary.key}: {v.value} is worse than {best.value} by {v.delta:.4f} "
-                         f"({_ci_words(v, summary)}; {_test_words(v, best)}, "
-                         f"{_p_phrase(v.p)} after Holm over {_pairs(summary.comparisons)})")
+        head = f"{summary.key}: {v.value} vs {reference.value}" + (f": {v.delta:+.4f}" if v.delta is not None else "")
+        if v.verdict == "worse" and v.by_divergence:
+            lines.append(f"{summary.key}: {v.value} is worse than {reference.value}: it diverged in {v.diverged} of "
+                         f"{v.runs + v.diverged} runs ({reference.value}: {reference.diverged}; exact sign test over "
+                         f"the seeds where one diverged, {_p_phrase(v.p)} {holm_over})")
+        elif v.verdict == "worse":
+            lines.append(f"{summary.key}: {v.value} is worse than {reference.value} by {v.delta:.4f} "
+                         f"({_ci_words(v)}; {_test_words(v)}, {_p_phrase(v.p)} {holm_over})")
+        elif v.verdict == "not distinguishable" and v.p is not None and v.p < summary.alpha:
+            lines.append(f"{head} ({_ci_words(v)}): lower on the seeds both completed ({_p_phrase(v.p)} {holm_over}), "
+                         f"but it diverged in {v.diverged} of {v.runs + v.diverged} runs: not judged better")
         elif v.verdict == "not distinguishable":
-            lines.append(f"{head} ({_ci_words(v, summary)}): not distinguishable at {level} "
-                         f"({_p_phrase(v.p)} after Holm){_needed(v)}")
+            ci = f" ({_ci_words(v)})" if v.ci else ""
+            lines.append(f"{head}{ci}: not distinguishable at {level} ({_p_phrase(v.p)} {holm_over}){_needed(v)}")
         else:
             lines.append(f"{head}: inconclusive, {v.note}{_needed(v)}")
+    if reference is not None and reference.verdict in ("lowest mean", "reference") and len(summary.values) > 1:
+        why = ("the lowest mean" if reference.verdict == "lowest mean" else "it diverged least")
+        if reference.verdict == "lowest mean" and any(v.diverged for v in summary.values):
+            why += " among the values that diverged least"
+        lines.append(f"{summary.key}: {reference.value} is the reference ({why}), not `best`: not every other "
+                     "value is worse")
     for v in summary.values:
-        if v.not_counted:
-            left_out = ", ".join(f"{n} {status}" for status, n in v.not_counted.items())
+        if v.diverged:
+            lines.append(f"{summary.key}={v.value}: diverged in {v.diverged} of {v.runs + v.diverged} runs (an outcome: "
+                         "counted by the sign test, not averaged into the mean)")
+        other = {status: n for status, n in v.not_counted.items() if status != "diverged"}
+        if other:
+            left_out = ", ".join(f"{n} {status}" for status, n in other.items())
             lines.append(f"{summary.key}={v.value}: {left_out} (not counted)")
     return lines
 
 
 def two_way_caption(table: TwoWay, metric: str) -> str:
     return (f"{table.rows_key} x {table.columns_key}: final {metric_name(metric)}, mean ± std over seeds "
-            "(n seeds); an interaction shows as a row difference that changes across columns")
+            f"[{1 - table.alpha:.0%} t interval of the mean] (n seeds); an interaction is a row difference that "
+            "changes across columns, tested below")
 
 
 def two_way_rows(table: TwoWay) -> list[dict]:
@@ -233,35 +259,67 @@ def two_way_rows(table: TwoWay) -> list[dict]:
         cells = {f"{table.rows_key} \\ {table.columns_key}": row}
         for column in table.columns:
             cell = table.cells[row, column]
-            cells[column] = "-" if cell.mean is None else f"{_mean_std(cell.mean, cell.std)} ({cell.seeds})"
+            text = "-" if cell.mean is None else f"{_mean_std(cell.mean, cell.std)} ({cell.seeds})"
+            if cell.ci is not None:
+                text += f" [{cell.ci[0]:.4f}, {cell.ci[1]:.4f}]"
+            if cell.diverged:
+                text += f", diverged {cell.diverged}/{cell.runs}"
+            cells[column] = text
         rows.append(cells)
     return rows
 
 
-def rule_sentence(alpha: float) -> str:
-    return (f"Verdicts: {RULE.replace('an alpha', f'a {alpha:.0%}')}; `inconclusive`: fewer than 2 seeds or no "
-            "spread between them (docs/sweeps.md).")
+def interaction_sentences(table: TwoWay) -> list[str]:
+    """The difference of differences for each pair of rows and pair of columns."""
+    lines = []
+    for c in table.interactions:
+        (ra, rb), (ca, cb) = c.rows, c.columns
+        what = (f"interaction {table.rows_key} x {table.columns_key}: ({ra} - {rb} at {ca}) - ({ra} - {rb} at {cb})")
+        if c.verdict == "inconclusive":
+            lines.append(f"{what}: inconclusive, needs 2+ seeds that completed in all four cells")
+            continue
+        lines.append(f"{what} = {c.delta:+.4f} (Holm CI {c.ci[0]:+.4f} to {c.ci[1]:+.4f}; paired t over {c.seeds} "
+                     f"seeds, {_p_phrase(c.p)} after Holm over {_pairs(len(table.interactions))}): "
+                     + ("the effect of one key depends on the other" if c.verdict == "interaction"
+                        else "no interaction shown"))
+    return lines
 
 
-def _ci_words(v: ValueSummary, summary: KeySummary) -> str:
-    return f"{1 - summary.alpha:.0%} CI {v.ci[0]:+.4f} to {v.ci[1]:+.4f}"
+def rule_sentence(alpha: float, family: str = "key") -> str:
+    return (f"Verdicts: {rule(family).replace('an alpha', f'a {alpha:.0%}')}. `best` only when every other value is "
+            "worse, else the reference is the `lowest mean`; `inconclusive`: fewer than 2 seeds or no spread between "
+            "them. Each interval is at the level Holm tested its pair at, so it excludes 0 exactly when the losses "
+            "decided `worse`. Adding seeds to these runs after looking and testing again is not covered (docs/sweeps.md).")
 
 
-def _test_words(v: ValueSummary, best: ValueSummary) -> str:
-    return f"paired t over {v.seeds} seeds" if v.test == "paired t" else f"Welch t, {v.seeds} and {best.seeds} seeds"
+def _ci_words(v: ValueSummary) -> str:
+    return f"Holm {_percent(v.ci_level)} CI {v.ci[0]:+.4f} to {v.ci[1]:+.4f}"
+
+
+def _percent(level: float) -> str:
+    """95%, 98.3%: a CI level as people write it."""
+    return f"{level:.1%}".replace(".0%", "%")
+
+
+def _test_words(v: ValueSummary) -> str:
+    if v.test and v.test.startswith("paired t"):
+        return f"paired t over {v.test_seeds} seeds"
+    return f"Welch t with Hsu's df, {v.test_seeds}+ seeds each"
 
 
 def _needed(v: ValueSummary) -> str:
     if v.seeds_needed is not None:
-        return (f"; about {v.seeds_needed} seeds per value would detect a difference this size "
-                "at the spread seen, 80% of the time")
+        return (f"; planning a new sweep, about {v.seeds_needed} seeds per value would detect a difference this "
+                "size at the spread seen, 80% of the time (topping up these runs and testing again voids the "
+                "error rate)")
     if "1 seed" in v.note:
         return "; run 2+ seeds per value to measure the spread"
     return ""
 
 
+
 def _delta(v: ValueSummary) -> str:
-    text = f"{v.delta:+.4f}"
+    text = f"{v.delta:+.4f}" if v.delta is not None else "-"
     return text + (f" [{v.ci[0]:+.4f}, {v.ci[1]:+.4f}]" if v.ci is not None else "")
 
 

@@ -1,47 +1,64 @@
-"""Whether the values of a key really differ: the test, its correction across values, the verdict.
+"""Whether the values of a key really differ: the tests, their correction, the verdict, on arrays
+(the runs' numbers in real use, thousands of simulated sweeps in tests; verdicts.py lays runs out).
 
-The unit of evidence is the seed. For each value of a key, each seed's final metric is averaged
-over the runs of that seed (the other keys' values), so a seed gives one number per value. Then:
+The unit of evidence is the seed, and a comparison is made only where both sides ran. The runs of
+one key are laid out as a table `outcome[value, cell, seed]`, a cell being one combination of the
+other keys' values: the final metric of a completed run, +inf for a run that diverged, NaN for a
+trial that is missing or failed (a crash says nothing about the choice). Then, for every pair of
+values:
 
-- every pair of values with 2+ seeds each is tested, two-sided: with the paired t-test over seeds
-  when both values ran the same seeds (runs of one seed share their data order, and pairing
-  removes that shared part of the noise), else with Welch's t-test (Welch 1947: unequal variances,
-  Welch–Satterthwaite degrees of freedom);
-- the p-values of all pairs of the key are corrected together with Holm's step-down method
-  (Holm 1979), which keeps the chance of any false "worse" among them at alpha (5%).
-  All pairs, not only "each value against the best": the best is chosen after looking, which
-  makes its comparisons the most extreme ones, and Holm over just those k-1 lets the family-wise
-  error reach 6-9% for 4-8 values (tests/test_stats.py simulates both);
-- each value is then `worse` than the best (lowest mean) when their corrected p < alpha, else
-  `not distinguishable`; `inconclusive` when either has fewer than 2 seeds or the seeds spread
-  by nothing at all (no test is possible), with the number of seeds per value that would detect
-  the observed difference at the observed spread with 80% power.
+- **losses**, over the (cell, seed) blocks in which both completed: each seed's mean difference
+  over those cells, then the paired t-test over seeds. Marginals over complete cells only, so an
+  arm that lost its hard cells (diverged there, or was never run there) cannot look better for
+  it. With fewer than 2 seeds in common (the values ran different seeds), Welch's t-test on each
+  value's per-seed means over the cells both ran, with Hsu's conservative degrees of freedom
+  min(n_a, n_b) - 1 (Welch–Satterthwaite's are too liberal with 2-6 seeds and unequal spreads:
+  9.9% false "worse" at 2 vs 6 seeds; tests/test_stats.py);
+- **divergence**, an outcome like any other: the exact sign test over the blocks in which one
+  diverged and the other completed (McNemar's test). It enters a pair's p-value only where it
+  could reach significance (7+ such blocks at 5%), as 2 x min(p_losses, p_divergence)
+  (Bonferroni within the pair; deciding by the count of discordant blocks, which does not depend
+  on which side diverged, keeps the level);
+- Holm's step-down correction (Holm 1979) over all pairs of the key's values: the chance of any
+  false "worse" among them is at most alpha (5%). All pairs, not only "each against the best": the
+  best is chosen after looking, which makes its comparisons the most extreme ones (Holm over just
+  those k-1 reaches 6-9% for 4-8 values). The family is one key; `family="all"` corrects across
+  every key of a comparison instead.
 
-The assumptions: the seed-to-seed noise of a value's mean is roughly normal (t-tests are robust
-to moderate departures), and seeds are independent draws. Only completed runs count; diverged,
-failed, stopped and skipped runs are reported beside.
+The reference each value is compared against is the value that diverged least, then with the
+lowest mean: a value that diverges is never `best` on its survivors. Verdicts: `worse` (the
+pair's corrected p < alpha, and this value is the worse side), `not distinguishable`,
+`inconclusive` (no test possible: fewer than 2 seeds, or no spread), and for the reference `best`
+only when every other value is `worse` and it never diverged, else `lowest mean` (or `reference`
+where a value that diverged more has the lower mean on its survivors). Intervals are
+drawn at the level Holm tested each pair at (the step's alpha/(m - j + 1), halved again where the
+divergence test shares the pair), so an interval excludes 0 exactly when the losses decided
+`worse`.
+
+The assumptions: the seed-to-seed noise of a seed's mean difference is roughly normal (t-tests are
+robust to moderate departures), seeds are independent draws, and the seeds are chosen before the
+results are seen: adding seeds after looking and testing again voids the error rate (a sequential
+design is the valid way).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 from scipy import stats
 
-from b6lab.sweep.folders import RunResult
-
 ALPHA = 0.05
 POWER = 0.8
 MAX_SEEDS = 1000  # seeds_needed searches up to this many per value
+DIVERGED = np.inf  # an outcome; NaN: no outcome (missing, failed)
+REFERENCE = ("best", "lowest mean", "reference")  # the verdicts of the value the others are compared against
 
 
 # ---------------------------------------------------------------------------------------------
-# The procedure, on arrays: the runs' numbers in real use, thousands of simulated sweeps in tests
+# Holm's correction, and the level each hypothesis was tested at
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -58,89 +75,237 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def pair_test(a: np.ndarray, b: np.ndarray, paired: bool, alpha: float = ALPHA):
-    """a - b over the last axis (seeds): mean difference, its (1 - alpha) CI, and the two-sided p-value.
+def holm_levels(p: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """The level Holm tests each p-value at (last axis): alpha/(m - j) at step j while every step so
+    far rejected, then the first accepting step's level for all the rest. p < level exactly when
+    Holm rejects, so intervals at these levels agree with the verdicts."""
+    if p.shape[-1] == 0:
+        return p.copy()
+    order = np.argsort(p, axis=-1)
+    ranked = np.take_along_axis(p, order, axis=-1)
+    family = np.sum(~np.isnan(p), axis=-1, keepdims=True)
+    step = alpha / np.maximum(family - np.arange(p.shape[-1]), 1)
+    rejected = np.logical_and.accumulate(ranked < step, axis=-1)
+    first_accepting = np.take_along_axis(step, np.minimum(rejected.sum(-1, keepdims=True), p.shape[-1] - 1), axis=-1)
+    ranked_levels = np.where(rejected, step, first_accepting)
+    out = np.empty_like(ranked_levels)
+    np.put_along_axis(out, order, ranked_levels, axis=-1)
+    return np.where(np.isnan(p), np.nan, out)
 
-    Paired t when `paired` (the same seeds in the same order), else Welch's t. Where the seeds
-    spread by nothing (standard error 0) there is no test: p and the CI are NaN."""
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # zero spread: scipy warns, we mark it NaN below
-        if paired:
-            result = stats.ttest_rel(a, b, axis=-1)
-            se = np.std(a - b, axis=-1, ddof=1) / math.sqrt(a.shape[-1])
-        else:
-            result = stats.ttest_ind(a, b, equal_var=False, axis=-1)
-            se = np.sqrt(np.var(a, axis=-1, ddof=1) / a.shape[-1] + np.var(b, axis=-1, ddof=1) / b.shape[-1])
-        low, high = result.confidence_interval(1 - alpha)
-    delta = a.mean(axis=-1) - b.mean(axis=-1)
-    scale = np.abs(a).max(axis=-1) + np.abs(b).max(axis=-1) + 1.0
-    degenerate = ~(se > 1e-12 * scale)
-    nan = np.where(degenerate, np.nan, 1.0)
-    return delta, low * nan, high * nan, result.pvalue * nan
+
+# ---------------------------------------------------------------------------------------------
+# One pair of values, on arrays (the runs' numbers in real use, thousands of simulated sweeps in tests)
+
+
+@dataclass
+class PairTest:
+    """a - b for arrays over the batch (leading axes)."""
+
+    delta: np.ndarray  # mean difference of the losses
+    se: np.ndarray  # its standard error; NaN: no test
+    df: np.ndarray  # degrees of freedom of its t
+    p_losses: np.ndarray  # two-sided, NaN: no test
+    paired: np.ndarray  # bool: over common seeds (else Welch–Hsu)
+    seeds: np.ndarray  # seeds the losses test used (common seeds, or the smaller side's)
+    diverged: tuple[np.ndarray, np.ndarray]  # blocks where a (b) diverged and the other completed
+    p_divergence: np.ndarray  # exact sign test over those blocks; NaN where there are none
+    divergence_counts: np.ndarray  # bool: the divergence test shares the pair's p
+    p: np.ndarray  # the pair's p-value (before Holm)
+    a_worse: np.ndarray  # bool: the side the deciding test points to is a
+
+    def interval(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The CI of delta at 1 - level (level halved where the divergence test shares the pair)."""
+        level = np.where(self.divergence_counts, level / 2, level)
+        with np.errstate(invalid="ignore"):
+            half = stats.t.ppf(1 - level / 2, np.maximum(self.df, 1)) * self.se
+        return self.delta - half, self.delta + half
+
+
+def _t(delta, se, df):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 2 * stats.t.sf(np.abs(delta / se), np.maximum(df, 1))
+
+
+def _masked_mean_var(x: np.ndarray, mask: np.ndarray):
+    """Mean, variance (ddof 1) and count over the last axis where mask holds."""
+    n = mask.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(mask, x, 0.0).sum(-1) / n
+        var = np.where(mask, (x - mean[..., None]) ** 2, 0.0).sum(-1) / (n - 1)
+    return mean, var, n
+
+
+def seed_means(x: np.ndarray, mask: np.ndarray):
+    """(..., cells, seeds) -> each seed's mean over the cells where mask holds, and which seeds have one."""
+    count = mask.sum(-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mask, x, 0.0).sum(-2) / count, count > 0
+
+
+def pair_test(a: np.ndarray, b: np.ndarray, alpha: float = ALPHA) -> PairTest:
+    """a, b: (..., cells, seeds) outcomes of two values (float; +inf diverged, NaN none)."""
+    done_a, done_b = np.isfinite(a), np.isfinite(b)
+    both = done_a & done_b
+    with np.errstate(invalid="ignore"):
+        difference, common = seed_means(a - b, both)
+    d_mean, d_var, n_common = _masked_mean_var(difference, common)
+    paired = n_common >= 2
+    # Welch–Hsu where the values share fewer than 2 seeds: each value's seeds, over the cells both ran.
+    shared_cells = done_a.any(-1, keepdims=True) & done_b.any(-1, keepdims=True)
+    mean_a, has_a = seed_means(a, done_a & shared_cells)
+    mean_b, has_b = seed_means(b, done_b & shared_cells)
+    ma, va, na = _masked_mean_var(mean_a, has_a)
+    mb, vb, nb = _masked_mean_var(mean_b, has_b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(paired, d_mean, ma - mb)
+        se = np.where(paired, np.sqrt(d_var / n_common), np.sqrt(va / na + vb / nb))
+        df = np.where(paired, n_common - 1, np.minimum(na, nb) - 1).astype(float)
+        scale = np.abs(np.where(np.isfinite(a), a, 0)).max((-1, -2)) + np.abs(np.where(np.isfinite(b), b, 0)).max((-1, -2)) + 1
+    testable = (paired | ((na >= 2) & (nb >= 2))) & (se > 1e-12 * scale)
+    se = np.where(testable, se, np.nan)
+    p_losses = np.where(testable, _t(delta, se, df), np.nan)
+
+    a_diverged = (np.isposinf(a) & done_b).sum((-1, -2))
+    b_diverged = (np.isposinf(b) & done_a).sum((-1, -2))
+    discordant = a_diverged + b_diverged
+    with np.errstate(invalid="ignore"):
+        p_divergence = np.where(discordant > 0, np.minimum(
+            1.0, 2 * stats.binom.cdf(np.minimum(a_diverged, b_diverged), discordant, 0.5)), np.nan)
+    # The divergence test takes half the pair's alpha only where it could use it.
+    counts = 4 * 0.5 ** discordant < alpha
+    p = np.where(counts, np.minimum(1.0, 2 * np.fmin(p_losses, p_divergence)), p_losses)
+    by_divergence = counts & ~(p_losses < p_divergence)
+    a_worse = np.where(by_divergence, a_diverged > b_diverged, delta > 0)
+    return PairTest(delta=delta, se=se, df=df, p_losses=p_losses, paired=paired,
+                    seeds=np.where(paired, n_common, np.minimum(na, nb)), diverged=(a_diverged, b_diverged),
+                    p_divergence=p_divergence, divergence_counts=counts, p=p, a_worse=a_worse)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every pair of a key's values, and the verdicts
+
+
+@dataclass
+class KeyTests:
+    """Every pair of one key's values, before the correction (comparison.py may pool families)."""
+
+    outcomes: np.ndarray  # (..., k, cells, seeds)
+    pairs: list[tuple[int, int]]
+    tests: list[PairTest]
+
+    @property
+    def p(self) -> np.ndarray:
+        """(..., pairs) the raw p-values, the family Holm corrects."""
+        batch = self.outcomes.shape[:-3]
+        return np.stack([t.p for t in self.tests], axis=-1) if self.tests else np.zeros(batch + (0,))
+
+
+def key_tests(outcomes: np.ndarray, alpha: float = ALPHA) -> KeyTests:
+    k = outcomes.shape[-3]
+    pairs = list(combinations(range(k), 2))
+    return KeyTests(outcomes, pairs, [pair_test(outcomes[..., i, :, :], outcomes[..., j, :, :], alpha)
+                                      for i, j in pairs])
 
 
 @dataclass
 class Judgement:
     """Arrays over `batch` (the leading axes; none for one real key) and k values (last axis)."""
 
-    mean: np.ndarray  # (..., k)
-    best: np.ndarray  # (...,) index of the lowest mean
-    delta: np.ndarray  # (..., k) mean minus the best's mean
-    low: np.ndarray  # (..., k) CI of delta
+    mean: np.ndarray  # (..., k) over the complete blocks (see balanced_means)
+    std: np.ndarray  # (..., k) std over seeds of that mean
+    seeds: np.ndarray  # (..., k) seeds in that mean
+    diverged: np.ndarray  # (..., k) runs that diverged
+    outcomes: np.ndarray  # (..., k) runs with an outcome (completed or diverged)
+    reference: np.ndarray  # (...,) index of the value all are compared against
+    delta: np.ndarray  # (..., k) value minus the reference (on the blocks both completed)
+    low: np.ndarray  # (..., k) its interval, at the level Holm tested the pair at
     high: np.ndarray
-    p: np.ndarray  # (..., k) Holm-corrected p against the best; NaN: untested
-    paired: np.ndarray  # (..., k) whether the comparison with the best was paired
+    p: np.ndarray  # (..., k) Holm-corrected p against the reference; NaN: untested
+    paired: np.ndarray  # (..., k)
+    test_seeds: np.ndarray  # (..., k) seeds the losses test against the reference used
+    by_divergence: np.ndarray  # (..., k) bool: the divergence test decided `worse`
     verdict: np.ndarray  # (..., k) str
-    comparisons: int  # pairs in the Holm family
+    comparisons: int  # pairs in the key's family
 
 
-def judge(arms: list[np.ndarray], seeds: list[tuple] | None = None, alpha: float = ALPHA) -> Judgement:
-    """Each value against the best, corrected over all pairs. arms[i]: (..., n_i) per-seed means of
-    value i, the seeds in the order seeds[i]; values whose seed tuples are equal are compared paired."""
-    k = len(arms)
-    batch = np.broadcast_shapes(*(arm.shape[:-1] for arm in arms))
-    arms = [np.broadcast_to(arm, batch + arm.shape[-1:]).astype(float) for arm in arms]
-    mean = np.stack([arm.mean(axis=-1) if arm.shape[-1] else np.full(batch, np.nan) for arm in arms], axis=-1)
-    scored = [arm.shape[-1] >= 1 for arm in arms]
-    testable = [arm.shape[-1] >= 2 for arm in arms]
-    best = np.argmin(np.where(np.isnan(mean), np.inf, mean), axis=-1)
+def balanced_means(outcomes: np.ndarray):
+    """Each value's mean ± std over seeds, taken over the (cell, seed) blocks that every value with
+    results completed; where no block is complete for all (values ran different seeds), over the
+    cells all of them completed in some seed. Returns mean, std, seeds; each (..., k)."""
+    done = np.isfinite(outcomes)
+    present = done.any((-1, -2), keepdims=True)  # values with no completed run do not restrict the rest
+    blocks = np.all(done | ~present, axis=-3, keepdims=True)
+    cells = np.all(done.any(-1, keepdims=True) | ~present, axis=-3, keepdims=True)
+    use_blocks = blocks.any((-1, -2), keepdims=True)
+    mask = np.where(use_blocks, blocks, cells & done) & done
+    per_seed, has = seed_means(outcomes, mask)
+    mean, var, n = _masked_mean_var(per_seed, has)
+    return np.where(n > 0, mean, np.nan), np.where(n >= 2, np.sqrt(np.maximum(var, 0)), np.nan), n
 
-    low, high, p = (np.full(batch + (k, k), np.nan) for _ in range(3))
-    paired = np.zeros((k, k), dtype=bool)
-    pairs = [(i, j) for i, j in combinations(range(k), 2) if testable[i] and testable[j]]
-    for i, j in pairs:
-        paired[i, j] = paired[j, i] = seeds is not None and seeds[i] == seeds[j]
-        _, lo, hi, pv = pair_test(arms[i], arms[j], paired[i, j], alpha)
-        low[..., i, j], high[..., i, j], p[..., i, j] = lo, hi, pv
-        low[..., j, i], high[..., j, i], p[..., j, i] = -hi, -lo, pv
-    if pairs:
-        rows, cols = np.array(pairs).T
-        adjusted = holm(p[..., rows, cols])
-        p[..., rows, cols] = adjusted
-        p[..., cols, rows] = adjusted
 
-    def against_best(matrix):
-        index = np.broadcast_to(best[..., None, None], batch + (k, 1))
-        return np.take_along_axis(matrix, index, axis=-1)[..., 0]
+def judge(outcomes: np.ndarray, alpha: float = ALPHA, tests: KeyTests | None = None,
+          adjusted: np.ndarray | None = None, levels: np.ndarray | None = None) -> Judgement:
+    """Each value against the reference. `adjusted` / `levels` (..., pairs): Holm's p-values and
+    levels when the family is wider than this key (comparison.py); by default Holm over its pairs."""
+    tests = tests or key_tests(outcomes, alpha)
+    k = outcomes.shape[-3]
+    batch = outcomes.shape[:-3]
+    raw = tests.p
+    adjusted = holm(raw) if adjusted is None else adjusted
+    levels = holm_levels(raw, alpha) if levels is None else levels
+    mean, std, seeds = balanced_means(outcomes)
+    diverged = np.isposinf(outcomes).sum((-1, -2))
+    counted = (~np.isnan(outcomes)).sum((-1, -2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diverged_share = np.where(counted > 0, diverged / counted, np.inf)
+    has_results = ~np.isnan(mean)
+    # The reference: the value that diverged least, then the lowest mean.
+    order_key = np.where(has_results, diverged_share * 1e9 + np.nan_to_num(mean, nan=0.0), np.inf)
+    reference = np.argmin(order_key, axis=-1)
 
-    p_best = against_best(p)
-    is_best = np.arange(k) == best[..., None]
+    shape = batch + (k,)
+    delta, low, high, p = (np.full(shape, np.nan) for _ in range(4))
+    paired, by_divergence, worse = (np.zeros(shape, bool) for _ in range(3))
+    test_seeds = np.zeros(shape, int)
+    for column, ((i, j), test) in enumerate(zip(tests.pairs, tests.tests)):
+        lo, hi = test.interval(levels[..., column])
+        for value, other, sign in ((i, j, 1), (j, i, -1)):
+            against = reference == other
+            value_worse = test.a_worse if sign == 1 else ~test.a_worse
+            decided = adjusted[..., column] < alpha
+            delta[..., value] = np.where(against, sign * test.delta, delta[..., value])
+            low[..., value] = np.where(against, lo if sign == 1 else -hi, low[..., value])
+            high[..., value] = np.where(against, hi if sign == 1 else -lo, high[..., value])
+            p[..., value] = np.where(against, adjusted[..., column], p[..., value])
+            paired[..., value] |= against & test.paired
+            test_seeds[..., value] = np.where(against, test.seeds, test_seeds[..., value])
+            worse[..., value] |= against & decided & value_worse
+            by_divergence[..., value] |= against & decided & value_worse & test.divergence_counts & ~(
+                test.p_losses < test.p_divergence)
+    is_reference = np.arange(k) == reference[..., None]
+    others = has_results | (counted > 0)
+    others_all_worse = np.all(worse | is_reference | ~others, axis=-1, keepdims=True)
+    any_tested = np.any(~np.isnan(p) & ~is_reference, axis=-1, keepdims=True)
+    reference_stable = np.take_along_axis(diverged, reference[..., None], axis=-1) == 0
+    lowest = np.arange(k) == np.argmin(np.where(has_results, mean, np.inf), axis=-1)[..., None]
     verdict = np.select(
-        [is_best & np.array(testable) & (sum(scored) >= 2), is_best, np.isnan(p_best), p_best < alpha],
-        ["best", "inconclusive", "inconclusive", "worse"],
+        [is_reference & ~any_tested, is_reference & others_all_worse & reference_stable, is_reference & lowest,
+         is_reference, worse, np.isnan(p)],
+        ["inconclusive", "best", "lowest mean", "reference", "worse", "inconclusive"],
         "not distinguishable",
     )
-    return Judgement(
-        mean=mean, best=best, delta=mean - np.take_along_axis(mean, best[..., None], axis=-1),
-        low=against_best(low), high=against_best(high), p=p_best,
-        paired=against_best(np.broadcast_to(paired, batch + (k, k))), verdict=verdict, comparisons=len(pairs),
-    )
+    return Judgement(mean=mean, std=std, seeds=seeds, diverged=diverged, outcomes=counted, reference=reference,
+                     delta=np.where(is_reference & has_results, 0.0, delta), low=low, high=high, p=p,
+                     paired=paired, test_seeds=test_seeds, by_divergence=by_divergence, verdict=verdict,
+                     comparisons=int(np.sum(~np.isnan(raw))) if raw.ndim == 1 else len(tests.pairs))
 
 
 def seeds_needed(delta: float, spread: float, paired: bool, level: float, power: float = POWER) -> int | None:
     """Seeds per value for a two-sided t-test at `level` to detect `delta` with `power`, where
     `spread` is the std over seeds of the paired differences (paired) or of each value's mean
-    (unpaired, equal spread and seeds assumed). None: more than MAX_SEEDS, or no difference seen."""
+    (unpaired, equal spread and seeds assumed). None: more than MAX_SEEDS, or no difference seen.
+    For planning a new sweep: topping up finished runs to this many and testing again is not
+    covered by the error rate."""
     if not delta or not spread or not math.isfinite(spread):
         return None
     n = np.arange(2, MAX_SEEDS + 1)
@@ -151,160 +316,43 @@ def seeds_needed(delta: float, spread: float, paired: bool, level: float, power:
     return int(n[reached.argmax()]) if reached.any() else None
 
 
-# ---------------------------------------------------------------------------------------------
-# The runs of one key
-
-
-@dataclass
-class ValueSummary:
-    value: str
-    mean: float | None  # mean over seeds of each seed's mean final metric
-    std: float | None  # std over seeds; None with fewer than two seeds
-    seeds: int
-    runs: int  # completed runs counted
-    not_counted: Counter = field(default_factory=Counter)  # status -> runs left out
-    beside: dict[str, str] = field(default_factory=dict)  # keys that change with this value -> their label
-    delta: float | None = None  # mean minus the best value's mean
-    ci: tuple[float, float] | None = None  # (1 - alpha) CI of delta
-    p: float | None = None  # Holm-corrected p against the best
-    test: str | None = None  # "paired t" | "Welch t"
-    verdict: str = "inconclusive"
-    seeds_needed: int | None = None  # per value, to detect delta at 80% power (not distinguishable, inconclusive)
-    note: str = ""  # why inconclusive
-
-
-@dataclass
-class KeySummary:
-    key: str
-    values: list[ValueSummary]
-    comparisons: int = 0  # pairs in the Holm family
-    alpha: float = ALPHA
-    beside: list[str] = field(default_factory=list)
-
-
-def final_value(run: RunResult, metric: str = "val_loss") -> float | None:
-    """The run's final `metric` (val_loss or val_bpb), for completed runs only."""
-    value = getattr(run, f"final_{metric}")
-    return value if run.status == "completed" and value is not None and math.isfinite(value) else None
-
-
-def label(run: RunResult, key: str) -> str:
-    return run.grid.get(key, "-")
-
-
-def per_seed(runs: list[RunResult], metric: str) -> dict:
-    """seed -> the mean final metric of that seed's completed runs (over the keys not grouped by)."""
-    values: dict = {}
-    for run in runs:
-        if final_value(run, metric) is not None:
-            values.setdefault(run.seed, []).append(final_value(run, metric))
-    return {seed: float(np.mean(v)) for seed, v in sorted(values.items(), key=lambda item: str(item[0]))}
-
-
-def summarize_key(runs: list[RunResult], key: str, metric: str = "val_loss", alpha: float = ALPHA,
-                  beside: list[str] | None = None) -> KeySummary:
-    """Each value of `key`: mean ± std over seeds, and its verdict against the best value."""
-    values = list(dict.fromkeys(label(run, key) for run in runs))
-    groups = {value: [run for run in runs if label(run, key) == value] for value in values}
-    seed_means = {value: per_seed(group, metric) for value, group in groups.items()}
-    summaries = []
-    for value, group in groups.items():
-        means = list(seed_means[value].values())
-        summaries.append(ValueSummary(
-            value=value,
-            mean=float(np.mean(means)) if means else None,
-            std=float(np.std(means, ddof=1)) if len(means) >= 2 else None,
-            seeds=len(means),
-            runs=sum(final_value(run, metric) is not None for run in group),
-            not_counted=Counter(run.status for run in group if final_value(run, metric) is None),
-            beside={other: label(group[0], other) for other in beside or []},
-        ))
-    summary = KeySummary(key, summaries, alpha=alpha, beside=list(beside or []))
-    _judge(summary, seed_means)
-    return summary
-
-
-def _judge(summary: KeySummary, seed_means: dict[str, dict]) -> None:
-    values = summary.values
-    judged = judge([np.array(list(seed_means[v.value].values())) for v in values],
-                   [tuple(seed_means[v.value]) for v in values], summary.alpha)
-    summary.comparisons = judged.comparisons
-    scored = [v for v in values if v.mean is not None]
-    best = values[int(judged.best)]
-    # The strictest level Holm may test at: that of a family of every pair of values with results.
-    level = summary.alpha / max(1, len(scored) * (len(scored) - 1) // 2)
-    pooled_spread = _pooled_std([v for v in scored if v.std is not None])
-    for i, v in enumerate(values):
-        v.verdict = str(judged.verdict[i])
-        if v.mean is None:
-            v.note = "no completed run"
-            continue
-        if v is best:
-            v.delta = 0.0
-            if len(scored) < 2:
-                v.note = "the only value with results"
-            elif v.seeds < 2:
-                v.note = "1 seed: no spread to test against"
-            continue
-        v.delta = float(judged.delta[i])
-        paired = bool(judged.paired[i])
-        if not math.isnan(judged.p[i]):
-            v.ci, v.p = (float(judged.low[i]), float(judged.high[i])), float(judged.p[i])
-            v.test = "paired t" if paired else "Welch t"
-        if v.verdict == "worse":
-            continue
-        if v.seeds < 2 or best.seeds < 2:
-            v.note = ("1 seed" if v.seeds < 2 else f"the best, {best.value}, has 1 seed") + ": no spread to test against"
-            spread = pooled_spread
-        elif v.test is None:
-            v.note = "the seeds gave identical results: no spread to test against"
-            spread = None
-        elif paired:
-            spread = float(np.std(np.subtract(list(seed_means[v.value].values()),
-                                              list(seed_means[best.value].values())), ddof=1))
-        else:
-            spread = _pooled_std([v, best])
-        v.seeds_needed = seeds_needed(v.delta, spread, paired, level) if spread else None
-
-
-def _pooled_std(values: list[ValueSummary]) -> float | None:
-    """Root mean variance over seeds of the values given (each with 2+ seeds)."""
-    variances = [v.std**2 for v in values if v.std is not None]
-    return math.sqrt(sum(variances) / len(variances)) if variances else None
+def t_interval(values: np.ndarray, level: float = ALPHA) -> tuple[float, float] | None:
+    """The (1 - level) t interval of the mean of `values` (seeds); None with fewer than 2."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return None
+    half = stats.t.ppf(1 - level / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+    return float(values.mean() - half), float(values.mean() + half)
 
 
 # ---------------------------------------------------------------------------------------------
-# Two keys at once
+# Two keys: the interaction
 
 
-@dataclass
-class Cell:
-    mean: float | None
-    std: float | None
-    seeds: int
-
-
-@dataclass
-class TwoWay:
-    """The mean over seeds of each combination of two keys' values: an interaction shows as a
-    difference between rows that changes from one column to the next."""
-
-    rows_key: str
-    columns_key: str
-    rows: list[str]
-    columns: list[str]
-    cells: dict[tuple[str, str], Cell]
-
-
-def two_way(runs: list[RunResult], rows_key: str, columns_key: str, metric: str = "val_loss") -> TwoWay:
-    rows = list(dict.fromkeys(label(run, rows_key) for run in runs))
-    columns = list(dict.fromkeys(label(run, columns_key) for run in runs))
-    cells = {}
-    for row in rows:
-        for column in columns:
-            group = [run for run in runs if label(run, rows_key) == row and label(run, columns_key) == column]
-            means = list(per_seed(group, metric).values())
-            cells[row, column] = Cell(mean=float(np.mean(means)) if means else None,
-                                      std=float(np.std(means, ddof=1)) if len(means) >= 2 else None,
-                                      seeds=len(means))
-    return TwoWay(rows_key, columns_key, rows, columns, cells)
+def interaction_tests(grid: np.ndarray, alpha: float = ALPHA) -> list[tuple]:
+    """grid: (..., rows, columns, cells, seeds) outcomes. For each pair of rows (i, j) and pair of
+    columns (a, b), the paired t-test over seeds of (i - j at a) - (i - j at b), over the cells and
+    seeds where all four completed; Holm over the table's contrasts. Returns ((i, j), (a, b), dict of
+    arrays: delta, low, high (at Holm's level), p (corrected), seeds)."""
+    rows, columns = grid.shape[-4], grid.shape[-3]
+    index = [(r, c) for r in combinations(range(rows), 2) for c in combinations(range(columns), 2)]
+    found = []
+    for (i, j), (a, b) in index:
+        with np.errstate(invalid="ignore"):
+            four = grid[..., i, a, :, :] - grid[..., i, b, :, :] - grid[..., j, a, :, :] + grid[..., j, b, :, :]
+            per_seed, has = seed_means(four, np.isfinite(four))
+        mean, var, n = _masked_mean_var(per_seed, has)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            se = np.where((n >= 2) & (var > 1e-24), np.sqrt(var / n), np.nan)
+        found.append((mean, se, n))
+    if not found:
+        return []
+    raw = np.stack([_t(mean, se, n - 1.0) for mean, se, n in found], axis=-1)
+    adjusted, levels = holm(raw), holm_levels(raw, alpha)
+    out = []
+    for column, (pair, (mean, se, n)) in enumerate(zip(index, found)):
+        with np.errstate(invalid="ignore"):
+            half = stats.t.ppf(1 - levels[..., column] / 2, np.maximum(n - 1, 1)) * se
+        out.append((*pair, {"delta": mean, "low": mean - half, "high": mean + half, "p": adjusted[..., column],
+                            "seeds": n}))
+    return out

@@ -91,7 +91,8 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
             stop_ray(exp.storage)
 
     runs, keys = folders.read_sweep(exp.storage)
-    print("\n" + report.terminal_report(runs, keys, show_names=False, metric=exp.metric))
+    sequential = folders.read_sweep_record(exp.storage).get("sequential")
+    print("\n" + report.terminal_report(runs, keys, show_names=False, metric=exp.metric, sequential=sequential))
     written = report.write_results(runs, keys, exp.storage, exp.name, exp.metric)
     print(f"\nresults: {', '.join(str(path) for path in written)}")
     if any(trial.config["logging"].get("tensorboard") for trial in trials):

@@ -47,6 +47,7 @@ class Comparison:
     alpha: float = ALPHA
     family: str = "key"  # what Holm corrects over: each key's pairs, or all keys' pairs together
     warnings: list[str] = field(default_factory=list)  # what the reader must know before the verdicts
+    sequential: dict | None = None  # a sequential sweep's {start, max, equivalence}: its analysis decides
     summaries: list[KeySummary] = field(init=False)
     interaction: TwoWay | None = field(init=False)
 
@@ -67,7 +68,16 @@ class Comparison:
         self.summaries = [summarize_key(self.runs, key, self.metric, self.alpha, self.beside.get(key), test, adjusted,
                                         levels, self.family, size)
                           for key, test, (adjusted, levels) in zip(self.keys, tests, cut)]
-        missing = max((table.missing for table in tables), default=0)
+        if self.sequential:
+            from b6lab.sweep.sequential_sweep import sequential_verdicts
+
+            for summary in self.summaries:
+                sequential_verdicts(summary, self.runs, self.metric, self.sequential["start"], self.sequential["max"],
+                                    self.sequential.get("equivalence"))
+            self.warnings.append("a sequential sweep: each key is judged by the sequential analysis (a fixed-n t-test "
+                                 "after seeds were added where undecided would not hold its error rate); the "
+                                 "two-way table's interaction tests are fixed-n, so descriptive here")
+        missing = 0 if self.sequential else max((table.missing for table in tables), default=0)
         if missing:
             self.warnings.append(f"{missing} trial{'s' * (missing != 1)} of the grid did not run (no run folder for "
                                  "that combination and seed): each comparison uses only the cells and seeds both "
@@ -99,7 +109,12 @@ def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric:
         keys, beside, pooled = grid_keys, {}, []
     else:
         keys, beside, pooled = group(runs, grid_keys, judge_the_rest=True)
-    return Comparison(runs, keys, metric, beside, pooled, family=family, warnings=warnings)
+    record = folders.read_sweep_record(Path(paths[0])) if len(paths) == 1 else None
+    sequential = record.get("sequential") if record else None
+    if sequential and family != "key":
+        raise UsageError("--family all: a sequential sweep's analysis corrects within each key, as it decided "
+                         "where to add seeds; compare it with --family key")
+    return Comparison(runs, keys, metric, beside, pooled, family=family, warnings=warnings, sequential=sequential)
 
 
 def tokenizer_of(run: RunResult) -> str | None:
@@ -176,6 +191,7 @@ def document(comparison: Comparison) -> dict:
         "metric": metric,
         "alpha": comparison.alpha,
         "family": comparison.family,
+        "sequential": comparison.sequential,
         "ci_level": 1 - comparison.alpha,  # of the two-way cells; each difference's own level is beside it
         "rule": rule(comparison.family),
         "warnings": comparison.warnings,
@@ -211,13 +227,14 @@ def _key_document(summary: KeySummary) -> dict:
         "family": summary.family,
         "family_size": summary.family_size,
         "missing_trials": summary.missing,
+        "method": summary.method,
         "beside": summary.beside,
         "values": [{
             "value": v.value, "mean": _number(v.mean), "std": _number(v.std), "n_seeds": v.seeds, "n_runs": v.runs,
             "diverged": v.diverged, "not_counted": dict(v.not_counted), "with": v.beside, "delta": _number(v.delta),
             "ci": _interval(v.ci), "ci_level": _number(v.ci_level),
             "p_corrected": _number(v.p), "test": v.test, "test_seeds": v.test_seeds, "by_divergence": v.by_divergence,
-            "verdict": v.verdict, "seeds_needed": v.seeds_needed, "note": v.note,
+            "verdict": v.verdict, "decided_at": v.decided_at, "seeds_needed": v.seeds_needed, "note": v.note,
         } for v in summary.values],
     }
 

@@ -8,6 +8,7 @@
         - {optim.name: adamw, optim.lr: 1.0e-3}
         - {optim.name: lion, optim.lr: 3.0e-4, label: lion}
     seeds: [0, 1]                                        # each grid point runs once per seed (train.seed)
+    seeds: {start: 3, max: 12, equivalence: 0.01}        # or sequential: more seeds only where undecided
     metric: val_loss                                     # minimised: val_loss or val_bpb (bits per byte)
     resources: {cpu: 1, gpu: 0}                          # per trial; fractions allowed
     max_concurrent: 2                                    # default: as many as the resources allow
@@ -35,7 +36,7 @@ from b6lab.config import SECTIONS
 from b6lab.config_sources import read_yaml
 from b6lab.errors import ConfigError, unknown
 from b6lab.registry import resolve_plugin_spec
-from b6lab.sweep.grid import SEED_KEY, Axis, Base, Experiment, short_name
+from b6lab.sweep.grid import SEED_KEY, Axis, Base, Experiment, Sequential, short_name
 
 BASE_KEYS = ("preset", "set", "file")  # beside the config's own sections, which may sit inline
 METRICS = ("val_loss", "val_bpb")  # what every trial reports at each evaluation; minimised
@@ -66,6 +67,18 @@ class Asha:
 
 
 @dataclass
+class SequentialSeeds:
+    """`seeds: {start, max}`: every grid point runs seeds 0..start-1; then seeds are added, one at a
+    time, only to the grid points of comparisons not yet decided, up to max (sequential.py)."""
+
+    __pydantic_config__ = FORBID
+    start: Annotated[int, Field(ge=2)]
+    max: PositiveInt
+    equivalence: Optional[Annotated[float, Field(gt=0)]] = None  # a difference this small counts as none
+    first: Annotated[int, Field(ge=0)] = 0  # the first seed's number
+
+
+@dataclass
 class SweepFile:
     """The keys a sweep file may hold and their types, as written (the module's docstring shows each)."""
 
@@ -73,7 +86,7 @@ class SweepFile:
     name: Optional[str] = None
     base: Union[str, dict] = field(default_factory=dict)
     grid: dict[str, Annotated[list, Field(min_length=1)]] = field(default_factory=dict)
-    seeds: Annotated[list[int], Field(min_length=1)] = field(default_factory=lambda: [0])
+    seeds: Annotated[list[int], Field(min_length=1)] = field(default_factory=lambda: [0])  # or SequentialSeeds
     metric: Literal[METRICS] = "val_loss"
     resources: Resources = field(default_factory=Resources)
     max_concurrent: Optional[PositiveInt] = None
@@ -91,13 +104,25 @@ def load_experiment(path: str | Path) -> Experiment:
     scheduler = data.get("scheduler")
     if isinstance(scheduler, dict) and scheduler.get("name") not in SCHEDULERS:
         raise ConfigError(unknown(scheduler.get("name"), SCHEDULERS, "value"), key="scheduler.name", file=file)
+    sequential = None
+    if isinstance(data.get("seeds"), dict):  # checked on its own, so that a mistake names its key
+        sequential = validation.build(SequentialSeeds, data["seeds"], lambda key: file, "must be", prefix="seeds.",
+                                      names={"": "key of seeds"})
+        data = {k: v for k, v in data.items() if k != "seeds"}
     sweep = validation.build(SweepFile, data, lambda key: file, "must be",
                              names={"": "sweep key", "resources": "resource", "scheduler": "asha key"})
     name = path.stem if sweep.name is None else sweep.name
     if not name or "/" in name:
         raise ConfigError(f"must be a non-empty name without '/', got {name!r}", key="name", file=file)
-    if len(set(sweep.seeds)) != len(sweep.seeds):
-        raise ConfigError(f"has a seed more than once: {sweep.seeds}", key="seeds", file=file)
+    if sequential and sequential.max < sequential.start:
+        raise ConfigError(f"max {sequential.max} is below start {sequential.start}: expected max >= start",
+                          key="seeds.max", file=file)
+    if sequential and not sweep.grid:
+        raise ConfigError("sequential seeds decide comparisons between grid values, and this sweep has no grid",
+                          key="seeds", file=file)
+    seeds = list(range(sequential.first, sequential.first + sequential.max)) if sequential else sweep.seeds
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"has a seed more than once: {seeds}", key="seeds", file=file)
     if sweep.resources.cpu == 0 and sweep.resources.gpu == 0:
         raise ConfigError("asks for no CPU and no GPU; a trial needs one of them", key="resources", file=file)
     if scheduler and (sweep.scheduler.grace_period or 1) > (sweep.scheduler.max_t or float("inf")):
@@ -106,7 +131,9 @@ def load_experiment(path: str | Path) -> Experiment:
     # The scheduler's keys as the file gives them (coerced); Tune's or b6lab's defaults for the rest.
     scheduler = {key: getattr(sweep.scheduler, key) for key in scheduler} if scheduler else None
     return Experiment(
-        name=name, file=path, base=_base(sweep.base, folder, file), grid=_grid(sweep.grid, file), seeds=sweep.seeds,
+        name=name, file=path, base=_base(sweep.base, folder, file), grid=_grid(sweep.grid, file), seeds=seeds,
+        sequential=sequential and Sequential(start=sequential.start, max=sequential.max,
+                                             equivalence=sequential.equivalence),
         metric=sweep.metric, cpus=sweep.resources.cpu, gpus=sweep.resources.gpu,
         workers=sweep.resources.workers, max_concurrent=sweep.max_concurrent,
         scheduler=scheduler, plugins=[resolve_plugin_spec(spec, folder) for spec in sweep.plugins],

@@ -64,6 +64,8 @@ def write_sweep_record(exp: Experiment, trials) -> None:
         "grid": [{"key": axis.key, "short": axis.short, "values": [axis.label(v) for v in axis.values]}
                  for axis in exp.grid],
         "seeds": exp.seeds,
+        "sequential": None if exp.sequential is None else {"start": exp.sequential.start, "max": exp.sequential.max,
+                                                           "equivalence": exp.sequential.equivalence},
         "trials": [{"name": t.name, "grid": t.grid, "seed": t.seed, "folder": str(t.run_dir.relative_to(exp.storage)),
                     "config_hash": t.config_hash, "skipped": t.skip_reason} for t in trials],
     })
@@ -130,8 +132,11 @@ def read_sweep(folder: Path) -> tuple[list[RunResult], list[str]]:
     """The runs of a sweep folder, with their grid values, and the sweep's grid keys."""
     record = read_sweep_record(folder)
     runs = []
+    optional = set(record["seeds"][record["sequential"]["start"]:]) if record.get("sequential") else set()
     for trial in record["trials"]:
         run_dir = Path(folder) / trial["folder"]
+        if trial["seed"] in optional and not holds_run(run_dir):
+            continue  # a seed the sequential sweep did not need
         run = read_run(run_dir) if holds_run(run_dir) else RunResult(folder=run_dir, name=trial["name"], config={})
         if trial.get("skipped") and run.status == "incomplete":
             run.status, run.reason = "skipped", trial["skipped"]

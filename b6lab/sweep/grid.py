@@ -50,13 +50,22 @@ class Base:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Sequential:
+    """Seeds added where comparisons are undecided: `start` seeds of every point, at most `max`."""
+
+    start: int
+    max: int
+    equivalence: float | None = None
+
+
 @dataclass
 class Experiment:
     name: str
     file: Path
     base: Base
     grid: list[Axis]
-    seeds: list[int]
+    seeds: list[int]  # every seed a trial may run (sequential: the first `start` run at once, the rest if needed)
     metric: str = "val_loss"
     cpus: float = 1.0
     gpus: float = 0.0
@@ -67,6 +76,12 @@ class Experiment:
     max_failures: int = 0
     skip_unavailable: bool = False
     storage: Path = Path()  # absolute: the sweep's folder
+    sequential: Sequential | None = None
+
+    @property
+    def start_seeds(self) -> list[int]:
+        """The seeds every grid point runs before anything is decided."""
+        return self.seeds[: self.sequential.start] if self.sequential else self.seeds
 
     @property
     def trials_dir(self) -> Path:

@@ -16,13 +16,18 @@ from b6lab.sweep.verdicts import KeySummary, TwoWay, ValueSummary
 def sweep_header(exp, trials) -> str:
     """The sweep in one paragraph: its size, what each trial gets, and where it writes."""
     seeds = f"{len(exp.seeds)} seed" + ("s" if len(exp.seeds) > 1 else "")
+    if exp.sequential:
+        seeds = f"{exp.sequential.start} to {exp.sequential.max} seeds, sequential"
     shape = " x ".join([f"{len(axis.values)} {axis.short}" for axis in exp.grid] + [seeds])
     per_trial = f"{exp.cpus:g} CPU" + (f" + {exp.gpus:g} GPU" if exp.gpus else "")
     if exp.workers > 1:
         per_trial = f"{exp.workers} workers x {per_trial}"
     at_once = f"at most {exp.max_concurrent} at a time" if exp.max_concurrent else "as many at a time as fit"
     early = f"; early stopping: {exp.scheduler['name']}" if exp.scheduler else ""
-    return (f"{exp.name}: {len(trials)} trials ({shape}), {per_trial} per trial, {at_once}{early}\n"
+    count = f"{len(trials)} trials"
+    if exp.sequential:
+        count = f"{len(trials) // len(exp.seeds) * exp.sequential.start} trials to start, at most {len(trials)}"
+    return (f"{exp.name}: {count} ({shape}), {per_trial} per trial, {at_once}{early}\n"
             f"  folder: {exp.storage}\n")
 
 
@@ -34,7 +39,7 @@ def trial_rows(trials, exp) -> list[dict]:
         row = {"#": str(t.index), **{shorts[key]: label for key, label in t.grid.items()}, "seed": str(t.seed)}
         row |= {kind: name for kind, name in t.plugins.items() if kind not in row}  # a grid column already says it
         row |= {"params": "?" if t.params is None else f"{t.params / 1e6:.2f}M", "tokens": _count(t.tokens),
-                "status": "skip" if t.skip_reason else "run"}
+                "status": "skip" if t.skip_reason else "run" if t.seed in exp.start_seeds else "if needed"}
         rows.append(row)
     return rows
 
@@ -117,9 +122,10 @@ def write_csv(runs: list[RunResult], keys: list[str], path: Path) -> None:
             })
 
 
-def terminal_report(runs: list[RunResult], keys: list[str], show_names: bool, metric: str = "val_loss") -> str:
+def terminal_report(runs: list[RunResult], keys: list[str], show_names: bool, metric: str = "val_loss",
+                    sequential: dict | None = None) -> str:
     """What `b6lab sweep` prints at the end: the table, why runs ended early, and the verdicts."""
-    return comparison_text(Comparison(runs, keys, metric), show_names)
+    return comparison_text(Comparison(runs, keys, metric, sequential=sequential), show_names)
 
 
 def comparison_text(comparison: Comparison, show_names: bool) -> str:
@@ -178,7 +184,8 @@ def verdicts_text(comparison: Comparison, markdown: bool = False) -> str:
         sentences = interaction_sentences(comparison.interaction)
         if sentences:
             blocks.append("\n".join(bullet + sentence for sentence in sentences))
-    blocks.append(rule_sentence(comparison.alpha, comparison.family))
+    blocks.append(sequential_rule(comparison.alpha) if comparison.sequential else
+                  rule_sentence(comparison.alpha, comparison.family))
     return "\n\n".join(blocks)
 
 
@@ -194,19 +201,43 @@ def key_rows(summary: KeySummary, metric: str) -> list[dict]:
             "seeds": str(v.seeds),
             "runs": str(v.runs),
             "diverged": f"{v.diverged}/{v.runs + v.diverged}" if v.diverged else "",
-            "vs reference [Holm CI]": "" if v.delta is None or is_reference else _delta(v),
+            ("vs reference [anytime CI]" if summary.method else "vs reference [Holm CI]"):
+                "" if v.delta is None or is_reference else _delta(v),
             "p (Holm)": "" if v.p is None else _p(v.p),
             "verdict": v.verdict,
         }
         rows.append(row)
-    if not any(v.diverged for v in summary.values):
-        for row in rows:
-            del row["diverged"]
+    for column, shown in (("diverged", any(v.diverged for v in summary.values)), ("p (Holm)", not summary.method)):
+        if not shown:
+            for row in rows:
+                del row[column]
     return rows
+
+
+def sequential_sentences(summary: KeySummary) -> list[str]:
+    """A sequential sweep's verdicts: what was decided, at how many seeds, by which method."""
+    reference = summary.reference
+    lines = []
+    for v in summary.values:
+        if reference is None or v is reference:
+            continue
+        ci = f"anytime-valid {1 - summary.alpha:.0%} CI {v.ci[0]:+.4f} to {v.ci[1]:+.4f}; " if v.ci else ""
+        seeds = f"{v.test_seeds} seeds" + (f", decided at {v.decided_at}" if v.decided_at else "")
+        if v.verdict == "worse":
+            lines.append(f"{summary.key}: {v.value} is worse than {reference.value} by {v.delta:.4f} ({ci}{seeds})")
+        elif v.verdict == "equivalent":
+            lines.append(f"{summary.key}: {v.value} is equivalent to {reference.value}, {v.note} ({ci}{seeds})")
+        else:
+            delta = f": {v.delta:+.4f}" if v.delta is not None else ""
+            lines.append(f"{summary.key}: {v.value} vs {reference.value}{delta}: {v.verdict}, {v.note} ({ci}{seeds})")
+    lines.append(f"{summary.key}: {summary.method}")
+    return lines
 
 
 def verdict_sentences(summary: KeySummary) -> list[str]:
     """One plain sentence per value against the reference, and the runs left out."""
+    if summary.method:
+        return sequential_sentences(summary) + _left_out(summary)
     reference = summary.reference
     level = f"{summary.alpha:.0%}"
     holm_over = f"after Holm over {_pairs(summary.family_size)}" + (" of every key" if summary.family == "all" else "")
@@ -236,10 +267,17 @@ def verdict_sentences(summary: KeySummary) -> list[str]:
             why += " among the values that diverged least"
         lines.append(f"{summary.key}: {reference.value} is the reference ({why}), not `best`: not every other "
                      "value is worse")
+    return lines + _left_out(summary)
+
+
+def _left_out(summary: KeySummary) -> list[str]:
+    """The runs that diverged, and those without an outcome."""
+    lines = []
+    counted = "not averaged into the mean" + ("" if summary.method else ", counted by the sign test")
     for v in summary.values:
         if v.diverged:
-            lines.append(f"{summary.key}={v.value}: diverged in {v.diverged} of {v.runs + v.diverged} runs (an outcome: "
-                         "counted by the sign test, not averaged into the mean)")
+            lines.append(f"{summary.key}={v.value}: diverged in {v.diverged} of {v.runs + v.diverged} runs "
+                         f"(an outcome: {counted})")
         other = {status: n for status, n in v.not_counted.items() if status != "diverged"}
         if other:
             left_out = ", ".join(f"{n} {status}" for status, n in other.items())
@@ -290,6 +328,13 @@ def rule_sentence(alpha: float, family: str = "key") -> str:
             "worse, else the reference is the `lowest mean`; `inconclusive`: fewer than 2 seeds or no spread between "
             "them. Each interval is at the level Holm tested its pair at, so it excludes 0 exactly when the losses "
             "decided `worse`. Adding seeds to these runs after looking and testing again is not covered (docs/sweeps.md).")
+
+
+def sequential_rule(alpha: float) -> str:
+    return (f"Verdicts: each value against the reference of its key by the sequential analysis above, which holds "
+            f"a {alpha:.0%} chance of any false 'worse' among a key's values however often the sweep looked; "
+            "`equivalent`: its anytime-valid interval lies inside the sweep's margin; `best` only when every other "
+            "value is worse (docs/sweeps.md, sequential seeds).")
 
 
 def _ci_words(v: ValueSummary) -> str:

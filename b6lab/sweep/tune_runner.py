@@ -286,12 +286,20 @@ def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: 
     if resume and tune.Tuner.can_restore(str(exp.ray_dir)):
         tuner = tune.Tuner.restore(str(exp.ray_dir), trainable, resume_unfinished=True, resume_errored=retry_failed)
     else:  # a new sweep, or one killed before Ray saved its state: finished trials return at once
+        if exp.sequential:  # no grid: the searcher hands out each point's seeds as the analysis asks
+            from b6lab.sweep.seed_searcher import SeedSearcher
+
+            space, search = {}, {"search_alg": SeedSearcher(exp, {t.key: str(t.run_dir) for t in trials}),
+                                 "num_samples": -1}
+        else:
+            space = ({axis.key: tune.grid_search(list(axis.values)) for axis in exp.grid}
+                     | {SEED_KEY: tune.grid_search(exp.seeds)})
+            search = {}
         tuner = tune.Tuner(
             trainable,
-            param_space={axis.key: tune.grid_search(list(axis.values)) for axis in exp.grid}
-            | {SEED_KEY: tune.grid_search(exp.seeds)},
+            param_space=space,
             tune_config=tune.TuneConfig(
-                metric=exp.metric, mode="min", scheduler=_scheduler(exp, trials),
+                **search, metric=exp.metric, mode="min", scheduler=_scheduler(exp, trials),
                 max_concurrent_trials=exp.max_concurrent,
                 # A new worker process per trial costs seconds of imports, so reuse them; but not with a
                 # scheduler: a stopped trial still saves its checkpoint, and Ray gives up on reusing a

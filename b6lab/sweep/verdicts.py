@@ -95,6 +95,7 @@ class ValueSummary:
     test_seeds: int = 0
     by_divergence: bool = False  # worse because it diverged more often, not by its losses
     verdict: str = "inconclusive"
+    decided_at: int | None = None  # sequential sweeps: the seed count at which its comparison was decided
     seeds_needed: int | None = None  # per value, for a new fixed design to detect delta at 80% power
     note: str = ""  # why inconclusive
 
@@ -110,6 +111,7 @@ class KeySummary:
     family: str = "key"  # what Holm corrected over: "key", or "all" keys of the comparison
     family_size: int = 0
     reference_index: int | None = None  # the value the others are compared against
+    method: str | None = None  # a sequential sweep's analysis, where it replaced the fixed-n tests
 
     @property
     def reference(self) -> ValueSummary | None:

@@ -182,6 +182,40 @@ def test_identical_seeds_and_the_futility_boundary():
     assert shifted.pairs[0].decision == "worse" and shifted.pairs[0].worse == "b"
 
 
+def adaptive_sweep(means, spreads, start, max, rng):
+    """A sweep as issue 23 runs it: `start` seeds of every value, then one more seed of each value
+    that analyse() says is needed, until none is. Returns the last verdict and each value's seeds."""
+    full = np.asarray(means)[:, None] + np.asarray(spreads)[:, None] * rng.standard_normal((len(means), max))
+    full += rng.standard_normal(max)  # the seed's own effect
+    seeds = [start] * len(means)
+    while True:
+        verdict = analyse({v: {s: full[v, s] for s in range(seeds[v])} for v in range(len(means))}, start, max)
+        if not verdict.needs_seeds:
+            return verdict, seeds
+        for value in verdict.needs_seeds:
+            seeds[value] += 1
+
+
+def test_a_sweep_that_adds_seeds_only_where_asked_keeps_the_family_wise_rate():
+    """The real loop over analyse(), 1,500 null sweeps of 3 values with spreads 1:2:4, max 12."""
+    rng = np.random.default_rng(10)
+    draws = 1500
+    outcomes = [adaptive_sweep([0, 0, 0], [1, 2, 4], 3, 12, rng) for _ in range(draws)]
+    rate = np.mean([any(p.decision == "worse" for p in verdict.pairs) for verdict, _ in outcomes])
+    assert rate <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / draws), f"{rate:.3f} had a false 'worse'"
+    assert np.mean([seeds for _, seeds in outcomes]) < 6.5  # of 12 allowed: futility stops most early
+
+
+def test_analyse_shows_equivalence_within_the_margin_and_stops_there():
+    rng = np.random.default_rng(9)
+    results = per_seed(["rope", "alibi"], 12, rng, means=[0.0, 0.0], spread=0.002)
+    pair = analyse(results, 3, 12, equivalence=0.01).pairs[0]
+    assert pair.decision == "equivalent" and pair.decided_at < 12
+    low, high = pair.interval
+    assert -0.01 < low < pair.mean_difference < high < 0.01
+    assert analyse(results, 3, 12).pairs[0].reason == "futile"  # without a margin: no difference found
+
+
 @pytest.mark.parametrize("kwargs, words", [
     (dict(start=1, max=12), "seeds.start: 1"),
     (dict(start=3, max=2), "seeds.max: 2"),

@@ -49,8 +49,10 @@ How a Ray Tune Searcher would use it (a sketch; not wired in):
             verdict = analyse(self.results, start, max, equivalence)
             for value in verdict.needs_seeds:   # only the points in undecided comparisons
                 ...  # queue the next seed of every grid point with that value, once
-    # Trials then start as earlier ones finish, within max_concurrent; resuming replays
-    # the finished trials' results through on_trial_complete and reaches the same queue.
+        def save(self, path): ...     # pickle self.pending and self.results, so that --resume
+        def restore(self, path): ...  # continues the same queue
+    # Trials then start as earlier ones finish (max_concurrent and resources stay Tune's), not
+    # in waves; a comparison decided at 4 seeds costs no fifth.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ def design(start: int, max: int, alpha: float = ALPHA, pairs: int = 1) -> Design
     t = r * np.sqrt((n - 1) / (n - r**2))
     table = log_likelihood_ratio(t, n, effect)
     table = np.maximum.accumulate(table, axis=1)  # it rises with |t|; this only removes rounding
+    # (The table's interpolation error changes only the boundary's shape, not its level: the
+    # calibration reads the same table.)
     partial = Design(start, max, alpha, pairs, effect, looks, table, np.empty(0), np.empty(0))
     reject = calibrate(partial, [alpha / j for j in range(1, pairs + 1)])
     # The mixture's width: the one that makes the interval narrowest at max seeds, where

@@ -33,6 +33,10 @@ changes nothing. The assumptions are those of the paired t-test: the paired diff
 per-seed results are normal with one spread per pair, and seeds are independent.
 tests/test_sequential.py checks the error rates, power and seeds used by simulation.
 
+No package fits as a dependency: savvi (0.3) has the mixture t-test used here for equivalence,
+one observation at a time and without calibrated boundaries or futility; confseq's boundaries
+assume a known or bounded spread; expectation needs Python 3.12 (b6lab supports 3.10).
+
 How a Ray Tune Searcher would use it (a sketch; not wired in):
 
     class SequentialSeeds(ray.tune.search.Searcher):

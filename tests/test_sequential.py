@@ -1,0 +1,245 @@
+"""The sequential verdict's promises, checked by simulation: thousands of sweeps, no training.
+
+Each simulated sweep gives every value of a key `max` seeds; the procedure reads each pair's
+path of paired differences seed by seed, exactly as it would while the seeds arrive (its
+decision at any look is a function of the path up to there), so looking after every seed is
+what is simulated. A seed adds an effect shared by all values (the data order), which pairing
+removes.
+"""
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from b6lab.sweep.sequential import (
+    ALPHA, FUTILITY, analyse, decide, design, evidence_u, fixed_design_effect, log_likelihood_ratio,
+)
+
+DRAWS = 4000
+# Three standard errors of a rate near alpha estimated from DRAWS sweeps.
+MARGIN = 3 * math.sqrt(ALPHA * (1 - ALPHA) / DRAWS)
+
+
+def sweeps(means, spreads, seeds, rng):
+    """(DRAWS, pairs, seeds) paired differences of every pair of values (first minus second)."""
+    means, spreads = np.asarray(means, float), np.asarray(spreads, float)
+    results = means[:, None] + spreads[:, None] * rng.standard_normal((DRAWS, len(means), seeds))
+    results += 2.0 * rng.standard_normal((DRAWS, 1, seeds))  # the seed's own effect, shared by all values
+    return np.stack([results[:, a] - results[:, b] for a, b in combinations(range(len(means)), 2)], axis=1)
+
+
+def any_worse(paths, count) -> float:
+    return float((paths.worse_look < count).any(axis=-1).mean())
+
+
+def seeds_used(plan, paths) -> np.ndarray:
+    return plan.looks[paths.stop_look]
+
+
+def test_looking_after_every_seed_breaks_a_fixed_n_t_test():
+    """Why a sequential method: a 5% paired t-test repeated after each seed from 3 to 12 says
+    'worse' in 18% of sweeps with no difference."""
+    rng = np.random.default_rng(1)
+    differences = sweeps([0, 0], [1, 1], 12, rng)[:, 0]
+    p = np.stack([stats.ttest_1samp(differences[:, :n], 0, axis=-1).pvalue for n in range(3, 13)], -1)
+    assert (p < ALPHA).any(axis=-1).mean() > 0.15
+
+
+@pytest.mark.parametrize("start, max", [(3, 12), (3, 20), (2, 8)])
+def test_two_values_with_no_difference_are_rarely_called_worse_however_often_looked_at(start, max):
+    rng = np.random.default_rng(max)
+    plan = design(start, max)
+    rate = any_worse(decide(sweeps([0, 0], [1, 3], max, rng), plan), len(plan.looks))
+    assert rate <= ALPHA + MARGIN, f"{rate:.3f} of null sweeps said 'worse' looking at seeds {start}..{max}"
+
+
+@pytest.mark.parametrize("spreads", [[1, 1, 1], [1, 2, 4], [1, 1, 1, 1], [0.5, 1, 2, 4]])
+def test_the_family_wise_rate_holds_for_three_and_four_values_with_unequal_spreads(spreads):
+    rng = np.random.default_rng(len(spreads) * 10 + int(spreads[-1]))
+    plan = design(3, 16, pairs=len(spreads) * (len(spreads) - 1) // 2)
+    rate = any_worse(decide(sweeps([0] * len(spreads), spreads, 16, rng), plan), len(plan.looks))
+    assert rate <= ALPHA + MARGIN, f"{spreads}: {rate:.3f} of null sweeps had a false 'worse'"
+
+
+def test_a_true_difference_is_found_at_80_percent_power_with_fewer_seeds_than_a_fixed_design():
+    """At the difference a fixed paired t-test (5%) finds with 80% power at n_fixed seeds, with
+    max = 2 n_fixed: power >= 80% and, on average, these fractions of n_fixed's seeds.
+
+    The issue's target of <= 70% is not met: valid sequential t-tests cannot reach it at these seed
+    counts. Simulated (40,000 sweeps each, start 3): n_fixed 10 -> power 0.87 with 0.88 n_fixed
+    seeds on average; n_fixed 20 -> 0.84 with 0.79 n_fixed. Without futility the calibrated
+    boundary needed 0.9-1.1 n_fixed, an e-value test at Ville's 1/alpha 1.0-1.4; even a known
+    spread gives this test 0.67-0.70 (docs/sweeps.md has the variants tried)."""
+    for n_fixed, most in [(10, 0.92), (20, 0.82)]:
+        rng = np.random.default_rng(n_fixed)
+        plan = design(3, 2 * n_fixed)
+        effect = fixed_design_effect(n_fixed)
+        paths = decide(sweeps([effect, 0], [1, 0], 2 * n_fixed, rng), plan)  # difference: spread 1
+        found = float(((paths.worse_look < len(plan.looks)) & (paths.sign > 0)).mean())
+        average = float(seeds_used(plan, paths).mean())
+        assert found >= 0.8, f"n_fixed {n_fixed}: power {found:.3f}"
+        assert average <= most * n_fixed, f"n_fixed {n_fixed}: {average:.1f} seeds on average"
+
+
+def test_with_no_difference_it_stops_early_for_futility():
+    """No difference, max 20: about 6.5 seeds on average (0.65 of the fixed design's 10), most
+    comparisons stopped for futility well before max."""
+    rng = np.random.default_rng(2)
+    plan = design(3, 20)
+    paths = decide(sweeps([0, 0], [1, 1], 20, rng), plan)
+    used = seeds_used(plan, paths)
+    assert used.mean() <= 7.5
+    assert (paths.futile_look < len(plan.looks)).mean() > 0.9
+
+
+def test_a_difference_beyond_the_margin_is_rarely_called_equivalent():
+    margin = 0.01
+    plan = design(3, 20)
+    for difference, spread in [(margin, 0.004), (margin, 0.01), (1.5 * margin, 0.01)]:
+        rng = np.random.default_rng(int(spread * 1e4))
+        paths = decide(sweeps([difference, 0], [spread, 0], 20, rng), plan, equivalence=margin)
+        rate = float((paths.equivalent_look < len(plan.looks)).mean())
+        assert rate <= ALPHA + MARGIN, f"difference {difference}, spread {spread}: {rate:.3f} called equivalent"
+
+
+def test_equal_values_are_shown_equivalent_when_the_spread_is_small_enough():
+    rng = np.random.default_rng(4)
+    plan = design(3, 20)
+    paths = decide(sweeps([0, 0], [0.006, 0], 20, rng), plan, equivalence=0.01)
+    count = len(plan.looks)
+    assert (paths.equivalent_look < count).mean() > 0.9
+    assert (paths.worse_look < count).mean() <= ALPHA + MARGIN
+
+
+def test_the_likelihood_ratio_is_the_right_haar_bayes_factor():
+    """Its definition: integrate the spread out under 1/sigma, with mean +-effect * sigma."""
+    for n, t, effect in [(3, 2.0, 1.2), (10, 0.7, 0.6), (25, 4.0, 0.5)]:
+        r = math.sqrt(n) * t / math.sqrt(n - 1 + t * t)
+
+        def integral(shift):
+            return integrate.quad(lambda v: v ** (n - 1) * math.exp(-v * v / 2 + shift * v), 0, np.inf)[0]
+
+        expected = math.log((integral(effect * r) + integral(-effect * r)) / 2 / integral(0)) - n * effect**2 / 2
+        assert log_likelihood_ratio(np.array(t), np.array(n), effect) == pytest.approx(expected, abs=1e-7)
+
+
+def per_seed(values, seeds, rng, means, spread=0.01):
+    shared = rng.normal(0, 0.02, seeds)
+    return {value: {s: 3.0 + mean + shared[s] + rng.normal(0, spread) for s in range(seeds)}
+            for value, mean in zip(values, means)}
+
+
+def test_analyse_decides_a_clear_difference_before_max_and_asks_only_for_the_seeds_still_needed():
+    rng = np.random.default_rng(5)
+    results = per_seed(["pre", "post", "peri"], 5, rng, means=[0.0, 0.2, 0.0])
+    verdict = analyse(results, start=3, max=12)
+    by_pair = {(p.first, p.second): p for p in verdict.pairs}
+    assert by_pair["pre", "post"].decision == "worse" and by_pair["pre", "post"].worse == "post"
+    assert by_pair["post", "peri"].decision == "worse" and by_pair["post", "peri"].worse == "post"
+    assert by_pair["pre", "post"].decided_at <= 5
+    assert by_pair["pre", "peri"].decision == "undecided"
+    # Only pre and peri are in an undecided comparison; post needs no more seeds.
+    if by_pair["pre", "peri"].reason == "needs seeds":
+        assert verdict.needs_seeds == ["pre", "peri"]
+    else:
+        assert by_pair["pre", "peri"].reason == "futile" and verdict.needs_seeds == []
+
+
+def test_analyse_needs_the_missing_seed_of_the_value_behind():
+    rng = np.random.default_rng(6)
+    results = per_seed(["a", "b"], 4, rng, means=[0.0, 0.004], spread=0.01)
+    results["a"].pop(3)  # a's seed 3 has not finished
+    verdict = analyse(results, start=3, max=12)
+    assert verdict.pairs[0].seeds == 3
+    if verdict.pairs[0].reason == "needs seeds":
+        assert verdict.needs_seeds == ["a"]
+    assert analyse({"a": {0: 1.0, 1: 1.1}, "b": {0: 1.2, 1: 1.3}}, 3, 12).needs_seeds == ["a", "b"]
+
+
+def test_the_decision_does_not_depend_on_when_it_is_looked_at():
+    """Looked at after every seed or once at the end: the same decision, at the same seed count."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        results = per_seed(["x", "y"], 12, rng, means=[0.0, rng.choice([0.0, 0.01, 0.03])])
+        final = analyse(results, 3, 12, equivalence=0.05).pairs[0]
+        for n in range(3, 13):
+            now = analyse({v: {s: r[s] for s in range(n)} for v, r in results.items()}, 3, 12, equivalence=0.05)
+            if now.pairs[0].reason != "needs seeds":
+                break
+        if final.decision != "undecided" or final.reason == "futile":
+            assert (now.pairs[0].decision, now.pairs[0].decided_at) == (final.decision, final.decided_at)
+            assert now.pairs[0].seeds == final.decided_at
+
+
+def test_identical_seeds_and_the_futility_boundary():
+    same = analyse({"a": {s: 1.0 for s in range(12)}, "b": {s: 1.0 for s in range(12)}}, 3, 12)
+    assert same.pairs[0].decision == "undecided" and same.pairs[0].reason == "futile"
+    assert FUTILITY == pytest.approx(math.log(0.2 / 0.95))
+    shifted = analyse({"a": {s: 1.0 + 0.01 * s for s in range(12)}, "b": {s: 1.1 + 0.01 * s for s in range(12)}}, 3, 12)
+    assert shifted.pairs[0].decision == "worse" and shifted.pairs[0].worse == "b"
+
+
+def adaptive_sweep(means, spreads, start, max, rng):
+    """A sweep as issue 23 runs it: `start` seeds of every value, then one more seed of each value
+    that analyse() says is needed, until none is. Returns the last verdict and each value's seeds."""
+    full = np.asarray(means)[:, None] + np.asarray(spreads)[:, None] * rng.standard_normal((len(means), max))
+    full += rng.standard_normal(max)  # the seed's own effect
+    seeds = [start] * len(means)
+    while True:
+        verdict = analyse({v: {s: full[v, s] for s in range(seeds[v])} for v in range(len(means))}, start, max)
+        if not verdict.needs_seeds:
+            return verdict, seeds
+        for value in verdict.needs_seeds:
+            seeds[value] += 1
+
+
+def test_a_sweep_that_adds_seeds_only_where_asked_keeps_the_family_wise_rate():
+    """The real loop over analyse(), 1,500 null sweeps of 3 values with spreads 1:2:4, max 12."""
+    rng = np.random.default_rng(10)
+    draws = 1500
+    outcomes = [adaptive_sweep([0, 0, 0], [1, 2, 4], 3, 12, rng) for _ in range(draws)]
+    rate = np.mean([any(p.decision == "worse" for p in verdict.pairs) for verdict, _ in outcomes])
+    assert rate <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / draws), f"{rate:.3f} had a false 'worse'"
+    assert np.mean([seeds for _, seeds in outcomes]) < 6.5  # of 12 allowed: futility stops most early
+
+
+def test_analyse_shows_equivalence_within_the_margin_and_stops_there():
+    rng = np.random.default_rng(9)
+    results = per_seed(["rope", "alibi"], 12, rng, means=[0.0, 0.0], spread=0.002)
+    pair = analyse(results, 3, 12, equivalence=0.01).pairs[0]
+    assert pair.decision == "equivalent" and pair.decided_at < 12
+    low, high = pair.interval
+    assert -0.01 < low < pair.mean_difference < high < 0.01
+    assert analyse(results, 3, 12).pairs[0].reason == "futile"  # without a margin: no difference found
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(start=1, max=12), "seeds.start: 1"),
+    (dict(start=3, max=2), "seeds.max: 2"),
+    (dict(start=3, max=12, equivalence=-0.01), "equivalence: -0.01"),
+    (dict(start=3, max=12, alpha=0.7), "alpha: 0.7"),
+])
+def test_bad_settings_are_named(kwargs, words):
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+        analyse({"a": {0: 1.0}, "b": {0: 1.1}}, **kwargs)
+
+
+def test_holm_steps_down_once_other_pairs_are_decided():
+    """A pair whose evidence passes the boundary at level alpha but not at alpha/3 is "worse" only
+    when the key's two other pairs were decided first (Holm), and at neither level alone."""
+    plan = design(3, 12, pairs=3)
+    rng = np.random.default_rng(8)
+    candidates = rng.normal(1.2, 1.0, (DRAWS, 12))
+    ratio = plan.log_ratio(evidence_u(candidates, plan.looks))
+    futile = np.where((ratio <= FUTILITY).any(-1), (ratio <= FUTILITY).argmax(-1), ratio.shape[-1])
+    best = np.where(np.arange(ratio.shape[-1]) < futile[:, None], ratio, -np.inf).max(-1)
+    between = candidates[(best >= plan.reject[0]) & (best < plan.reject[2])][0]
+    clear = np.linspace(1.0, 1.2, 12)  # a large, steady difference
+    count = len(plan.looks)
+    alone = decide(np.stack([np.zeros(12), np.zeros(12), between]), plan)  # the others: no difference at all
+    assert (alone.worse_look == count).all()
+    after_others = decide(np.stack([clear, clear, between]), plan)
+    assert (after_others.worse_look < count).all()

@@ -37,26 +37,9 @@ No package fits as a dependency: savvi (0.3) has the mixture t-test used here fo
 one observation at a time and without calibrated boundaries or futility; confseq's boundaries
 assume a known or bounded spread; expectation needs Python 3.12 (b6lab supports 3.10).
 
-How a Ray Tune Searcher would use it (a sketch; not wired in):
-
-    class SequentialSeeds(ray.tune.search.Searcher):
-        def __init__(self, grid_points, key, start, max, equivalence=None):
-            self.pending = [(point, seed) for point in grid_points for seed in range(start)]
-            self.results = {}  # value of key -> {seed: final metric}, per-seed means over the other keys
-        def suggest(self, trial_id):
-            if not self.pending:  # nothing asked for now: wait until a trial finishes
-                return None       # (or Searcher.FINISHED once every comparison is decided)
-            point, seed = self.pending.pop(0)
-            return {**point, "seed": seed}
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            # record the trial's final metric under its value of `key` and its seed, then:
-            verdict = analyse(self.results, start, max, equivalence)
-            for value in verdict.needs_seeds:   # only the points in undecided comparisons
-                ...  # queue the next seed of every grid point with that value, once
-        def save(self, path): ...     # pickle self.pending and self.results, so that --resume
-        def restore(self, path): ...  # continues the same queue
-    # Trials then start as earlier ones finish (max_concurrent and resources stay Tune's), not
-    # in waves; a comparison decided at 4 seeds costs no fifth.
+A sweep with `seeds: {start, max}` uses it while it runs (seed_searcher.py: a Ray Tune Searcher
+that queues a grid point's next seed only while a comparison it is in is undecided) and when it
+is compared (sequential_sweep.py).
 """
 
 from __future__ import annotations

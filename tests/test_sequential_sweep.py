@@ -110,3 +110,43 @@ def test_a_real_sequential_sweep_stops_before_max_on_a_clear_difference(tmp_path
     assert doc["sequential"] == {"start": 3, "max": 8, "equivalence": None}
     assert [v["verdict"] for v in values] == ["best", "worse"] and values[1]["decided_at"] == 3
     assert doc["keys"]["optim.lr"]["method"].startswith("sequential paired t")
+
+
+@pytest.mark.slow
+def test_a_killed_sequential_sweep_resumes_and_runs_each_trial_once(tmp_path):
+    """SIGKILL the driver once two trials have finished; `--resume` runs the rest of the start seeds,
+    decides as an uninterrupted sweep does, and runs no trial twice."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_sweep(tmp_path, max_concurrent=1)
+    storage = tmp_path / "sweep"
+    command = [sys.executable, "-m", "b6lab.cli", "sweep", str(path), "--quiet"]
+
+    def finished() -> dict[str, int]:
+        found = {}
+        for summary in storage.glob("trials/*/summary.json"):
+            try:
+                if json.loads(summary.read_text())["status"] == "completed":
+                    found[summary.parent.name] = summary.stat().st_mtime_ns
+            except (OSError, ValueError, KeyError):
+                pass
+        return found
+
+    with open(tmp_path / "first.log", "w") as log:
+        driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while len(finished()) < 2:
+            assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    before = finished()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = finished()
+    assert len(after) == 6 and all(after[name] == stamp for name, stamp in before.items())  # none run again
+    assert "1e-06 is worse than 0.003" in resumed.stdout

@@ -50,7 +50,15 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
     from b6lab.train.trackers import tensorboard_command
 
     exp = load_experiment(experiment)
+    if exp.tuning:
+        from b6lab.sweep.tuning import read_tuned
+
+        exp.tuned = read_tuned(exp)  # a finished tuning phase (on --resume); else tuned before the grid runs
     trials = resolve_trials(exp)
+    if exp.tuning:
+        from b6lab.sweep.trials import tuning_configs
+
+        tuning_configs(exp)  # every arm's tuning config, at both ends of each tuned range, checked now
     print(report.sweep_header(exp, trials))
     rows = report.trial_rows(trials, exp)
     if resume:
@@ -65,9 +73,9 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
         print("\ndry run: nothing started")
         return 0, exp.storage
 
-    if resume:
+    if resume and not (exp.tuning and exp.tuned is None):  # an unfinished tuning phase: checked once tuned
         folders.check_same_sweep(exp, trials)
-    elif folders.read_sweep_record(exp.storage) is not None:
+    elif not resume and (folders.read_sweep_record(exp.storage) is not None or (exp.storage / "tuning.json").exists()):
         raise UsageError(f"{exp.storage} already holds the sweep {exp.name}; pass --resume to continue it, "
                          f"or give it another name or storage: in {exp.file.name}")
     _check_wandb_logins(trials)
@@ -84,6 +92,13 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
         joined_cluster = start_ray(address, exp.storage)
         try:
             check_resources(exp, joined_cluster)
+            if exp.tuning and exp.tuned is None:
+                from b6lab.sweep.tuning import run_tuning
+
+                exp.tuned = run_tuning(exp, quiet)
+                trials = resolve_trials(exp)  # each grid point at its chosen setting
+                if resume and folders.read_sweep_record(exp.storage) is not None:
+                    folders.check_same_sweep(exp, trials)
             folders.write_sweep_record(exp, trials)
             run_tuner(exp, trials, resume=resume, retry_failed=retry_failed, quiet=quiet)
             unfinished = count_unfinished(exp)
@@ -94,6 +109,11 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
     sequential = folders.read_sweep_record(exp.storage).get("sequential")
     print("\n" + report.terminal_report(runs, keys, show_names=False, metric=exp.metric, sequential=sequential))
     written = report.write_results(runs, keys, exp.storage, exp.name, exp.metric)
+    if exp.tuning:
+        from b6lab.sweep.tuning import plot_tuning_curves, tuning_lines
+
+        print("\n" + "\n".join(tuning_lines(exp)))
+        written.append(plot_tuning_curves(exp))
     print(f"\nresults: {', '.join(str(path) for path in written)}")
     if any(trial.config["logging"].get("tensorboard") for trial in trials):
         print(f"curves: {tensorboard_command([exp.trials_dir]) or 'no TensorBoard event files were written'}")

@@ -9,6 +9,8 @@
         - {optim.name: lion, optim.lr: 3.0e-4, label: lion}
     seeds: [0, 1]                                        # each grid point runs once per seed (train.seed)
     seeds: {start: 3, max: 12, equivalence: 0.01}        # or sequential: more seeds only where undecided
+    tune: {keys: {optim.lr: [1.0e-4, 3.0e-3, log]}, trials: 8, seeds: [100], algorithm: optuna}
+                                                         # tune each grid point first (tuning.py)
     metric: val_loss                                     # minimised: val_loss or val_bpb (bits per byte)
     resources: {cpu: 1, gpu: 0}                          # per trial; fractions allowed
     max_concurrent: 2                                    # default: as many as the resources allow
@@ -37,6 +39,7 @@ from b6lab.config_sources import read_yaml
 from b6lab.errors import ConfigError, unknown
 from b6lab.registry import resolve_plugin_spec
 from b6lab.sweep.grid import SEED_KEY, Axis, Base, Experiment, Sequential, short_name
+from b6lab.sweep.tuning import ALGORITHMS, TunedKey, Tuning
 
 BASE_KEYS = ("preset", "set", "file")  # beside the config's own sections, which may sit inline
 METRICS = ("val_loss", "val_bpb")  # what every trial reports at each evaluation; minimised
@@ -79,6 +82,17 @@ class SequentialSeeds:
 
 
 @dataclass
+class TuneSection:
+    """`tune:`: each grid point searched over `keys` on tuning seeds, then confirmed on the sweep's seeds."""
+
+    __pydantic_config__ = FORBID
+    keys: Annotated[dict[str, Union[list, dict]], Field(min_length=1)]
+    trials: PositiveInt = 8
+    seeds: Annotated[list[int], Field(min_length=1)] = field(default_factory=lambda: [100])
+    algorithm: Literal[ALGORITHMS] = "optuna"
+
+
+@dataclass
 class SweepFile:
     """The keys a sweep file may hold and their types, as written (the module's docstring shows each)."""
 
@@ -95,6 +109,7 @@ class SweepFile:
     max_failures: Annotated[int, Field(ge=0)] = 0
     skip_unavailable: bool = False
     storage: Optional[str] = None
+    tune: Optional[TuneSection] = None
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -128,10 +143,13 @@ def load_experiment(path: str | Path) -> Experiment:
     if scheduler and (sweep.scheduler.grace_period or 1) > (sweep.scheduler.max_t or float("inf")):
         raise ConfigError(f"grace_period {sweep.scheduler.grace_period} is past max_t {sweep.scheduler.max_t}",
                           key="scheduler.grace_period", file=file)
+    axes = _grid(sweep.grid, file)
+    tuning = _tuning(sweep, axes, seeds, file) if sweep.tune else None
     # The scheduler's keys as the file gives them (coerced); Tune's or b6lab's defaults for the rest.
     scheduler = {key: getattr(sweep.scheduler, key) for key in scheduler} if scheduler else None
     return Experiment(
-        name=name, file=path, base=_base(sweep.base, folder, file), grid=_grid(sweep.grid, file), seeds=seeds,
+        name=name, file=path, base=_base(sweep.base, folder, file), grid=axes, seeds=seeds,
+        tuning=tuning,
         sequential=sequential and Sequential(start=sequential.start, max=sequential.max,
                                              equivalence=sequential.equivalence),
         metric=sweep.metric, cpus=sweep.resources.cpu, gpus=sweep.resources.gpu,
@@ -189,3 +207,37 @@ def _grid(grid: dict[str, list], file: str) -> list[Axis]:
             raise ConfigError(f"values must differ; {', '.join(repeated)} appears more than once", key=where, file=file)
         axes.append(axis)
     return axes
+
+
+def _tuning(sweep: SweepFile, axes: list[Axis], seeds: list[int], file: str) -> Tuning:
+    section = sweep.tune
+    grid_keys = {k for axis in axes for value in axis.values for k in axis.overrides(value)}
+    keys = []
+    for key, spec in section.keys.items():
+        where = f"tune.keys.{key}"
+        if "." not in key:
+            raise ConfigError("must be a dotted config key, e.g. optim.lr", key=where, file=file)
+        if key in grid_keys:
+            raise ConfigError("is also a grid key: a key is either compared or tuned, not both", key=where, file=file)
+        if isinstance(spec, dict):
+            if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ConfigError(f"must be [low, high], [low, high, log] or {{choices: [...]}}, got {spec!r}",
+                                  key=where, file=file)
+            keys.append(TunedKey(key, choices=tuple(spec["choices"])))
+            continue
+        numbers = spec[:2]
+        log = spec[2:] == ["log"]
+        if (len(spec) not in (2, 3) or (len(spec) == 3 and not log)
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers)
+                or not numbers[0] < numbers[1] or (log and numbers[0] <= 0)):
+            raise ConfigError(f"must be [low, high] with low < high, [low, high, log] with 0 < low < high, or "
+                              f"{{choices: [...]}}, got {spec!r}", key=where, file=file)
+        keys.append(TunedKey(key, low=float(numbers[0]), high=float(numbers[1]), log=log))
+    shared = sorted(set(section.seeds) & set(seeds))
+    if shared:
+        raise ConfigError(f"shares seeds {shared} with the sweep's seeds: the tuning seeds must be others, or the "
+                          "confirmation would reuse the runs the setting was chosen on", key="tune.seeds", file=file)
+    if sweep.resources.workers > 1:
+        raise ConfigError("tune: with resources.workers > 1 is not supported: tune on one worker per trial",
+                          key="tune", file=file)
+    return Tuning(tuple(keys), section.trials, tuple(section.seeds), section.algorithm)

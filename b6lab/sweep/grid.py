@@ -77,6 +77,8 @@ class Experiment:
     skip_unavailable: bool = False
     storage: Path = Path()  # absolute: the sweep's folder
     sequential: Sequential | None = None
+    tuning: Any = None  # tuning.Tuning: each grid point tuned before it is compared
+    tuned: dict[str, dict] | None = None  # arm (point_key of the point without its seed) -> chosen overrides
 
     @property
     def start_seeds(self) -> list[int]:

@@ -24,6 +24,12 @@ def sweep_header(exp, trials) -> str:
         per_trial = f"{exp.workers} workers x {per_trial}"
     at_once = f"at most {exp.max_concurrent} at a time" if exp.max_concurrent else "as many at a time as fit"
     early = f"; early stopping: {exp.scheduler['name']}" if exp.scheduler else ""
+    if exp.tuning:
+        t = exp.tuning
+        early += (f"\n  tuned first, per grid point: {t.trials} settings of "
+                  f"{', '.join(k.describe() for k in t.keys)} ({t.algorithm}, tuning seeds {list(t.seeds)}), "
+                  + ("done: the trials below use each point's choice" if exp.tuned else
+                     "then the trials below at each point's chosen setting"))
     count = f"{len(trials)} trials"
     if exp.sequential:
         count = f"{len(trials) // len(exp.seeds) * exp.sequential.start} trials to start, at most {len(trials)}"

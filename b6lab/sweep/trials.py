@@ -76,6 +76,9 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
              sizes: ModelSizes, checked: dict[str, tuple[str | None, str]]) -> Trial:
     run_dir = exp.trials_dir / name
     overrides = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(point[axis.key]).items()]
+    # A tuned sweep's confirmation runs: each grid point at its own chosen setting.
+    arm = point_key({k: v for k, v in point.items() if k != SEED_KEY})
+    overrides += [_assign(k, v) for k, v in ((exp.tuned or {}).get(arm) or {}).items()]
     # logging.progress stays as the sweep file sets it: a trial's stdout is no terminal, so its
     # train.log gets plain progress lines, never a redrawn bar.
     overrides += [_assign("train.seed", point[SEED_KEY]), _assign("train.out_dir", str(run_dir)),
@@ -201,3 +204,22 @@ class ModelSizes:
             except UsageError:
                 self.tokenizers[key] = None  # e.g. a Hub corpus this machine can't reach; the trial will say
         return self.tokenizers[key]
+
+
+def tuning_configs(exp: Experiment) -> dict[str, dict]:
+    """Each arm's config for its tuning runs (the first tuning seed's), every tuned key checked at
+    both ends of its range (or each choice) before anything runs: arm key -> config dict."""
+    from b6lab.sweep.tuning import arms
+
+    configs = {}
+    plugins = list(dict.fromkeys(_load(exp, [], None, "the base config").plugins + exp.plugins))
+    for arm in arms(exp):
+        grid = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(arm[axis.key]).items()]
+        where = "tuning " + (trial_name(exp, arm | {SEED_KEY: "tune"}).replace(",seed=tune", "") or "the base")
+        seed = [_assign("train.seed", exp.tuning.seeds[0]), _assign("name", exp.name), _assign("plugins", plugins)]
+        for tuned in exp.tuning.keys:
+            for value in tuned.bounds():
+                _load(exp, grid + seed + [_assign(tuned.key, value)], arm | {SEED_KEY: exp.tuning.seeds[0]},
+                      f"{where}, {tuned.key}={value}")
+        configs[point_key(arm)] = _load(exp, grid + seed, arm | {SEED_KEY: exp.tuning.seeds[0]}, where).to_dict()
+    return configs

@@ -1,0 +1,87 @@
+"""Per-arm tuning (`tune:` in a sweep file): the section and its mistakes, the dry run, and one real
+sweep on Ray Tune that tunes each arm's lr with Optuna's TPE on a tuning seed, then judges only the
+confirmation runs on the sweep's own seeds."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from b6lab.cli import main
+from b6lab.errors import ConfigError
+from b6lab.sweep.comparison import compare
+from b6lab.sweep.experiment import load_experiment
+
+TINY = {"train.max_steps": 12, "train.eval_interval": 6, "train.eval_steps": 2, "train.log_interval": 6,
+        "train.threads": 1}
+
+
+def write_sweep(folder: Path, **keys) -> Path:
+    sweep = {"name": "tuned", "base": {"preset": "tiny", "set": TINY}, "grid": {"model.norm": ["pre", "post"]},
+             "tune": {"keys": {"optim.lr": [1.0e-4, 1.0e-2, "log"]}, "trials": 2, "seeds": [100]},
+             "seeds": [0, 1], "max_concurrent": 2, "storage": str(folder / "sweep")} | keys
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def test_the_tune_section_is_read_into_tuned_keys(tmp_path):
+    exp = load_experiment(write_sweep(tmp_path, tune={"keys": {"optim.lr": [1e-4, 1e-2, "log"],
+                                                               "model.dropout": [0.0, 0.2],
+                                                               "optim.name": {"choices": ["lion", "adamw"]}},
+                                                      "algorithm": "random"}))
+    lr, dropout, name = exp.tuning.keys
+    assert (lr.low, lr.high, lr.log) == (1e-4, 1e-2, True) and (dropout.log, dropout.bounds()) == (False, [0.0, 0.2])
+    assert name.choices == ("lion", "adamw") and exp.tuning.algorithm == "random"
+    assert (exp.tuning.trials, exp.tuning.seeds) == (8, (100,))  # the defaults
+
+
+@pytest.mark.parametrize("tune, message", [
+    ({"keys": {"optim.lr": [1e-2, 1e-4]}}, "tune.keys.optim.lr (in "),
+    ({"keys": {"optim.lr": [0, 1e-2, "log"]}}, "0 < low < high"),
+    ({"keys": {"optim.lr": [1e-4, 1e-2, "logg"]}}, "[low, high, log]"),
+    ({"keys": {"model.norm": {"choices": ["pre"]}}}, "is also a grid key"),
+    ({"keys": {"optim.lr": [1e-4, 1e-2]}, "seeds": [1, 100]}, "shares seeds [1]"),
+    ({"keys": {"optim.lr": [1e-4, 1e-2]}, "algorithm": "tpe"}, "tune.algorithm"),
+    ({"keys": {}}, "tune.keys"),
+])
+def test_mistakes_in_the_tune_section_are_one_line(tmp_path, capsys, tune, message):
+    path = write_sweep(tmp_path, tune=tune)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_experiment(path)
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_tuned_range_that_a_config_refuses_fails_before_anything_runs(tmp_path, capsys):
+    path = write_sweep(tmp_path, tune={"keys": {"model.dropout": [0.0, 2.0]}})
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.dropout" in err and "tuning norm=pre, model.dropout=2.0" in err
+
+
+def test_dry_run_says_each_point_is_tuned_first(tmp_path, capsys):
+    assert main(["sweep", str(write_sweep(tmp_path)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "tuned first, per grid point: 2 settings of optim.lr in [0.0001, 0.01] (log) (optuna, tuning seeds [100])" in out
+
+
+@pytest.mark.slow
+def test_a_tuned_sweep_tunes_each_arm_then_judges_only_the_confirmation_seeds(tmp_path, capsys):
+    path = write_sweep(tmp_path)
+    assert main(["sweep", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    storage = tmp_path / "sweep"
+    record = json.loads((storage / "tuning.json").read_text())
+    assert record["complete"] and [arm["name"] for arm in record["arms"]] == ["norm=pre", "norm=post"]
+    for arm in record["arms"]:
+        assert len(arm["tried"]) == 2 and arm["val_loss"] == min(t["val_loss"] for t in arm["tried"])
+        assert 1e-4 <= arm["chosen"]["optim.lr"] <= 1e-2
+        assert len(list((storage / "tune" / arm["name"]).glob("*,seed=100"))) == 2  # kept, one per setting
+        for seed in (0, 1):  # the confirmation runs: this arm's choice, the sweep's seeds
+            config = yaml.safe_load((storage / "trials" / f"{arm['name']},seed={seed}" / "config.yaml").read_text())
+            assert config["optim"]["lr"] == arm["chosen"]["optim.lr"] and config["train"]["seed"] == seed
+    assert "Tuned per arm (optuna" in out and (storage / "tuning_curve.png").stat().st_size > 5_000
+    doc = compare([storage])
+    assert {run["seed"] for run in doc["runs"]} == {0, 1} and len(doc["runs"]) == 4  # never the tuning runs

@@ -85,3 +85,17 @@ def test_a_tuned_sweep_tunes_each_arm_then_judges_only_the_confirmation_seeds(tm
     assert "Tuned per arm (optuna" in out and (storage / "tuning_curve.png").stat().st_size > 5_000
     doc = compare([storage])
     assert {run["seed"] for run in doc["runs"]} == {0, 1} and len(doc["runs"]) == 4  # never the tuning runs
+
+
+def test_search_is_a_tuned_sweep_without_a_grid(tmp_path, capsys):
+    path = write_sweep(tmp_path, grid={}, tune=None, search={"keys": {"optim.lr": [1e-4, 1e-2, "log"]}, "trials": 4,
+                                                            "algorithm": "random"})
+    text = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({k: v for k, v in text.items() if v is not None}))
+    exp = load_experiment(path)
+    assert exp.tuning.trials == 4 and exp.grid == [] and exp.tuning.algorithm == "random"
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert "4 settings of optim.lr" in capsys.readouterr().out
+    path.write_text(yaml.safe_dump(text | {"grid": {"model.norm": ["pre"]}, "tune": None}))
+    with pytest.raises(ConfigError, match="search .*goes with neither a grid nor tune"):
+        load_experiment(path)

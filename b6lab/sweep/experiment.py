@@ -11,6 +11,7 @@
     seeds: {start: 3, max: 12, equivalence: 0.01}        # or sequential: more seeds only where undecided
     tune: {keys: {optim.lr: [1.0e-4, 3.0e-3, log]}, trials: 8, seeds: [100], algorithm: optuna}
                                                          # tune each grid point first (tuning.py)
+    search: {keys: ..., trials: 16}                      # no grid: a search, its best run on the seeds
     metric: val_loss                                     # minimised: val_loss or val_bpb (bits per byte)
     resources: {cpu: 1, gpu: 0}                          # per trial; fractions allowed
     max_concurrent: 2                                    # default: as many as the resources allow
@@ -110,6 +111,7 @@ class SweepFile:
     skip_unavailable: bool = False
     storage: Optional[str] = None
     tune: Optional[TuneSection] = None
+    search: Optional[TuneSection] = None  # a sweep without a grid: one search, its best confirmed on the seeds
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -144,7 +146,10 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"grace_period {sweep.scheduler.grace_period} is past max_t {sweep.scheduler.max_t}",
                           key="scheduler.grace_period", file=file)
     axes = _grid(sweep.grid, file)
-    tuning = _tuning(sweep, axes, seeds, file) if sweep.tune else None
+    if sweep.search and (sweep.tune or axes):
+        raise ConfigError("goes with neither a grid nor tune: (tune: searches each grid point separately)",
+                          key="search", file=file)
+    tuning = _tuning(sweep, axes, seeds, file) if sweep.tune or sweep.search else None
     # The scheduler's keys as the file gives them (coerced); Tune's or b6lab's defaults for the rest.
     scheduler = {key: getattr(sweep.scheduler, key) for key in scheduler} if scheduler else None
     return Experiment(
@@ -210,11 +215,12 @@ def _grid(grid: dict[str, list], file: str) -> list[Axis]:
 
 
 def _tuning(sweep: SweepFile, axes: list[Axis], seeds: list[int], file: str) -> Tuning:
-    section = sweep.tune
+    name = "tune" if sweep.tune else "search"
+    section = sweep.tune or sweep.search
     grid_keys = {k for axis in axes for value in axis.values for k in axis.overrides(value)}
     keys = []
     for key, spec in section.keys.items():
-        where = f"tune.keys.{key}"
+        where = f"{name}.keys.{key}"
         if "." not in key:
             raise ConfigError("must be a dotted config key, e.g. optim.lr", key=where, file=file)
         if key in grid_keys:

@@ -209,13 +209,13 @@ class ModelSizes:
 def tuning_configs(exp: Experiment) -> dict[str, dict]:
     """Each arm's config for its tuning runs (the first tuning seed's), every tuned key checked at
     both ends of its range (or each choice) before anything runs: arm key -> config dict."""
-    from b6lab.sweep.tuning import arms
+    from b6lab.sweep.tuning import arm_name, arms
 
     configs = {}
     plugins = list(dict.fromkeys(_load(exp, [], None, "the base config").plugins + exp.plugins))
     for arm in arms(exp):
         grid = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(arm[axis.key]).items()]
-        where = "tuning " + (trial_name(exp, arm | {SEED_KEY: "tune"}).replace(",seed=tune", "") or "the base")
+        where = f"tuning {arm_name(exp, arm)}"
         seed = [_assign("train.seed", exp.tuning.seeds[0]), _assign("name", exp.name), _assign("plugins", plugins)]
         for tuned in exp.tuning.keys:
             for value in tuned.bounds():

@@ -74,7 +74,8 @@ def arms(exp: Experiment) -> list[dict]:
 def arm_name(exp: Experiment, arm: dict) -> str:
     from b6lab.sweep.trials import trial_name
 
-    return trial_name(exp, arm | {SEED_KEY: "tune"}).replace(",seed=tune", "") or "all"
+    name = trial_name(exp, arm | {SEED_KEY: "tune"}).removesuffix("seed=tune").removesuffix(",")
+    return name or "all"
 
 
 def read_tuned(exp: Experiment) -> dict[str, dict] | None:

@@ -238,6 +238,29 @@ def check_feedforward(module, d_model: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# init
+
+
+def check_init_function(init) -> list[str]:
+    """A function of one argument, the model."""
+    checks = _Checks()
+    if not callable(init):
+        checks.fail(f"returned {_type_name(init)}, not a function init(model)")
+    checks.ok("a function init(model)")
+    return checks.passed
+
+
+def check_initialised(model: nn.Module) -> list[str]:
+    """Every parameter finite after init(model) (those on the meta device hold no values to check)."""
+    checks = _Checks()
+    for name, param in model.named_parameters():
+        if not param.is_meta and not torch.isfinite(param).all():
+            checks.fail(f"left {name} with non-finite values")
+    checks.ok("every parameter finite")
+    return checks.passed
+
+
+# ----------------------------------------------------------------------------------------------
 # optimizer
 
 

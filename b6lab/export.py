@@ -43,7 +43,7 @@ FEEDFORWARDS = ("gelu", "swiglu", "relu2")
 EXPRESSED_KEYS = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "dropout", "bias",
                   "attn_bias", "softmax_scale", "rope_theta", "tie_embeddings", "gradient_checkpointing", "attention",
                   "norm", "norm_layer", "feedforward", "qk_norm", "logit_softcap", "sdpa_kernel", "ff_match_dense",
-                  "ff_multiple_of"}
+                  "ff_multiple_of", "init"}  # init: the weights' starting values, a training-time choice
 MAX_LOGIT_DIFFERENCE = 1e-4
 
 

@@ -21,6 +21,7 @@ FACTORY_ARGUMENTS = {
     "attention": ("context",),
     "norm": ("d_model", "n_layers"),
     "feedforward": ("d_model", "d_ff", "*", "bias"),
+    "init": (),
     "optimizer": ("param_groups",),
     "scheduler": ("max_steps",),
     "dataset": ("val_fraction",),
@@ -51,6 +52,12 @@ def b6lab_register_norm(register):
 @hookspec
 def b6lab_register_feedforward(register):
     """Register feed-forwards: factory(d_model, d_ff, *, bias, **options) -> nn.Module on (batch, seq, d_model)."""
+
+
+@hookspec
+def b6lab_register_init(register):
+    """Register initialisations: factory(**options) -> init(model), which sets the weights of a freshly
+    built B6 in place (`model.cfg` is its ModelConfig); a norm placement's `init_residual` runs after it."""
 
 
 @hookspec

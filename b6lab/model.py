@@ -9,7 +9,6 @@ Everything else is here; docs/architecture.md describes each choice.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -169,9 +168,11 @@ class Block(nn.Module):
 
 class B6(nn.Module):
     """The model. `norm_placement(d_model, n_layers)` and `feedforward(d_model, d_ff)` build each
-    block's wiring and feed-forward (plugins, with the model's norm layer already bound)."""
+    block's wiring and feed-forward (plugins, with the model's norm layer already bound);
+    `init_weights(model)` (the model.init plugin) sets the weights' starting values."""
 
-    def __init__(self, cfg: ModelConfig, attention_backend: Callable, norm_placement: Callable, feedforward: Callable):
+    def __init__(self, cfg: ModelConfig, attention_backend: Callable, norm_placement: Callable, feedforward: Callable,
+                 init_weights: Callable[[nn.Module], None]):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size must be resolved (from the tokenizer) before building the model")
@@ -199,21 +200,10 @@ class B6(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.z_loss = 0.0  # train.z_loss, set by parts.build_model; applied in training mode only
-        self.apply(self._init_weights)
+        init_weights(self)
         for block in self.blocks:
             if hasattr(block.wiring, "init_residual"):
                 block.wiring.init_residual(block.attn, block.ffn)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2: N(0, 0.02), with the projections that add into the residual stream scaled by
-        # 1/sqrt(2 * n_layers) so the stream's variance does not grow with depth.
-        if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layers) if getattr(module, "residual_projection", False) else 0.02
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

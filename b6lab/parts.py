@@ -80,7 +80,7 @@ def usable(kind: str, name: str, **context) -> registry.Registration:
 def why_unavailable(cfg: RunConfig, context: AttentionContext) -> str | None:
     """Why the first of the run's plugins that cannot run in `context` can't, or None."""
     choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("feedforward", cfg.model.feedforward),
-               ("optimizer", cfg.optim.name),
+               ("init", cfg.model.init), ("optimizer", cfg.optim.name),
                ("scheduler", cfg.schedule.name), ("dataset", cfg.data.source), ("tokenizer", cfg.data.tokenizer)]
     for kind, name in choices:
         reason = registry.get(kind, name).why_unavailable(**context.as_kwargs())
@@ -106,7 +106,7 @@ def build_attention(cfg: ModelConfig, context: AttentionContext):
 def build_model(cfg: ModelConfig, context: AttentionContext, z_loss: float = 0.0) -> tuple[B6, str]:
     """The model and the name of its attention backend; z_loss is train.z_loss (0 off)."""
     backend, chosen = build_attention(cfg, context)
-    model = B6(cfg, backend, norm_placement(cfg, context), feedforward(cfg, context))
+    model = B6(cfg, backend, norm_placement(cfg, context), feedforward(cfg, context), initialisation(cfg, context))
     model.z_loss = z_loss
     if cpu_bf16.emulated(context.dtype, context.device):
         cpu_bf16.use_fp32_gemm(model)
@@ -155,6 +155,21 @@ def feedforward(cfg: ModelConfig, context: AttentionContext):
 
     build.__name__ = cfg.feedforward
     return build
+
+
+def initialisation(cfg: ModelConfig, context: AttentionContext):
+    """init(model) of model.init, which sets a built model's weights; checked on the model it inits."""
+    reg = usable("init", cfg.init, **context.as_kwargs())
+    with plugin_errors(reg, "model.init"):
+        init = reg.build(**plugin_kwargs(cfg, reg))
+        contracts.check_init_function(init)
+
+    def init_weights(model):
+        with plugin_errors(reg, "model.init"):
+            init(model)
+            contracts.check_initialised(model)
+
+    return init_weights
 
 
 def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
@@ -264,6 +279,7 @@ def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
     _, attention = build_attention(cfg.model, context)
     norm_placement(cfg.model, context)(cfg.model.d_model, cfg.model.n_layers)
     feedforward(cfg.model, context)(cfg.model.d_model, cfg.model.d_ff)
+    initialisation(cfg.model, context)
     build_schedule(cfg.schedule, cfg.train.max_steps)
     _optimizer_over(cfg.optim, contracts.stand_in_groups(), probe=True)
     for kind, section, name in (("dataset", cfg.data, cfg.data.source), ("tokenizer", cfg.data, cfg.data.tokenizer)):

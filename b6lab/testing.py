@@ -27,8 +27,8 @@ from b6lab.contracts import ContractError
 from b6lab.data.documents import Corpus, split_documents
 from b6lab.errors import PluginError, UsageError, exception_line
 
-__all__ = ["ContractError", "check", "check_attention", "check_norm", "check_feedforward", "check_optimizer", "check_scheduler",
-           "check_dataset", "check_tokenizer"]
+__all__ = ["ContractError", "check", "check_attention", "check_norm", "check_feedforward", "check_init", "check_optimizer",
+           "check_scheduler", "check_dataset", "check_tokenizer"]
 
 
 def _registration(kind: str, plugin: str | Callable) -> registry.Registration:
@@ -89,6 +89,23 @@ def check_feedforward(plugin: str | Callable, *, d_model: int = 16, d_ff: int = 
         return contracts.check_feedforward(reg.build(d_model, d_ff, bias=bias, **_options(reg, options)), d_model)
 
 
+def check_init(plugin: str | Callable, **options) -> list[str]:
+    """A function init(model) that leaves every parameter of a tiny B6 (2 layers, 16 wide) finite."""
+    from b6lab import parts
+    from b6lab.config import ModelConfig
+    from b6lab.model import B6
+
+    reg = _registration("init", plugin)
+    cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, attention="eager")
+    context = AttentionContext(torch.device("cpu"), torch.float32, head_dim=cfg.head_dim)
+    with plugin_errors(reg):
+        init = reg.build(**_options(reg, options))
+        passed = contracts.check_init_function(init)
+        backend, _ = parts.build_attention(cfg, context)
+        model = B6(cfg, backend, parts.norm_placement(cfg, context), parts.feedforward(cfg, context), init)
+        return passed + contracts.check_initialised(model)
+
+
 def check_optimizer(plugin: str | Callable, **options) -> list[str]:
     """A torch.optim.Optimizer over the groups it is given (a decaying matrix, a vector with
     weight_decay 0.0), whose step keeps them finite."""
@@ -130,8 +147,8 @@ def check_tokenizer(plugin: str | Callable, *, corpus: Corpus | None = None, **o
         return contracts.check_tokenizer(reg.build(corpus or Corpus(_SampleText(), Path(cache)), **_options(reg, options)))
 
 
-CHECKS = {"attention": check_attention, "norm": check_norm, "feedforward": check_feedforward, "optimizer": check_optimizer,
-          "scheduler": check_scheduler, "dataset": check_dataset, "tokenizer": check_tokenizer}
+CHECKS = {"attention": check_attention, "norm": check_norm, "feedforward": check_feedforward, "init": check_init,
+          "optimizer": check_optimizer, "scheduler": check_scheduler, "dataset": check_dataset, "tokenizer": check_tokenizer}
 
 
 def check(kind: str, plugin: str | Callable, **options) -> list[str]:

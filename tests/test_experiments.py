@@ -67,12 +67,13 @@ def test_example_plugins_experiment_uses_both_example_plugins(unload_new_plugins
     assert all(Path(p).is_absolute() for p in trials[0].config["plugins"])
 
 
-def test_norm_depth_asks_xiongs_question_deep_with_and_without_warmup_over_three_seeds():
+def test_norm_depth_asks_xiongs_question_deep_with_and_without_warmup_under_both_inits_over_five_seeds():
     trials = trials_of("norm_depth")
-    assert len(trials) == 12
+    assert len(trials) == 40
     assert {t.config["model"]["norm"] for t in trials} == {"pre", "post"}
     assert {t.config["schedule"]["warmup_steps"] for t in trials} == {0, 100}
-    assert {t.seed for t in trials} == {0, 1, 2}
+    assert {t.config["model"]["init"] for t in trials} == {"gpt2", "xavier"}
+    assert {t.seed for t in trials} == {0, 1, 2, 3, 4}
     assert all(t.config["model"]["n_layers"] >= 12 for t in trials)
 
 

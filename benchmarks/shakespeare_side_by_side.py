@@ -13,9 +13,13 @@ evaluation, checkpoints. The final validation loss each prints is reported besid
         --b6lab "2procs=--set train.eval_steps=20 --set train.batch_size=6 --nproc 2"
 
 nanoGPT's command evaluates 20 batches of 12 on each split every 250 steps; b6lab's sides default
-to the same 20 batches (of the validation split only: b6lab logs the training loss from the steps
-it trains). After each b6lab run, untimed, `b6lab eval` gives its final weights' loss on the
-whole validation split too.
+to the same evaluation budget, 20 batches of 12 (of the validation split only: b6lab logs the
+training loss from the steps it trains). The two final val losses printed are therefore each
+side's own estimate, not one protocol: nanoGPT's is one draw of 20 random batches in fp32, b6lab's
+the first 20 batches of the split in its training precision (bf16 autocast by default). After each
+b6lab run, untimed, `b6lab eval` gives its final weights' loss on the whole validation split too.
+This script measures speed; shakespeare_quality.py compares the losses like for like (several
+seeds, both models scored on the same characters in fp32).
 
 A round runs every side, in an order rotating from round to round; the table shows the medians.
 """
@@ -49,17 +53,22 @@ NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=F
                 "--wandb_log=False", "--always_save_checkpoint=False"]
 
 
+def copy_nanogpt(work: Path) -> None:
+    """Lay out the unchanged anchor in `work` as nanoGPT's own scripts expect (the anchors README)."""
+    for name in ("model.py", "train.py", "configurator.py"):
+        shutil.copy(ANCHOR / name, work / name)
+    (work / "config").mkdir()
+    shutil.copy(ANCHOR / "train_shakespeare_char.py", work / "config")
+    data = work / "data" / "shakespeare_char"
+    data.mkdir(parents=True)
+    shutil.copy(ANCHOR / "prepare_shakespeare_char.py", data / "prepare.py")
+    shutil.copy(TEXT, data / "input.txt")
+
+
 def nanogpt_once(python: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="nanogpt-"))
     try:
-        for name in ("model.py", "train.py", "configurator.py"):
-            shutil.copy(ANCHOR / name, work / name)
-        (work / "config").mkdir()
-        shutil.copy(ANCHOR / "train_shakespeare_char.py", work / "config")
-        data = work / "data" / "shakespeare_char"
-        data.mkdir(parents=True)
-        shutil.copy(ANCHOR / "prepare_shakespeare_char.py", data / "prepare.py")
-        shutil.copy(TEXT, data / "input.txt")
+        copy_nanogpt(work)
         start = time.perf_counter()
         subprocess.run([python, "data/shakespeare_char/prepare.py"], cwd=work, check=True, capture_output=True)
         done = subprocess.run([python, "train.py", *NANOGPT_ARGS], cwd=work, check=True, capture_output=True, text=True)
@@ -112,7 +121,7 @@ def main() -> None:
             whole = f"  whole split {run['whole_split_val_loss']:.4f}" if "whole_split_val_loss" in run else ""
             print(f"round {round_ + 1} {side:12s} wall {run['wall_s']:7.1f} s  final val loss {run['final_val_loss']:.4f}"
                   f"{whole}  (load before {load:.2f})", flush=True)
-    print("\n| | arguments | wall s (median) | final val loss (median) | whole val split | runs |")
+    print("\n| | arguments | wall s (median) | final val loss, own estimate (median) | whole val split | runs |")
     print("| --- | --- | --- | --- | --- | --- |")
     for side in sides:
         walls = [run["wall_s"] for run in runs[side]]

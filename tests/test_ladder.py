@@ -208,7 +208,7 @@ def test_crossover_is_found_where_constructed_and_its_interval_covers_it():
     pair = result.pairs[0]
     assert pair.crossover_where == "within the ladder"
     assert pair.crossover_low <= 10 ** crossing <= pair.crossover_high
-    assert "within the ladder" in result.text()
+    assert "within the ladder" in result.text() and "the gap flips with scale (+ to -)" in result.text()
 
 
 def test_a_crossover_past_what_a_float_holds_is_reported_as_none():

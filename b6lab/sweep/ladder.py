@@ -522,6 +522,8 @@ def ladder_text(result: LadderResult) -> str:
     for pair in result.pairs:
         if not math.isfinite(pair.p):
             verdict = "untested (fewer than 2 seeds with 2 rungs)"
+        elif pair.p < result.alpha and pair.crossover_where == "within the ladder":
+            verdict = f"the gap flips with scale ({'-' if pair.slope > 0 else '+'} to {'+' if pair.slope > 0 else '-'})"
         elif pair.p < result.alpha:
             grows = (pair.slope > 0) == (np.nanmean([g["delta"] for g in pair.gaps]) > 0)
             verdict = "the gap grows with scale" if grows else "the gap shrinks with scale"

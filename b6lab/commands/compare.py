@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(comparison.document(result), indent=2))
     else:
         print(report.comparison_text(result, show_names=not one_sweep))
-    written = report.write_results(result.runs, result.keys, out, title, result.metric, plots=not args.no_plots)
+    written = report.write_results(result.runs, result.keys, out, title, result.metric, plots=not args.no_plots,
+                                   scaling=result.scaling)
     plots = [path for path in written if path.suffix == ".png"]
     if args.markdown:
         report.write_markdown(Path(args.markdown), title, result, show_names=not one_sweep, plots=plots)

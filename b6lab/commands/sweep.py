@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, retry_failed: bool = False,
               address: str | None = None, quiet: bool = False) -> tuple[int, Path]:
     """The sweep command's work (also `b6lab.sweep`): its exit status, and the sweep's folder."""
-    from b6lab.sweep import folders, report
+    from b6lab.sweep import comparison, folders, report
     from b6lab.sweep.experiment import load_experiment
     from b6lab.sweep.trials import resolve_trials
     from b6lab.train.trackers import tensorboard_command
@@ -105,10 +105,10 @@ def run_sweep(experiment: str, *, dry_run: bool = False, resume: bool = False, r
         finally:
             stop_ray(exp.storage)
 
-    runs, keys = folders.read_sweep(exp.storage)
-    sequential = folders.read_sweep_record(exp.storage).get("sequential")
-    print("\n" + report.terminal_report(runs, keys, show_names=False, metric=exp.metric, sequential=sequential))
-    written = report.write_results(runs, keys, exp.storage, exp.name, exp.metric)
+    result = comparison.build([exp.storage], metric=exp.metric)  # what `b6lab compare` of the sweep says
+    runs = result.runs
+    print("\n" + report.comparison_text(result, show_names=False))
+    written = report.write_results(runs, result.keys, exp.storage, exp.name, result.metric, scaling=result.scaling)
     if exp.tuning:
         from b6lab.sweep.tuning import plot_tuning_curves, tuning_lines
 

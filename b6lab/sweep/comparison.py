@@ -10,6 +10,7 @@ the two apart, so it is one difference, not two findings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from b6lab.config_sources import flatten
 from b6lab.errors import UsageError
 from b6lab.sweep import folders
 from b6lab.sweep.folders import METRICS, RunResult
+from b6lab.sweep.grid import LADDER_KEY
 from b6lab.sweep.stats import ALPHA, holm, holm_levels, key_tests
 from b6lab.sweep.verdicts import KeySummary, TwoWay, outcome_table, summarize_key, two_way
 
@@ -48,8 +50,10 @@ class Comparison:
     family: str = "key"  # what Holm corrects over: each key's pairs, or all keys' pairs together
     warnings: list[str] = field(default_factory=list)  # what the reader must know before the verdicts
     sequential: dict | None = None  # a sequential sweep's {start, max, equivalence}: its analysis decides
+    ladder: bool = False  # a ladder sweep: its rungs (LADDER_KEY) are model sizes, fitted per arm (ladder.py)
     summaries: list[KeySummary] = field(init=False)
     interaction: TwoWay | None = field(init=False)
+    scaling: object = field(init=False, default=None)  # ladder.LadderResult of a ladder sweep
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -66,8 +70,8 @@ class Comparison:
         else:
             cut, size = [(None, None)] * len(raw), None
         self.summaries = [summarize_key(self.runs, key, self.metric, self.alpha, self.beside.get(key), test, adjusted,
-                                        levels, self.family, size)
-                          for key, test, (adjusted, levels) in zip(self.keys, tests, cut)]
+                                        levels, self.family, size, table)
+                          for key, table, test, (adjusted, levels) in zip(self.keys, tables, tests, cut)]
         if self.sequential:
             from b6lab.sweep.sequential_sweep import sequential_verdicts
 
@@ -83,6 +87,34 @@ class Comparison:
                                  "that combination and seed): each comparison uses only the cells and seeds both "
                                  "of its values completed")
         self.interaction = two_way(self.runs, *self.keys[:2], self.metric, self.alpha) if len(self.keys) >= 2 else None
+        if self.ladder:
+            self.scaling = fit_scaling(self.runs, self.keys, self.metric)
+
+
+def fit_scaling(runs: list[RunResult], keys: list[str], metric: str):
+    """Each arm (a combination of the judged keys' values) at each rung: its final metric against
+    training compute C = 6·N·D (N parameters, D tokens trained), fitted and compared (ladder.py)."""
+    from b6lab.sweep.ladder import fit_ladder
+
+    # One compute per rung, the mean over its runs: arms differ a little in parameters (Post-LN's
+    # extra norm) and train on the same tokens, and are compared at the rung, not at their own C.
+    flops: dict[str, list[float]] = {}
+    for run in runs:
+        if run.params and run.tokens:
+            flops.setdefault(run.grid.get(LADDER_KEY), []).append(6.0 * run.params * run.tokens)
+    results: dict = {}
+    for run in runs:
+        rung = run.grid.get(LADDER_KEY)
+        if rung not in flops:
+            continue
+        arm = ",".join(f"{key.rsplit('.', 1)[-1]}={run.grid.get(key, '-')}" for key in keys) or "all"
+        loss = getattr(run, f"final_{metric}") if run.status == "completed" else (
+            math.inf if run.status == "diverged" else None)
+        results.setdefault(arm, {}).setdefault(run.seed, {})[sum(flops[rung]) / len(flops[rung])] = loss
+    try:
+        return fit_ladder(results) if results else None
+    except ValueError as exc:  # a ladder it cannot fit (one rung with results, say): one line
+        raise UsageError(str(exc)) from None
 
 
 def compare(paths: list[str | Path], *, by: str | list[str] | None = None, metric: str = "val_loss",
@@ -111,10 +143,13 @@ def build(paths: list[str | Path], *, by: str | list[str] | None = None, metric:
         keys, beside, pooled = group(runs, grid_keys, judge_the_rest=True)
     record = folders.read_sweep_record(Path(paths[0])) if len(paths) == 1 else None
     sequential = record.get("sequential") if record else None
+    ladder = LADDER_KEY in keys
+    keys = [key for key in keys if key != LADDER_KEY]  # rungs are sizes, not a choice to judge
     if sequential and family != "key":
         raise UsageError("--family all: a sequential sweep's analysis corrects within each key, as it decided "
                          "where to add seeds; compare it with --family key")
-    return Comparison(runs, keys, metric, beside, pooled, family=family, warnings=warnings, sequential=sequential)
+    return Comparison(runs, keys, metric, beside, pooled, family=family, warnings=warnings, sequential=sequential,
+                      ladder=ladder)
 
 
 def tokenizer_of(run: RunResult) -> str | None:
@@ -197,6 +232,7 @@ def document(comparison: Comparison) -> dict:
         "warnings": comparison.warnings,
         "keys": {summary.key: _key_document(summary) for summary in comparison.summaries},
         "pooled": comparison.pooled,
+        "ladder": comparison.scaling.to_dict() if comparison.scaling is not None else None,
         "interaction": None,
         "runs": [{
             "name": run.name, "folder": str(run.folder),

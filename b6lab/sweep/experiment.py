@@ -12,6 +12,8 @@
     tune: {keys: {optim.lr: [1.0e-4, 3.0e-3, log]}, trials: 8, seeds: [100], algorithm: optuna}
                                                          # tune each grid point first (tuning.py)
     search: {keys: ..., trials: 16}                      # no grid: a search, its best run on the seeds
+    ladder: {model.d_model: [64, 128], model.n_heads: [2, 4], tokens_per_param: 20}
+                                                         # every grid point at every rung (a model size)
     metric: val_loss                                     # minimised: val_loss or val_bpb (bits per byte)
     resources: {cpu: 1, gpu: 0}                          # per trial; fractions allowed
     max_concurrent: 2                                    # default: as many as the resources allow
@@ -30,7 +32,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field
 
@@ -39,7 +41,7 @@ from b6lab.config import SECTIONS
 from b6lab.config_sources import read_yaml
 from b6lab.errors import ConfigError, unknown
 from b6lab.registry import resolve_plugin_spec
-from b6lab.sweep.grid import SEED_KEY, Axis, Base, Experiment, Sequential, short_name
+from b6lab.sweep.grid import LADDER_KEY, SEED_KEY, Axis, Base, Experiment, Ladder, Sequential, short_name
 from b6lab.sweep.tuning import ALGORITHMS, TunedKey, Tuning
 
 BASE_KEYS = ("preset", "set", "file")  # beside the config's own sections, which may sit inline
@@ -112,6 +114,7 @@ class SweepFile:
     storage: Optional[str] = None
     tune: Optional[TuneSection] = None
     search: Optional[TuneSection] = None  # a sweep without a grid: one search, its best confirmed on the seeds
+    ladder: Optional[dict[str, Any]] = None  # rungs: dotted keys zipped, and a budget rule (_ladder)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -146,6 +149,9 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"grace_period {sweep.scheduler.grace_period} is past max_t {sweep.scheduler.max_t}",
                           key="scheduler.grace_period", file=file)
     axes = _grid(sweep.grid, file)
+    ladder = _ladder(sweep.ladder, axes, file) if sweep.ladder is not None else None
+    if ladder:
+        axes = [ladder[0], *axes]
     if sweep.search and (sweep.tune or axes):
         raise ConfigError("goes with neither a grid nor tune: (tune: searches each grid point separately)",
                           key="search", file=file)
@@ -155,6 +161,7 @@ def load_experiment(path: str | Path) -> Experiment:
     return Experiment(
         name=name, file=path, base=_base(sweep.base, folder, file), grid=axes, seeds=seeds,
         tuning=tuning,
+        ladder=ladder and ladder[1],
         sequential=sequential and Sequential(start=sequential.start, max=sequential.max,
                                              equivalence=sequential.equivalence),
         metric=sweep.metric, cpus=sweep.resources.cpu, gpus=sweep.resources.gpu,
@@ -247,3 +254,47 @@ def _tuning(sweep: SweepFile, axes: list[Axis], seeds: list[int], file: str) -> 
         raise ConfigError("tune: with resources.workers > 1 is not supported: tune on one worker per trial",
                           key="tune", file=file)
     return Tuning(tuple(keys), section.trials, tuple(section.seeds), section.algorithm)
+
+
+BUDGETS = ("tokens_per_param", "tokens")
+
+
+def _ladder(section: dict, axes: list[Axis], file: str) -> tuple[Axis, Ladder]:
+    """The rungs as one grid axis (LADDER_KEY, whose values set their keys together) and the budget rule."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"must map dotted config keys to lists of values, one per rung, and a budget "
+                          f"({' or '.join(BUDGETS)}), got {section!r}", key="ladder", file=file)
+    keys = {k: v for k, v in section.items() if k not in BUDGETS}
+    for key, values in keys.items():
+        if "." not in key:
+            raise ConfigError(unknown(key, list(BUDGETS), "ladder key") + "; or a dotted config key with a value per "
+                              "rung, e.g. model.d_model: [64, 128, 256]", key=f"ladder.{key}", file=file)
+        if not isinstance(values, list) or len(values) < 2:
+            raise ConfigError(f"must list a value per rung (2 or more), got {values!r}", key=f"ladder.{key}", file=file)
+    if not keys:
+        raise ConfigError("gives no rungs: e.g. model.d_model: [64, 128, 256]", key="ladder", file=file)
+    lengths = {len(v) for v in keys.values()}
+    if len(lengths) > 1:
+        raise ConfigError(f"its keys give different numbers of rungs ({', '.join(f'{k}: {len(v)}' for k, v in keys.items())}); "
+                          "each key needs one value per rung", key="ladder", file=file)
+    rungs = lengths.pop()
+    budgets = [b for b in BUDGETS if b in section]
+    if len(budgets) != 1:
+        raise ConfigError(f"needs exactly one budget rule, {' or '.join(BUDGETS)} (tokens per parameter, or a token "
+                          f"count per rung), got {budgets or 'none'}", key="ladder", file=file)
+    budget = section[budgets[0]]
+    if budgets[0] == "tokens_per_param":
+        budget = validation.check(budget, Annotated[float, Field(gt=0)], "ladder.tokens_per_param", file, "must be")
+    else:
+        budget = validation.check(budget, list[Annotated[int, Field(ge=1)]], "ladder.tokens", file, "must be")
+        if len(budget) != rungs:
+            raise ConfigError(f"gives {len(budget)} token counts for {rungs} rungs", key="ladder.tokens", file=file)
+    grid_keys = {k for axis in axes for value in axis.values for k in axis.overrides(value)}
+    for key in keys:
+        if key in grid_keys or key == "train.max_steps":
+            raise ConfigError("is set by the grid (or the budget) too: a ladder key sets the model's size only",
+                              key=f"ladder.{key}", file=file)
+    values = tuple({**{k: v[i] for k, v in keys.items()},
+                    "label": ",".join(f"{k.rsplit('.', 1)[-1]}={v[i]}" for k, v in keys.items())}
+                   for i in range(rungs))
+    return Axis(LADDER_KEY, values, LADDER_KEY), Ladder(keys=tuple(keys), budget_rule=budgets[0], budget=budget)

@@ -64,6 +64,8 @@ def write_sweep_record(exp: Experiment, trials) -> None:
         "grid": [{"key": axis.key, "short": axis.short, "values": [axis.label(v) for v in axis.values]}
                  for axis in exp.grid],
         "seeds": exp.seeds,
+        "ladder": None if exp.ladder is None else {"keys": list(exp.ladder.keys), "budget_rule": exp.ladder.budget_rule,
+                                                   "budget": exp.ladder.budget},
         "sequential": None if exp.sequential is None else {"start": exp.sequential.start, "max": exp.sequential.max,
                                                            "equivalence": exp.sequential.equivalence},
         "trials": [{"name": t.name, "grid": t.grid, "seed": t.seed, "folder": str(t.run_dir.relative_to(exp.storage)),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 SEED_KEY = "seed"  # the name of the seed in a trial's Ray config
+LADDER_KEY = "ladder"  # the grid axis of a ladder's rungs (each value sets its keys together)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,23 @@ class Base:
 
 
 @dataclass(frozen=True)
+class Ladder:
+    """Every grid point at every rung: `keys` set the model's size; the budget is tokens per
+    parameter (one number) or a token count per rung (a list)."""
+
+    keys: tuple[str, ...]
+    budget_rule: str  # "tokens_per_param" | "tokens"
+    budget: Any
+
+    def tokens(self, rung: int, params: int | None) -> int:
+        if self.budget_rule == "tokens":
+            return self.budget[rung]
+        if params is None:
+            raise ValueError("tokens_per_param needs the model's parameter count")
+        return round(self.budget * params)
+
+
+@dataclass(frozen=True)
 class Sequential:
     """Seeds added where comparisons are undecided: `start` seeds of every point, at most `max`."""
 
@@ -79,6 +97,7 @@ class Experiment:
     sequential: Sequential | None = None
     tuning: Any = None  # tuning.Tuning: each grid point tuned before it is compared
     tuned: dict[str, dict] | None = None  # arm (point_key of the point without its seed) -> chosen overrides
+    ladder: Ladder | None = None  # its rungs are the grid axis LADDER_KEY
 
     @property
     def start_seeds(self) -> list[int]:

@@ -51,13 +51,16 @@ def trial_rows(trials, exp) -> list[dict]:
 
 
 def write_results(runs: list[RunResult], keys: list[str], folder: Path, title: str, metric: str = "val_loss",
-                  plots: bool = True) -> list[Path]:
-    """results.csv and (unless `plots` is false) the plots, into `folder`."""
+                  plots: bool = True, scaling=None) -> list[Path]:
+    """results.csv and (unless `plots` is false) the plots, into `folder`; a ladder's fits as ladder.png."""
     from b6lab.sweep.plots import write_plots
 
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(runs, keys, folder / "results.csv")
-    return [folder / "results.csv", *(write_plots(runs, keys, folder, title, metric) if plots else [])]
+    written = [folder / "results.csv", *(write_plots(runs, keys, folder, title, metric) if plots else [])]
+    if plots and scaling is not None:
+        written.append(scaling.plot(folder / "ladder.png", f"{title}: final {metric_name(metric)} against compute"))
+    return written
 
 
 def result_rows(runs: list[RunResult], keys: list[str], show_names: bool, metric: str = "val_loss") -> list[dict]:
@@ -128,12 +131,6 @@ def write_csv(runs: list[RunResult], keys: list[str], path: Path) -> None:
             })
 
 
-def terminal_report(runs: list[RunResult], keys: list[str], show_names: bool, metric: str = "val_loss",
-                    sequential: dict | None = None) -> str:
-    """What `b6lab sweep` prints at the end: the table, why runs ended early, and the verdicts."""
-    return comparison_text(Comparison(runs, keys, metric, sequential=sequential), show_names)
-
-
 def comparison_text(comparison: Comparison, show_names: bool) -> str:
     """What `b6lab compare` prints: the runs, why runs ended early, each key's verdicts, two keys at once."""
     parts = [text_table(result_rows(comparison.runs, comparison.keys, show_names, comparison.metric))]
@@ -141,6 +138,8 @@ def comparison_text(comparison: Comparison, show_names: bool) -> str:
     if notes:
         parts.append("\n".join(f"  {note}" for note in notes))
     parts += [f"\nwarning: {warning}" for warning in comparison.warnings]
+    if comparison.scaling is not None:
+        parts.append("\n" + comparison.scaling.text())
     if comparison.keys:
         parts.append("\n" + verdicts_text(comparison))
     else:

@@ -215,7 +215,7 @@ class Judgement:
     std: np.ndarray  # (..., k) std over seeds of that mean
     seeds: np.ndarray  # (..., k) seeds in that mean
     diverged: np.ndarray  # (..., k) runs that diverged
-    outcomes: np.ndarray  # (..., k) runs with an outcome (completed or diverged)
+    counted: np.ndarray  # (..., k) runs with an outcome (completed or diverged)
     reference: np.ndarray  # (...,) index of the value all are compared against
     delta: np.ndarray  # (..., k) value minus the reference (on the blocks both completed)
     low: np.ndarray  # (..., k) its interval, at the level Holm tested the pair at
@@ -259,9 +259,9 @@ def judge(outcomes: np.ndarray, alpha: float = ALPHA, tests: KeyTests | None = N
     with np.errstate(invalid="ignore", divide="ignore"):
         diverged_share = np.where(counted > 0, diverged / counted, np.inf)
     has_results = ~np.isnan(mean)
-    # The reference: the value that diverged least, then the lowest mean.
-    order_key = np.where(has_results, diverged_share * 1e9 + np.nan_to_num(mean, nan=0.0), np.inf)
-    reference = np.argmin(order_key, axis=-1)
+    # The reference: among the values that diverged least, the lowest mean.
+    least = np.min(np.where(has_results, diverged_share, np.inf), axis=-1, keepdims=True)
+    reference = np.argmin(np.where(has_results & (diverged_share == least), mean, np.inf), axis=-1)
 
     shape = batch + (k,)
     delta, low, high, p = (np.full(shape, np.nan) for _ in range(4))
@@ -294,7 +294,7 @@ def judge(outcomes: np.ndarray, alpha: float = ALPHA, tests: KeyTests | None = N
         ["inconclusive", "best", "lowest mean", "reference", "worse", "inconclusive"],
         "not distinguishable",
     )
-    return Judgement(mean=mean, std=std, seeds=seeds, diverged=diverged, outcomes=counted, reference=reference,
+    return Judgement(mean=mean, std=std, seeds=seeds, diverged=diverged, counted=counted, reference=reference,
                      delta=np.where(is_reference & has_results, 0.0, delta), low=low, high=high, p=p,
                      paired=paired, test_seeds=test_seeds, by_divergence=by_divergence, verdict=verdict,
                      comparisons=int(np.sum(~np.isnan(raw))) if raw.ndim == 1 else len(tests.pairs))

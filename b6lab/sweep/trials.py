@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from b6lab import parts, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import RunConfig, load_config
 from b6lab.errors import ConfigError, PluginError, UsageError
-from b6lab.sweep.grid import SEED_KEY, Experiment, point_key
+from b6lab.sweep.grid import LADDER_KEY, SEED_KEY, Experiment, point_key
 from b6lab.train import hardware
 
 
@@ -84,6 +85,8 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
     overrides += [_assign("train.seed", point[SEED_KEY]), _assign("train.out_dir", str(run_dir)),
                   _assign("name", exp.name), _assign("plugins", plugins)]
     cfg = _load(exp, overrides, point, where)
+    if exp.ladder:  # the rung's token budget sets its length
+        cfg = _load(exp, overrides + [_assign("train.max_steps", _rung_steps(exp, point, cfg, sizes))], point, where)
     config = cfg.to_dict()
     with _located(exp, point, where):
         context = trial_context(cfg, exp.gpus)
@@ -106,6 +109,21 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
         params=params, tokens=cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.seq_len,
         skip_reason=reason,
     )
+
+
+def _rung_steps(exp: Experiment, point: dict, cfg: RunConfig, sizes: ModelSizes) -> int:
+    """Training steps for this rung's token budget (tokens per parameter x parameters, or as given).
+    Every grid point of a rung trains on the same tokens: those of the rung's first point (arms whose
+    parameter counts differ a little, Post-LN's extra norm say, are compared at equal data)."""
+    axis = next(axis for axis in exp.grid if axis.key == LADDER_KEY)
+    rung = axis.values.index(point[LADDER_KEY])
+    params = sizes.rungs.setdefault(rung, sizes.count(cfg))
+    if params is None and exp.ladder.budget_rule == "tokens_per_param":
+        raise ConfigError("needs the model's parameter count, which needs its vocabulary before the run: set "
+                          "model.vocab_size, or give ladder.tokens per rung", key="ladder.tokens_per_param",
+                          file=str(exp.file))
+    per_step = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.seq_len
+    return max(1, math.ceil(exp.ladder.tokens(rung, params) / per_step))
 
 
 def trial_name(exp: Experiment, point: dict) -> str:
@@ -178,6 +196,7 @@ class ModelSizes:
     def __init__(self):
         self.tokenizers: dict[str, object] = {}
         self.counts: dict[str, int] = {}  # model config -> parameters
+        self.rungs: dict[int, int | None] = {}  # a ladder's rung -> the parameters its token budget is set by
 
     def count(self, cfg: RunConfig) -> int | None:
         model_cfg = cfg.model

@@ -121,9 +121,10 @@ class KeySummary:
 def summarize_key(runs: list[RunResult], key: str, metric: str = "val_loss", alpha: float = ALPHA,
                   beside: list[str] | None = None, tests: KeyTests | None = None,
                   adjusted: np.ndarray | None = None, levels: np.ndarray | None = None,
-                  family: str = "key", family_size: int | None = None) -> KeySummary:
-    """Each value of `key`: its mean ± std over seeds, and its verdict against the reference."""
-    table = outcome_table(runs, [key], metric, blind=beside or [])
+                  family: str = "key", family_size: int | None = None, table: Table | None = None) -> KeySummary:
+    """Each value of `key`: its mean ± std over seeds, and its verdict against the reference.
+    comparison.py passes the table and tests it already made (to correct across keys)."""
+    table = table or outcome_table(runs, [key], metric, blind=beside or [])
     tests = tests or key_tests(table.outcomes, alpha)
     judged = judge(table.outcomes, alpha, tests, adjusted, levels)
     levels = holm_levels(tests.p, alpha) if levels is None else levels

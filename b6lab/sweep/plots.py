@@ -84,7 +84,7 @@ def curves_figure(runs: list[RunResult], keys: list[str], title: str, metric: st
         if run.curves.get(metric):
             by_group.setdefault(styles.group(run), []).append(run)
     groups = list(by_group)
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = plt.subplots(figsize=(10.5, 5))
     several_seeds = False
     for group, members in by_group.items():
         style = {"marker": "o"} | styles.of(group, groups)

@@ -1,15 +1,17 @@
-"""The commands as Python functions, for notebooks and scripts: `b6lab.train`, `b6lab.sweep`, `b6lab.compare`.
+"""The commands as Python functions, for notebooks and scripts: `b6lab.train`, `b6lab.sweep`,
+`b6lab.compare`, and `b6lab.load` for a trained model.
 
 Each does what its command does (the same config layering, run folders, printed output and
 files) and returns what the command writes instead of an exit status: `train` the run's
 summary.json as a dict, `sweep` the rows of results.csv, `compare` the document `compare --json`
-prints. A user's mistake raises
+prints; `load` gives a checkpoint's model and tokenizer, as `b6lab generate` loads them. A user's mistake raises
 `b6lab.ConfigError` with the one line the command would print.
 
     import b6lab
     summary = b6lab.train(preset="tiny", overrides={"train.max_steps": 50, "model.norm": "post"})
     rows = b6lab.sweep("experiments/norm_ablation.yaml")
     verdicts = b6lab.compare(["runs/sweeps/norm_ablation"], by="model.norm")
+    model, tokenizer = b6lab.load("runs/default")
 
 Nothing heavy is imported until a function is called: `import b6lab` stays cheap.
 """
@@ -71,6 +73,25 @@ def compare(paths, *, by: str | list[str] | None = None, metric: str = "val_loss
         paths = [paths]
     with _as_config_error():
         return comparison.compare(list(paths), by=by, metric=metric, family=family)
+
+
+def load(path: str | Path, *, device: str = "auto"):
+    """A trained model and its tokenizer, as `b6lab generate PATH` loads them: `path` is a checkpoint
+    folder or a run folder (its best checkpoint, else its last). Returns `(model, tokenizer)`: the
+    model a `b6lab.model.B6` (its ModelConfig is `model.cfg`) in eval mode on `device` (auto: the GPU if there is one), fp32, called
+    on a (batch, time) tensor of token ids for (batch, time, vocab) logits; the tokenizer has
+    `encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size` and `eos_id`. What the command
+    prints as a note (a plugin's source changed since training; an attention backend that cannot
+    run here, replaced by auto) is a `UserWarning`."""
+    import warnings
+
+    from b6lab.generate import load_for_sampling
+
+    with _as_config_error():
+        model, tokenizer, note = load_for_sampling(path, device)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    return model, tokenizer
 
 
 def read_results(path: str | Path) -> list[dict]:

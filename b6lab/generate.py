@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,14 +52,31 @@ def load_for_sampling(path: str | Path, device: str = "auto") -> tuple[B6, objec
     return model.to(dev).eval(), tokenizer, note
 
 
+class PastContextWarning(UserWarning):
+    """Sampling went past the positions the model was trained on."""
+
+
+def past_context_message(max_seq_len: int) -> str:
+    return (f"generating past the model's max_seq_len ({max_seq_len} positions, what it was trained on): RoPE "
+            "extrapolates to positions it never saw, and the text usually degrades from there")
+
+
 @torch.no_grad()
 def sample(model: B6, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.8,
            top_k: int | None = 50, eos_id: int | None = None, generator: torch.Generator | None = None):
-    """Yield new token ids: the prompt fills the cache once, then each token costs one position."""
+    """Yield new token ids: the prompt fills the cache once, then each token costs one position.
+
+    Past model.cfg.max_seq_len it goes on (RoPE's tables grow), with one PastContextWarning, as
+    transformers warns when a generation exceeds the model's maximum length."""
     device = next(model.parameters()).device
     cache = KVCache(len(model.blocks))
+    max_seq_len = model.cfg.max_seq_len
+    if len(prompt_ids) > max_seq_len:
+        warnings.warn(past_context_message(max_seq_len), PastContextWarning, stacklevel=2)
     logits = model(torch.tensor([prompt_ids], device=device), cache=cache)[:, -1]
-    for _ in range(max_new_tokens):
+    for position in range(len(prompt_ids), len(prompt_ids) + max_new_tokens):
+        if position == max_seq_len:  # this token makes the text longer than any the model saw
+            warnings.warn(past_context_message(max_seq_len), PastContextWarning, stacklevel=2)
         if temperature <= 0:
             token = logits.argmax(dim=-1, keepdim=True)
         else:

@@ -1,4 +1,5 @@
-"""The Python API: `b6lab.train`, `b6lab.sweep` and `b6lab.compare` do what their commands do and return the results."""
+"""The Python API: `b6lab.train`, `b6lab.sweep` and `b6lab.compare` do what their commands do and return the
+results; `b6lab.load` gives a checkpoint's model and tokenizer."""
 
 import json
 import subprocess
@@ -18,7 +19,7 @@ TINY = {"train.max_steps": 6, "train.eval_interval": 3, "train.eval_steps": 1, "
 
 
 def test_importing_b6lab_imports_neither_torch_nor_ray():
-    code = ("import sys, b6lab; b6lab.train; b6lab.sweep; b6lab.compare; b6lab.ConfigError; "
+    code = ("import sys, b6lab; b6lab.train; b6lab.sweep; b6lab.compare; b6lab.load; b6lab.ConfigError; "
             "print(sorted(m for m in ('torch', 'ray', 'wandb', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -60,6 +61,26 @@ def test_a_mistake_raises_config_error_with_the_line_the_command_prints(tmp_path
         b6lab.train(preset="tiny", out_dir=tmp_path / "used")
     with pytest.raises(b6lab.ConfigError, match="overrides must be a dict"):
         b6lab.train(preset="tiny", overrides=["train.max_steps=3"])
+
+
+def test_load_gives_the_checkpoints_model_and_tokenizer(tmp_path):
+    import torch
+
+    from b6lab.model import B6
+    from b6lab.train import checkpoint
+
+    b6lab.train(preset="tiny", overrides=TINY | {"data.tokenizer": "byte"}, out_dir=tmp_path / "run")
+    model, tokenizer = b6lab.load(tmp_path / "run", device="cpu")
+    assert isinstance(model, B6) and not model.training
+    saved, _, _ = checkpoint.load(checkpoint.find(tmp_path / "run" / "checkpoints" / "best"))
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in saved.items())
+    ids = tokenizer.encode("def main():")
+    assert tokenizer.decode(ids) == "def main():" and tokenizer.vocab_size == 256
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))
+    assert logits.shape == (1, len(ids), model.cfg.vocab_size) and torch.isfinite(logits).all()
+    with pytest.raises(b6lab.ConfigError, match="is not a checkpoint"):
+        b6lab.load(tmp_path)
 
 
 @pytest.mark.slow

@@ -326,6 +326,16 @@ def test_two_sweeps_of_one_grid_give_one_finding_per_choice(tmp_path, capsys):
     assert "optim.lr=0.003, optim.eps=1e-08" in out and "optim.eps  " not in out  # beside, never its own table
 
 
+def test_compare_json_of_a_sweep_writes_nothing_into_its_folder(tmp_path, monkeypatch, capsys):
+    sweep = write_sweep(tmp_path / "sweep", None, 0.0)
+    monkeypatch.chdir(tmp_path)  # where runs/compare would go
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main(["compare", str(sweep), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["keys"]["model.norm"]  # the document, and only that
+    assert sorted(p for p in tmp_path.rglob("*")) == before and "wrote" not in captured.err
+
+
 def test_runs_with_different_tokenizers_are_judged_on_bits_per_byte(tmp_path, capsys):
     """byte vs BPE with the same bits per byte: per token BPE's loss is higher (longer tokens);
     val_loss would call it worse. The comparison warns and judges val_bpb."""

@@ -76,8 +76,11 @@ def test_an_explicit_mode_wins_over_wandb_mode(monkeypatch, no_wandb_login):
 
 def test_a_key_in_the_environment_is_a_login(monkeypatch, no_wandb_login):
     monkeypatch.setenv("WANDB_MODE", "online")
+    # The same check, the same environment, without the key: refused; so passing below is the key's doing.
+    with pytest.raises(ConfigError, match="wandb is online but has no API key"):
+        check_wandb_login(WandbConfig(enabled=True))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # checked for its form only: no network
-    check_wandb_login(WandbConfig(enabled=True))
+    assert check_wandb_login(WandbConfig(enabled=True)) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +167,44 @@ def test_quiet_prints_the_start_and_the_result_only(tmp_path, capsys):
     assert len(lines) == 3, lines
     assert lines[0].startswith("b6lab: training tiny") and lines[1].startswith("b6lab: completed after 8 steps")
     assert lines[2] == f"results: {tmp_path / 'run'}/"  # the result says where it is
+
+
+def test_quiet_silences_wandbs_run_summary(tmp_path):
+    """Real wandb, offline, in its own process (wandb prints from there): without --quiet its
+    `wandb:` lines and run summary block appear; with it, none."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {
+        "HOME": str(tmp_path / "home"), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    outputs = {}
+    for quiet in (False, True):
+        result = subprocess.run(
+            [sys.executable, "-m", "b6lab.cli", "train", *SHORT_RUN, "--set", "logging.wandb.enabled=true",
+             "--set", f"train.out_dir={tmp_path / f'run-{quiet}'}", "--set", "train.threads=1"]
+            + ["--quiet"] * quiet, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        outputs[quiet] = result.stdout + result.stderr
+        assert list((tmp_path / f"run-{quiet}" / "wandb").glob("offline-run-*"))  # wandb did log
+    assert "wandb:" in outputs[False] and "Run summary" in outputs[False]
+    assert "wandb" not in outputs[True].replace(str(tmp_path), ""), outputs[True]
+
+
+def test_quiet_silences_tunes_trials_did_not_complete_line(capfd):
+    """Tune logs its ERROR line through this logger (ray.tune.tune's own `logger`): under --quiet it
+    is off for the sweep, and back after."""
+    import logging
+
+    from ray.tune import tune as tune_module
+
+    from b6lab.sweep.tune_runner import tune_errors_silenced
+
+    assert tune_module.logger.name == "ray.tune.tune"
+    level = tune_module.logger.level
+    for quiet in (False, True):
+        capfd.readouterr()
+        with tune_errors_silenced(quiet):
+            tune_module.logger.error("Trials did not complete: %s", ["norm=post,seed=0"])
+        assert ("ERROR" in capfd.readouterr().err) is not quiet  # Ray's own handler writes to stderr
+        assert tune_module.logger.level == level
+    assert logging.getLogger("ray.tune.tune") is tune_module.logger
 
 
 # ---------------------------------------------------------------------------------------------

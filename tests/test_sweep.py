@@ -115,6 +115,38 @@ def test_an_unavailable_plugin_fails_the_sweep_unless_skipped(tmp_path, capsys):
     assert [t.skip_reason is not None for t in resolve_trials(exp)] == [False, True]
 
 
+def test_a_data_path_that_matches_nothing_fails_the_dry_run_naming_trial_key_and_path(tmp_path, capsys):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("hello world " * 200)
+    path = write_sweep(tmp_path, base={"preset": "tiny", "set": TINY | {"data.source": "text", "data.tokenizer": "byte"}},
+                       grid={"data.path": ["corpus/a.txt", "corpus/missing-*.jsonl"]})
+    for flags in (["--dry-run"], []):
+        assert main(["sweep", str(path), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "trial 2 of 2" in err
+        assert "data.path" in err and "missing-*.jsonl" in err and "matches no" in err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_sweep_files_data_path_is_relative_to_the_sweep_file_like_its_plugins(tmp_path, monkeypatch):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("hello world " * 200)
+    path = write_sweep(tmp_path / "experiments", grid={"model.norm": ["pre"]},
+                       base={"preset": "tiny", "data": {"source": "text", "tokenizer": "byte", "path": "../data/a.txt"}})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # from here ../data/a.txt is tmp_path/data/a.txt too: go one deeper
+    (tmp_path / "elsewhere" / "deeper").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere" / "deeper")
+    [trial] = resolve_trials(load_experiment(path))
+    assert trial.config["data"]["path"] == str(tmp_path / "experiments" / "../data/a.txt")
+    # In base.set too, and a list's entries each; an absolute entry stays as it is.
+    path = write_sweep(tmp_path / "experiments", base={"preset": "tiny", "set": {
+        "data.source": "text", "data.tokenizer": "byte", "data.path": ["../data", str(tmp_path / "data" / "a.txt")]}})
+    trials = resolve_trials(load_experiment(path))
+    assert trials[0].config["data"]["path"] == [str(tmp_path / "experiments" / "../data"), str(tmp_path / "data" / "a.txt")]
+
+
 def test_resume_refuses_a_sweep_file_that_changed_and_a_new_sweep_refuses_an_old_folder(tmp_path, capsys):
     exp = load_experiment(write_sweep(tmp_path))
     folders.write_sweep_record(exp, resolve_trials(exp))

@@ -13,7 +13,7 @@ paired t-tests over seeds and a sign test on divergence, corrected with Holm, so
   b6lab compare runs/pre-ln runs/post-ln
   b6lab compare runs/sweeps/norm_ablation --by model.norm,schedule.warmup_steps
   b6lab compare runs/sweeps/norm_ablation --markdown norm_ablation.md
-  b6lab compare runs/sweeps/a runs/sweeps/b --json --no-plots > comparison.json
+  b6lab compare runs/sweeps/a runs/sweeps/b --json > comparison.json   # writes no files
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", choices=("key", "all"), default="key",
                         help="what the 5%% error rate covers: each key's values (default), or all keys together")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON document (each key's values, differences, CIs, p-values, verdicts)")
+                        help="print one JSON document (each key's values, differences, CIs, p-values, verdicts) "
+                             "and write no files, unless --out or --markdown asks for them")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs")
     parser.add_argument("--out", metavar="DIR",
                         help="where results.csv and the plots go (default: the sweep's folder when comparing one "
@@ -56,15 +57,17 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(comparison.document(result), indent=2))
     else:
         print(report.comparison_text(result, show_names=not one_sweep))
-    written = report.write_results(result.runs, result.keys, out, title, result.metric, plots=not args.no_plots,
-                                   scaling=result.scaling)
+    # --json is for scripts reading stdout: it leaves the sweep's folder as it was unless asked.
+    written = [] if args.json and not args.out else report.write_results(
+        result.runs, result.keys, out, title, result.metric, plots=not args.no_plots, scaling=result.scaling)
     plots = [path for path in written if path.suffix == ".png"]
     if args.markdown:
         report.write_markdown(Path(args.markdown), title, result, show_names=not one_sweep, plots=plots)
         written.append(Path(args.markdown))
     # With --json, stdout holds the document alone.
     notes = sys.stderr if args.json else sys.stdout
-    print(f"\nwrote {', '.join(str(path) for path in written)}", file=notes)
+    if written:
+        print(f"\nwrote {', '.join(str(path) for path in written)}", file=notes)
     curves = tensorboard_command(args.folders)
     if curves:
         print(f"curves: {curves}", file=notes)

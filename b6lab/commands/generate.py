@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import torch
 
@@ -33,6 +34,22 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from b6lab.generate import PastContextWarning
+
+    with warnings.catch_warnings():  # restores showwarning on leaving
+        shown_before = warnings.showwarning
+
+        def show(message, category, *rest, **kwargs):
+            if issubclass(category, PastContextWarning):  # one line of its own, wherever stdout's text has got to
+                print(f"\nb6lab generate: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown_before(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     from b6lab.generate import load_for_sampling, sample
 
     check_arguments(args)

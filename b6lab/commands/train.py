@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -64,8 +65,28 @@ def _train(args: argparse.Namespace, cfg) -> int:
         print(f"results: {out_dir}/ (metrics.jsonl, summary.json, checkpoints/best)")
         if cfg.logging.tensorboard:
             print(f"curves: tensorboard --logdir {out_dir}")
-        print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt 'def '")
+        prompt = shlex.quote(sampling_prompt(cfg.data))
+        print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt {prompt}")
     return 0
+
+
+def sampling_prompt(data_cfg, words: int = 3) -> str:
+    """A prompt like the run's data: the first words of its first validation document's first line
+    (Shakespeare gives a speaker's name, Python sources a keyword), or "" (a new document) where the
+    data is a Hub stream, which would be opened again for one line, or gives nothing."""
+    from b6lab import parts
+    from b6lab.data.sources import HubDataset
+
+    try:
+        source = parts.build_source(data_cfg)
+        if isinstance(source, HubDataset):
+            return ""
+        document = next(iter(source.documents("val")), None) or next(iter(source.documents("train")), "")
+    except Exception:  # a hint is never worth failing a finished run over
+        return ""
+    line = next((line for line in document.splitlines() if line.strip()), "")
+    start = " ".join(line.split()[:words])
+    return start[:40] + " " if start else ""
 
 
 def torchrun_arguments(args: argparse.Namespace) -> list[str]:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -84,11 +85,17 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
     # train.log gets plain progress lines, never a redrawn bar.
     overrides += [_assign("train.seed", point[SEED_KEY]), _assign("train.out_dir", str(run_dir)),
                   _assign("name", exp.name), _assign("plugins", plugins)]
+    data_path = _sweep_data_path(exp, point)
+    if data_path is not None:
+        overrides.append(_assign("data.path", data_path))
     cfg = _load(exp, overrides, point, where)
     if exp.ladder:  # the rung's token budget sets its length
         cfg = _load(exp, overrides + [_assign("train.max_steps", _rung_steps(exp, point, cfg, sizes))], point, where)
     config = cfg.to_dict()
     with _located(exp, point, where):
+        # Finding the data's files is cheap (building a source reads nothing), and a path that
+        # matches nothing would otherwise fail every trial after Ray has started.
+        sizes.source(cfg)
         context = trial_context(cfg, exp.gpus)
         # Trials that differ only where no plugin looks (the seed, say) share one check: a probe
         # costs a fraction of a second, and a sweep has many seeds.
@@ -124,6 +131,24 @@ def _rung_steps(exp: Experiment, point: dict, cfg: RunConfig, sizes: ModelSizes)
                           file=str(exp.file))
     per_step = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.seq_len
     return max(1, math.ceil(exp.ladder.tokens(rung, params) / per_step))
+
+
+def _sweep_data_path(exp: Experiment, point: dict):
+    """data.path as the sweep file gives it (grid, else base.set, else inline base), each relative
+    entry made absolute against the sweep file's folder, as its `plugins:` are; None where the sweep
+    file gives none (a base config file's data.path means what it means to `b6lab train`)."""
+    grid = {k: v for axis in exp.grid for k, v in axis.overrides(point[axis.key]).items()}
+    inline = exp.base.inline.get("data")
+    inline = {"data.path": inline["path"]} if isinstance(inline, dict) and "path" in inline else {}
+    given = next((layer["data.path"] for layer in (grid, exp.base.overrides, inline) if "data.path" in layer), None)
+    if given is None:
+        return None
+    folder = exp.file.resolve().parent
+
+    def located(entry):
+        return os.path.join(folder, os.path.expanduser(entry)) if isinstance(entry, str) else entry
+
+    return [located(entry) for entry in given] if isinstance(given, list) else located(given)
 
 
 def trial_name(exp: Experiment, point: dict) -> str:
@@ -194,9 +219,17 @@ class ModelSizes:
     together don't each train the same BPE."""
 
     def __init__(self):
+        self.sources: dict[str, object] = {}  # data config -> its source
         self.tokenizers: dict[str, object] = {}
         self.counts: dict[str, int] = {}  # model config -> parameters
         self.rungs: dict[int, int | None] = {}  # a ladder's rung -> the parameters its token budget is set by
+
+    def source(self, cfg: RunConfig):
+        """The run's data source, built once per data config; raises on files that aren't there."""
+        key = self._data_key(cfg)
+        if key not in self.sources:
+            self.sources[key] = parts.build_source(cfg.data)
+        return self.sources[key]
 
     def count(self, cfg: RunConfig) -> int | None:
         model_cfg = cfg.model
@@ -215,11 +248,15 @@ class ModelSizes:
             self.counts[key] = model.num_params()
         return self.counts[key]
 
+    @staticmethod
+    def _data_key(cfg: RunConfig) -> str:
+        return json.dumps([cfg.data.source, cfg.data.tokenizer, cfg.data.options], sort_keys=True, default=str)
+
     def _tokenizer(self, cfg: RunConfig):
-        key = json.dumps([cfg.data.source, cfg.data.tokenizer, cfg.data.options], sort_keys=True, default=str)
+        key = self._data_key(cfg)
         if key not in self.tokenizers:
             try:
-                self.tokenizers[key] = parts.build_tokenizer(cfg.data, parts.build_source(cfg.data))
+                self.tokenizers[key] = parts.build_tokenizer(cfg.data, self.source(cfg))
             except UsageError:
                 self.tokenizers[key] = None  # e.g. a Hub corpus this machine can't reach; the trial will say
         return self.tokenizers[key]
@@ -236,6 +273,8 @@ def tuning_configs(exp: Experiment) -> dict[str, dict]:
         grid = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(arm[axis.key]).items()]
         where = f"tuning {arm_name(exp, arm)}"
         seed = [_assign("train.seed", exp.tuning.seeds[0]), _assign("name", exp.name), _assign("plugins", plugins)]
+        data_path = _sweep_data_path(exp, arm)  # relative to the sweep file, as for the grid's trials
+        seed += [] if data_path is None else [_assign("data.path", data_path)]
         for tuned in exp.tuning.keys:
             for value in tuned.bounds():
                 _load(exp, grid + seed + [_assign(tuned.key, value)], arm | {SEED_KEY: exp.tuning.seeds[0]},

@@ -315,7 +315,26 @@ def run_tuner(exp: Experiment, trials: list[Trial], resume: bool, retry_failed: 
                 + ([TrainTrialEnds(run_dirs, exp.scheduler and exp.scheduler["name"])] if exp.workers > 1 else []),
             ),
         )
-    return tuner.fit()
+    with tune_errors_silenced(quiet):
+        return tuner.fit()
+
+
+# Where Tune logs "Trials did not complete: [...]" as an ERROR at the end of a sweep with a failed
+# trial; the sweep's own lines have said which trial failed and why.
+TUNE_LOGGER = "ray.tune.tune"
+
+
+@contextlib.contextmanager
+def tune_errors_silenced(quiet: bool):
+    """Under --quiet, none of Tune's end-of-sweep log lines (its logger's level restored after)."""
+    tune_logger = logging.getLogger(TUNE_LOGGER)
+    level = tune_logger.level
+    if quiet:
+        tune_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        tune_logger.setLevel(level)
 
 
 def count_unfinished(exp: Experiment) -> int:

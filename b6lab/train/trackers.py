@@ -83,7 +83,8 @@ def _is_number(value) -> bool:
 class WandbRun:
     """wandb logging; offline (WANDB_MODE or logging.wandb.mode) writes the run under the run folder."""
 
-    def __init__(self, cfg: WandbConfig, out_dir: Path, config: dict, resume_id: str | None = None):
+    def __init__(self, cfg: WandbConfig, out_dir: Path, config: dict, resume_id: str | None = None,
+                 quiet: bool = False):
         import wandb
 
         self.wandb, self.cfg = wandb, cfg
@@ -96,6 +97,8 @@ class WandbRun:
             config=config,
             id=resume_id,
             resume="allow" if resume_id else None,
+            # logging.quiet (--quiet): none of wandb's lines, its run summary block at the end included.
+            settings=wandb.Settings(silent=True) if quiet else None,
         )
 
     @property
@@ -139,7 +142,7 @@ class RunLog:
                  resume_step: int | None = None, wandb_id: str | None = None):
         self.metrics, self.trackers, self.wandb_id = metrics, [], wandb_id
         if cfg.wandb.enabled:
-            wandb_run = WandbRun(cfg.wandb, out_dir, config, wandb_id)
+            wandb_run = WandbRun(cfg.wandb, out_dir, config, wandb_id, quiet=cfg.quiet)
             self.trackers.append(wandb_run)
             self.wandb_id = wandb_run.id
         if cfg.tensorboard:

@@ -16,20 +16,20 @@ import torch
 
 
 def token_byte_lengths(tokenizer) -> torch.LongTensor:
-    """The number of UTF-8 bytes each token id stands for (vocab_size entries); special tokens 0.
+    """The number of UTF-8 bytes each token id stands for (vocab_size entries); end-of-text 0.
 
-    Exact for the byte tokenizer and for byte-level BPE (bpe, gpt2), whose tokens may be parts of
-    a character; other tokenizers are measured by decoding each id alone, which is exact when
-    their tokens are whole characters.
+    A tokenizer that knows it says so (`token_byte_lengths()`, part of the tokenizer contract:
+    exact for bytes and byte-level BPE, whose tokens may be parts of a character); any other is
+    measured by decoding each id alone, which is exact when its tokens are whole characters.
     """
-    from b6lab.plugins.tokenizers import ByteTokenizer, HFTokenizer
-
-    if isinstance(tokenizer, ByteTokenizer):
-        lengths = torch.ones(tokenizer.vocab_size, dtype=torch.long)
-    elif isinstance(tokenizer, HFTokenizer):
-        lengths = _hf_lengths(tokenizer.tokenizer, tokenizer.vocab_size)
+    own = getattr(tokenizer, "token_byte_lengths", None)
+    if callable(own):
+        lengths = torch.as_tensor(own(), dtype=torch.long).clone()
     else:
         lengths = torch.tensor([len(tokenizer.decode([i]).encode("utf-8")) for i in range(tokenizer.vocab_size)])
+    if lengths.shape != (tokenizer.vocab_size,):
+        raise ValueError(f"token_byte_lengths() gave {tuple(lengths.shape)} lengths for a vocabulary of "
+                         f"{tokenizer.vocab_size}: one per token id is needed")
     lengths[tokenizer.eos_id] = 0
     return lengths
 
@@ -41,7 +41,9 @@ def bits_per_byte(loss_nats_sum: float, n_bytes: int) -> float:
     return loss_nats_sum / (math.log(2) * n_bytes)
 
 
-def _hf_lengths(tokenizer, vocab_size: int) -> torch.LongTensor:
+def fast_tokenizer_byte_lengths(tokenizer, vocab_size: int) -> torch.LongTensor:
+    """token_byte_lengths of a `tokenizers.Tokenizer`: byte-level ones count their symbols (one a
+    byte), others decode each id; added special tokens 0. For tokenizer plugins that wrap one."""
     from tokenizers import decoders
 
     byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)

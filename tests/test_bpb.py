@@ -67,3 +67,46 @@ def test_every_evaluation_logs_bits_per_byte_and_the_summary_keeps_them(tmp_path
         assert record["val_bpb"] == pytest.approx(record["val_loss"] / math.log(2), rel=1e-6)
     assert summary["final_val_bpb"] == evals[-1]["val_bpb"]
     assert summary["best_val_bpb"] == min(r["val_bpb"] for r in evals)
+
+
+class CharacterTokenizer:
+    """A third-party tokenizer with none of the optional methods: one id per character of a small
+    alphabet, id 0 ends documents."""
+
+    alphabet = "\0abcdeé z"
+    vocab_size = len(alphabet)
+    eos_id = 0
+
+    def encode(self, text):
+        return [self.alphabet.index(c) for c in text if c in self.alphabet[1:]]
+
+    def decode(self, ids):
+        return "".join(self.alphabet[i] for i in ids if i)
+
+
+def test_a_third_party_tokenizer_gets_bits_per_byte_by_decoding_each_id():
+    """The core imports no built-in tokenizer: a plugin's tokenizer without token_byte_lengths() is
+    measured by decoding each id ('é' is 2 bytes), one with it is asked."""
+    tokenizer = CharacterTokenizer()
+    assert spelled_bytes(tokenizer, "abé z") == len("abé z".encode("utf-8"))
+
+    class Declared(CharacterTokenizer):
+        def token_byte_lengths(self):
+            return [0, 1, 1, 1, 1, 1, 2, 1, 1]
+
+    assert spelled_bytes(Declared(), "abé z") == 6
+
+    class Wrong(CharacterTokenizer):
+        def token_byte_lengths(self):
+            return [1, 1]
+
+    with pytest.raises(ValueError, match="gave \\(2,\\) lengths for a vocabulary of 9"):
+        token_byte_lengths(Wrong())
+
+
+def test_a_tokenizer_without_a_fast_form_is_refused_by_export_in_one_line():
+    from b6lab.errors import UsageError
+    from b6lab.hf.tokenizer import hf_tokenizer
+
+    with pytest.raises(UsageError, match="CharacterTokenizer.*lacks to_fast_tokenizer"):
+        hf_tokenizer(CharacterTokenizer(), 64)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+EOS_TOKEN = "<|endoftext|>"  # the end-of-text token's text, in every b6lab vocabulary that has one
+
 SPLITS = ("train", "val")
 
 # Fractional part of i * golden ratio: an even, deterministic spread of documents over [0, 1).

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import b6lab
+from b6lab.data.documents import EOS_TOKEN
 from b6lab.data.hub import hub_offline
 from b6lab.errors import ConfigError, DataError, exception_line
 
-EOS_TOKEN = "<|endoftext|>"
 # GPT-2's tokenizer on the Hub, under its current id and the short one older caches keep it under.
 GPT2_REPOS = ("openai-community/gpt2", "gpt2")
 GPT2_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"]
@@ -31,6 +31,14 @@ class ByteTokenizer:
 
     def decode(self, ids) -> str:
         return bytes(i for i in ids if 0 < i < 256).decode("utf-8", errors="replace")
+
+    def token_byte_lengths(self) -> list[int]:
+        return [1] * self.vocab_size
+
+    def to_fast_tokenizer(self):
+        from b6lab.hf.tokenizer import byte_tokenizer
+
+        return byte_tokenizer()
 
 
 class HFTokenizer:
@@ -57,6 +65,16 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids))
+
+    def token_byte_lengths(self):
+        from b6lab.bpb import fast_tokenizer_byte_lengths
+
+        return fast_tokenizer_byte_lengths(self.tokenizer, self.vocab_size)
+
+    def to_fast_tokenizer(self):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.tokenizer.to_str())  # a copy: the wrapped one stays as it is
 
 
 def byte(corpus):

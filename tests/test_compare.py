@@ -420,3 +420,15 @@ def test_family_all_corrects_across_keys_and_says_so(capsys, tmp_path):
     assert "each key is its own family" in report_text(per_key)
     with pytest.raises(Exception, match="--family some"):
         Comparison(grid_runs(losses), ["model.norm"], family="some")
+
+
+def test_the_run_table_shows_the_keys_averaged_over_so_runs_do_not_look_alike(tmp_path, capsys):
+    for norm in ("pre", "post"):
+        for warmup in (0, 30):
+            for seed in (0, 1):
+                write_run(tmp_path / "runs" / f"{norm}-{warmup}-{seed}", config(norm, seed, warmup=warmup),
+                          2.0 + 0.1 * (norm == "post") + 0.01 * seed + 0.001 * warmup)
+    assert main(["compare", str(tmp_path / "runs"), "--by", "model.norm", "--no-plots",
+                 "--out", str(tmp_path / "out")]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header[:4] == ["run", "norm", "warmup_steps", "seed"]

@@ -55,6 +55,12 @@ class Comparison:
     interaction: TwoWay | None = field(init=False)
     scaling: object = field(init=False, default=None)  # ladder.LadderResult of a ladder sweep
 
+    @property
+    def shown_keys(self) -> list[str]:
+        """The run table's columns: the judged keys, a ladder's rungs, then those averaged over
+        (else two runs that differ only there would look alike)."""
+        return self.keys + [LADDER_KEY] * self.ladder + [key for key in self.pooled if key not in self.keys]
+
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise UsageError(f"--family {self.family}: expected one of {', '.join(FAMILIES)}")

@@ -133,7 +133,7 @@ def write_csv(runs: list[RunResult], keys: list[str], path: Path) -> None:
 
 def comparison_text(comparison: Comparison, show_names: bool) -> str:
     """What `b6lab compare` prints: the runs, why runs ended early, each key's verdicts, two keys at once."""
-    parts = [text_table(result_rows(comparison.runs, comparison.keys, show_names, comparison.metric))]
+    parts = [text_table(result_rows(comparison.runs, comparison.shown_keys, show_names, comparison.metric))]
     notes = reasons(comparison.runs)
     if notes:
         parts.append("\n".join(f"  {note}" for note in notes))
@@ -151,7 +151,8 @@ def write_markdown(path: Path, title: str, comparison: Comparison, show_names: b
     """A report to paste into a paper draft or a pull request: table, plots, and verdicts."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [f"# {title}", markdown_table(result_rows(comparison.runs, comparison.keys, show_names, comparison.metric))]
+    parts = [f"# {title}", markdown_table(result_rows(comparison.runs, comparison.shown_keys, show_names,
+                                                      comparison.metric))]
     notes = reasons(comparison.runs)
     if notes:
         parts.append("\n".join(f"- {note}" for note in notes))

@@ -225,6 +225,107 @@ def test_a_real_full_disk(tmp_path):
         subprocess.run(["umount", str(disk)])
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs (root only), unmounted after the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+def fill(disk):
+    """Write to `disk` until it has no space left, for real: the next new page anyone needs fails."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return disk / "filler"
+
+
+def test_a_disk_that_stays_full_leaves_summary_json_unwritten_and_says_so(small_disk, straight):
+    """The disk fills after step 2's checkpoint, for good: the next checkpoint cannot be written, nor
+    then summary.json; the reason (the user's line) says both, `last` and the lines before are kept.
+    Freed, the run resumes exactly."""
+    out = small_disk / "run"
+
+    def full_after_step_2(step, micro_batch):
+        if step == 2 and not (small_disk / "filler").exists():
+            fill(small_disk)
+
+    summary = train_in_process(out, fault_injector=full_after_step_2)
+    assert summary["status"] == "failed" and summary["reason"].startswith("disk full: ")
+    assert "continues from" in summary["reason"] and "(step 2)" in summary["reason"]
+    assert summary["reason"].endswith("summary.json could not be written (no space left for it)")
+    assert not (out / "summary.json").exists() and not list(out.glob("*.tmp-*"))
+    assert checkpoint.step_of(out / "checkpoints" / "last") == 2 and not list((out / "checkpoints").glob("*.tmp-*"))
+    assert records(out)[:1] == records(straight)[:1]  # step 3's line was written before the disk filled, or cut
+    (small_disk / "filler").unlink()
+    train_in_process(out, resume=True)
+    assert_same_run(out, straight)
+
+
+def test_disk_full_at_a_metrics_line_ends_the_run_as_at_a_checkpoint(small_disk):
+    """No checkpoint until the end, a line every step: metrics.jsonl is the write that meets the full
+    disk (when it needs a new page). The run ends with one reason naming the file; the lines before stay."""
+    out = small_disk / "run"
+
+    def full_after_step_2(step, micro_batch):
+        if step == 2 and not (small_disk / "filler").exists():
+            fill(small_disk)
+
+    summary = train_in_process(out, "train.max_steps=60", "train.log_interval=1", "train.eval_interval=100",
+                               "train.checkpoint_interval=100", fault_injector=full_after_step_2)
+    assert summary["status"] == "failed" and summary["steps"] < 60
+    assert summary["reason"].startswith(f"disk full: no space left on device writing {out / 'metrics.jsonl'} (")
+    assert "MB free in" in summary["reason"] and "no checkpoint was saved" in summary["reason"]
+    lines = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert lines == list(range(1, len(lines) + 1)) and len(lines) >= summary["steps"] - 1
+
+
+def test_a_run_on_a_full_disk_says_the_folder_and_its_free_space(small_disk):
+    fill(small_disk)
+    process = train_cli(small_disk / "run")
+    _, stderr = process.communicate(timeout=240)
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("b6lab train: failed: disk full: no space left on device writing ")
+    assert f"(0.0 MB free in {small_disk}" in lines[0] and "nothing was trained" in lines[0]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no half-made run folder left
+
+
+def test_a_read_only_run_folder_is_one_line_naming_it(tmp_path, straight):
+    """A read-only mount (root ignores chmod): a new run and a --resume are both told, exit 2, and the run's files stay."""
+    folder = tmp_path / "ro"
+    shutil.copytree(straight, folder)
+    (folder / "run.lock").unlink(missing_ok=True)
+    empty = tmp_path / "ro-empty"
+    empty.mkdir()
+    mounted = []
+    try:
+        for path in (folder, empty):
+            if subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode or \
+                    subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], capture_output=True).returncode:
+                pytest.skip("cannot make a read-only bind mount here (needs root)")
+            mounted.append(path)
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        for out, extra in ((empty, ()), (folder, ("--resume",))):
+            process = cli("train", *extra, "--set", f"train.out_dir={out}", "--set", "logging.progress=false")
+            _, stderr = process.communicate(timeout=240)
+            lines = stderr.strip().splitlines()
+            assert process.returncode == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
+            assert lines[0].startswith(f"b6lab train: error: {out} is on a read-only file system")
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", str(path)])
+
+
 def test_divergence_keeps_finite_checkpoints_from_before_it(tmp_path):
     holder = {}
 

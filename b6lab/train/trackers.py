@@ -25,7 +25,7 @@ from pathlib import Path
 
 from b6lab.config import LoggingConfig, WandbConfig
 from b6lab.errors import ConfigError
-from b6lab.train.records import MetricsFile
+from b6lab.train.records import MetricsFile, is_disk_full
 
 TENSORBOARD_DIR = "tensorboard"
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
@@ -151,9 +151,18 @@ class RunLog:
             tracker.log(record)
 
     def close(self, summary: dict, best_checkpoint: Path | None) -> None:
-        self.metrics.close()
-        for tracker in self.trackers:
-            tracker.finish(summary, best_checkpoint)
+        """Every file closed even when the disk is full (each keeps what it has written); the first
+        full-disk error is raised after, for the trainer to say."""
+        full = None
+        for finish in (self.metrics.close, *(lambda t=t: t.finish(summary, best_checkpoint) for t in self.trackers)):
+            try:
+                finish()
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                full = full or exc
+        if full:
+            raise full
 
 
 def tensorboard_command(folders) -> str | None:

@@ -110,6 +110,20 @@ def test_a_signal_then_resume_gives_the_uninterrupted_run(tmp_path, straight, si
     assert not [p for p in (out / "checkpoints").iterdir() if p.name not in ("last", "best")]
 
 
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.3])
+def test_ctrl_c_during_start_up_is_one_line_or_none(tmp_path, delay):
+    """A real SIGINT while the command imports b6lab, pluggy, torch (before cli.main's handlers can run)
+    or builds the data: exit 130 (by SIGINT, as the shell shows it, or returned), no traceback, no run folder.
+    (Before Python has reached b6lab at all, ~20 ms here, its own start-up is out of b6lab's reach.)"""
+    process = train_cli(tmp_path / "run")
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr
+    assert stderr.strip() in ("", "b6lab: interrupted", "b6lab train: interrupted"), stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_ctrl_c_in_the_middle_of_a_step_saves_the_steps_start(tmp_path, straight):
     """An interrupt that abandons a step (the second Ctrl-C) saves the data position and RNG of the
     step's start, and the partial window of training losses: the resumed run is exact."""

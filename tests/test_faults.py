@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,6 +123,50 @@ def test_ctrl_c_during_start_up_is_one_line_or_none(tmp_path, delay):
     assert process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr
     assert stderr.strip() in ("", "b6lab: interrupted", "b6lab train: interrupted"), stderr
     assert not (tmp_path / "run").exists()
+
+
+def rank_processes(launcher) -> dict[int, int]:
+    """RANK -> PID of the processes `b6lab train --nproc` started (its torchrun agent's children)."""
+    found = {}
+    for agent in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split():
+        for pid in Path(f"/proc/{agent}/task/{agent}/children").read_text().split():
+            environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            found[int(environ["RANK"])] = int(pid)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_rank_killed_under_nproc_is_one_line_and_resumes_exactly(tmp_path, parallel):
+    """A real SIGKILL to rank 1 of `b6lab train --nproc 2` (gloo): the launcher says which rank, by which
+    signal, and where --resume continues; rank 0's error (a peer gone inside backward) is not shown.
+    The resumed run's losses are the uninterrupted run's."""
+    def two_processes(out, *extra):
+        return cli("train", "--preset", "tiny", "--nproc", "2", *extra, *[a for s in [
+            *SETTINGS, f"train.out_dir={out}", f"train.parallel={parallel}", "train.batch_size=4"] for a in ("--set", s)])
+
+    straight = two_processes(tmp_path / "straight")
+    _, stderr = straight.communicate(timeout=300)
+    assert straight.returncode == 0, stderr
+
+    out = tmp_path / "run"
+    process = two_processes(out)
+    wait_for_step(out, 5, process)
+    ranks = rank_processes(process)
+    assert sorted(ranks) == [0, 1], "the run ended before a rank could be killed"
+    os.kill(ranks[1], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 128 + signal.SIGKILL and len(lines) == 1 and "Traceback" not in stderr, stderr
+    last = checkpoint.step_of(out / "checkpoints" / "last")
+    assert lines[0] == (f"b6lab train: failed: rank 1 (process {ranks[1]}) was killed by SIGKILL; the other processes "
+                        f"were stopped; run the same command with --resume to continue from {out / 'checkpoints' / 'last'} "
+                        f"(step {last})")
+    assert last >= 4  # checkpoints every 2 steps, and the loss at step 6 was logged
+    resumed = two_processes(out, "--resume")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert_same_run(out, tmp_path / "straight")
 
 
 def test_ctrl_c_in_the_middle_of_a_step_saves_the_steps_start(tmp_path, straight):
@@ -300,6 +345,20 @@ def test_disk_full_at_a_metrics_line_ends_the_run_as_at_a_checkpoint(small_disk)
     assert "MB free in" in summary["reason"] and "no checkpoint was saved" in summary["reason"]
     lines = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert lines == list(range(1, len(lines) + 1)) and len(lines) >= summary["steps"] - 1
+
+
+def test_a_full_disk_at_the_tokenizer_cache_is_the_same_line(small_disk, tmp_path):
+    """The BPE tokenizer's cache on a full disk (data.cache_dir): one line naming the cache file and
+    that disk's free space, exit 1; no half-written cache file, no run folder left."""
+    fill(small_disk)
+    process = train_cli(tmp_path / "run", "data.tokenizer=bpe", "data.bpe_vocab_size=300", "data.bpe_train_mb=0.05",
+                        f"data.cache_dir={small_disk / 'cache'}")
+    _, stderr = process.communicate(timeout=240)
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"b6lab train: failed: disk full: no space left on device writing {small_disk / 'cache'}")
+    assert f"(0.0 MB free in {small_disk / 'cache'}" in lines[0]
+    assert not list(small_disk.rglob("*.tmp")) and not (tmp_path / "run").exists()
 
 
 def test_a_run_on_a_full_disk_says_the_folder_and_its_free_space(small_disk):

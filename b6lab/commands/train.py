@@ -43,6 +43,7 @@ def _train(args: argparse.Namespace, cfg) -> int:
     from b6lab.train.trainer import Trainer
 
     out_dir = distributed.from_main(lambda: choose_out_dir(cfg.train.out_dir, cfg.name, args.resume))
+    distributed.report_run_folder(out_dir)  # for `--nproc`'s line if a process is killed
     if args.resume and (out_dir / "config.yaml").exists():
         # The run continues as it was configured (the same model, the same data); only what --set
         # says changes, e.g. a longer train.max_steps.

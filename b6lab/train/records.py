@@ -26,8 +26,12 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def disk_full_line(exc: OSError, folder: Path) -> str:
-    """`no space left on device writing FILE (N MB free in FOLDER)`: what every full-disk stop says."""
+    """`no space left on device writing FILE (N MB free in FOLDER)`: what every full-disk stop says.
+    FOLDER is the file's own when it is known (a cache may be on another disk than the run)."""
     written = f" writing {exc.filename}" if exc.filename else ""
+    folder = Path(exc.filename).parent if exc.filename else Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
         free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free in {folder}"
     except OSError:

@@ -267,7 +267,8 @@ class Trainer:
                 reason = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, KeyboardInterrupt):
                     reason = f"interrupted (in step {self.step + 1})"
-                status, save_last = "failed", self._boundary is not None
+                # Data-parallel, a crash may be another process gone (killed): the periodic checkpoint stands.
+                status, save_last = "failed", self._boundary is not None and self.ranks.world_size == 1
                 raise
         finally:
             try:
@@ -487,6 +488,10 @@ class Trainer:
         rest). Raises Diverged rather than save a non-finite state, DiskFull when the disk runs out."""
         self._check_finite()
         folder, sharded = self.ckpt_dir / name, not distributed.saves_alone(self.cfg.train.parallel)
+        # Each rank's losses since the last log, as means over the ranks: every rank resumes with the
+        # same window, whose mean is then the one the uninterrupted run logs.
+        window = distributed.sum_tensor_over_ranks(torch.stack(self._window)) / self.ranks.world_size \
+            if self._window else []
         if not (self.ranks.is_main or sharded):
             self.saved_steps[name] = self.step
             return None
@@ -497,7 +502,7 @@ class Trainer:
             "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
             "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb,
             "train_seconds": self.train_seconds, "rng": position["rng"], "data": position["data"],
-            "loss_window": [loss.item() for loss in self._window],
+            "loss_window": [loss.item() for loss in window],
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
             "world_size": self.ranks.world_size,
         }

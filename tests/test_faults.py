@@ -329,9 +329,11 @@ def test_a_disk_that_stays_full_leaves_summary_json_unwritten_and_says_so(small_
     assert_same_run(out, straight)
 
 
-def test_disk_full_at_a_metrics_line_ends_the_run_as_at_a_checkpoint(small_disk):
-    """No checkpoint until the end, a line every step: metrics.jsonl is the write that meets the full
-    disk (when it needs a new page). The run ends with one reason naming the file; the lines before stay."""
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_disk_full_at_a_record_write_ends_the_run_as_at_a_checkpoint(small_disk, capfd, tensorboard):
+    """No checkpoint until the end, a line every step: metrics.jsonl (or TensorBoard's event file,
+    written on a thread of tensorboardX's) is the write that meets the full disk. The run ends with
+    one reason naming the file, no traceback from any thread; the lines before stay."""
     out = small_disk / "run"
 
     def full_after_step_2(step, micro_batch):
@@ -339,9 +341,12 @@ def test_disk_full_at_a_metrics_line_ends_the_run_as_at_a_checkpoint(small_disk)
             fill(small_disk)
 
     summary = train_in_process(out, "train.max_steps=60", "train.log_interval=1", "train.eval_interval=100",
-                               "train.checkpoint_interval=100", fault_injector=full_after_step_2)
+                               "train.checkpoint_interval=100", f"logging.tensorboard={str(tensorboard).lower()}",
+                               fault_injector=full_after_step_2)
     assert summary["status"] == "failed" and summary["steps"] < 60
-    assert summary["reason"].startswith(f"disk full: no space left on device writing {out / 'metrics.jsonl'} (")
+    written = [str(out / "metrics.jsonl")] + [str(p) for p in (out / "tensorboard").glob("events.*")]
+    assert any(summary["reason"].startswith(f"disk full: no space left on device writing {path} (") for path in written)
+    assert "Traceback" not in capfd.readouterr().err
     assert "MB free in" in summary["reason"] and "no checkpoint was saved" in summary["reason"]
     lines = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert lines == list(range(1, len(lines) + 1)) and len(lines) >= summary["steps"] - 1

@@ -117,17 +117,21 @@ def launch(nproc: int, train_args: list[str], device: str) -> int:
     with tempfile.TemporaryDirectory(prefix="b6lab-launch-") as errors:
         code = subprocess.call(command, env={**env, LAUNCH_ERRORS: errors})
         reports = {path.name: path.read_text() for path in Path(errors).iterdir()}
-    by_rank = lambda prefix: [reports[name] for name in sorted((n for n in reports if n.startswith(prefix)),  # noqa: E731
-                                                                   key=lambda name: int(name[len(prefix):]))]
+
+    def by_rank(prefix: str) -> list[str]:
+        names = sorted((name for name in reports if name.startswith(prefix)), key=lambda name: int(name[len(prefix):]))
+        return [reports[name] for name in names]
+
     killed = _killed_rank(json.loads(reports.get(FAILURES, "[]")))
     if killed and not by_rank(MISTAKE):
         # The others' errors (a peer's connection reset inside backward) only follow from it: unsaid.
         print(f"b6lab train: failed: {killed}; the other processes were stopped; "
               f"{_where_to_resume(reports.get(RUN_FOLDER))}", file=sys.stderr)
         return code
-    # A mistake every process found is said once (the processes leave it to this launcher); a crash's
-    # traceback once per different one.
-    for message in dict.fromkeys(by_rank(MISTAKE) + by_rank(CRASH)):
+    # A mistake every process found is said once (the processes leave it to this launcher), and alone: a
+    # process that crashed meanwhile (its peer gone, having stopped for it) only followed from it. Else
+    # each different crash's traceback, once.
+    for message in dict.fromkeys(by_rank(MISTAKE) or by_rank(CRASH)):
         print(message, file=sys.stderr, end="" if message.endswith("\n") else "\n")
     return code
 

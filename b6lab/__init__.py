@@ -8,6 +8,8 @@ callable, so `import b6lab.train.trainer` and `b6lab.train(...)` both work. Impo
 imports neither torch nor ray; calling a function does.
 """
 
+from b6lab import startup  # noqa: F401 - first: a Ctrl-C while the command starts is one line (startup.py)
+
 import importlib
 import inspect
 import sys

@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nb6lab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        from b6lab.train.distributed import report_crash_to_launcher
+
+        # Under `train --nproc` the launcher says it, or, if another process was killed, says that instead.
+        if args.debug or not report_crash_to_launcher(traceback.format_exc()):
+            raise
+        return 1
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

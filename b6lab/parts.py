@@ -25,6 +25,7 @@ from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, Schedu
 from b6lab.data.documents import Corpus
 from b6lab.errors import ConfigError, PluginError, UsageError, exception_line
 from b6lab.model import B6, NORM_LAYERS
+from b6lab.train.records import is_disk_full
 
 SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", OptimConfig: "optim", ScheduleConfig: "schedule"}
 
@@ -65,6 +66,8 @@ def plugin_errors(reg: registry.Registration, key: str):
     except UsageError:
         raise
     except Exception as exc:
+        if is_disk_full(exc):  # not the plugin's mistake: the run ends as at any write on a full disk
+            raise
         raise PluginError(f"{key}: {reg.label} raised {exception_line(exc)}") from exc
 
 

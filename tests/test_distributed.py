@@ -89,27 +89,6 @@ def test_two_processes_match_one_process_step_for_step(two_processes, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_rank_resumes_to_the_same_losses(two_processes, tmp_path):
-    out_dir = tmp_path / "run"
-    process = torchrun(out_dir)
-    metrics = out_dir / "metrics.jsonl"
-    while process.poll() is None and not (metrics.exists() and len(records(out_dir, "loss")) >= 5):
-        time.sleep(0.02)
-    workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    assert len(workers) == 2, "the run ended before a rank could be killed"
-    os.kill(int(workers[1]), signal.SIGKILL)  # rank 1 (torchrun starts the ranks in order)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode != 0, output
-    assert (out_dir / "checkpoints" / "last").exists()
-
-    resumed = torchrun(out_dir, "--resume")
-    output, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, output
-    assert "resuming at step" in output
-    assert records(out_dir, "loss") == pytest.approx(records(two_processes[0], "loss"), abs=TOLERANCE)
-
-
-@pytest.mark.slow
 def test_fsdp_checkpoints_are_sharded_and_resume_on_another_number_of_processes(tmp_path, capsys):
     # A constant learning rate, so that a run stopped and resumed twice is one run of 16 steps.
     constant = "schedule.name=constant"

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,6 +109,64 @@ def test_a_signal_then_resume_gives_the_uninterrupted_run(tmp_path, straight, si
     assert resumed.returncode == 0, stderr
     assert_same_run(out, straight)
     assert not [p for p in (out / "checkpoints").iterdir() if p.name not in ("last", "best")]
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.3])
+def test_ctrl_c_during_start_up_is_one_line_or_none(tmp_path, delay):
+    """A real SIGINT while the command imports b6lab, pluggy, torch (before cli.main's handlers can run)
+    or builds the data: exit 130 (by SIGINT, as the shell shows it, or returned), no traceback, no run folder.
+    (Before Python has reached b6lab at all, ~20 ms here, its own start-up is out of b6lab's reach.)"""
+    process = train_cli(tmp_path / "run")
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr
+    assert stderr.strip() in ("", "b6lab: interrupted", "b6lab train: interrupted"), stderr
+    assert not (tmp_path / "run").exists()
+
+
+def rank_processes(launcher) -> dict[int, int]:
+    """RANK -> PID of the processes `b6lab train --nproc` started (its torchrun agent's children)."""
+    found = {}
+    for agent in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split():
+        for pid in Path(f"/proc/{agent}/task/{agent}/children").read_text().split():
+            environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            found[int(environ["RANK"])] = int(pid)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_rank_killed_under_nproc_is_one_line_and_resumes_exactly(tmp_path, parallel):
+    """A real SIGKILL to rank 1 of `b6lab train --nproc 2` (gloo): the launcher says which rank, by which
+    signal, and where --resume continues; rank 0's error (a peer gone inside backward) is not shown.
+    The resumed run's losses are the uninterrupted run's."""
+    def two_processes(out, *extra):
+        return cli("train", "--preset", "tiny", "--nproc", "2", *extra, *[a for s in [
+            *SETTINGS, f"train.out_dir={out}", f"train.parallel={parallel}", "train.batch_size=4"] for a in ("--set", s)])
+
+    straight = two_processes(tmp_path / "straight")
+    _, stderr = straight.communicate(timeout=300)
+    assert straight.returncode == 0, stderr
+
+    out = tmp_path / "run"
+    process = two_processes(out)
+    wait_for_step(out, 5, process)
+    ranks = rank_processes(process)
+    assert sorted(ranks) == [0, 1], "the run ended before a rank could be killed"
+    os.kill(ranks[1], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 128 + signal.SIGKILL and len(lines) == 1 and "Traceback" not in stderr, stderr
+    last = checkpoint.step_of(out / "checkpoints" / "last")
+    assert lines[0] == (f"b6lab train: failed: rank 1 (process {ranks[1]}) was killed by SIGKILL; the other processes "
+                        f"were stopped; run the same command with --resume to continue from {out / 'checkpoints' / 'last'} "
+                        f"(step {last})")
+    assert last >= 4  # checkpoints every 2 steps, and the loss at step 6 was logged
+    resumed = two_processes(out, "--resume")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert_same_run(out, tmp_path / "straight")
 
 
 def test_ctrl_c_in_the_middle_of_a_step_saves_the_steps_start(tmp_path, straight):
@@ -223,6 +282,126 @@ def test_a_real_full_disk(tmp_path):
         assert not list((disk / "run" / "checkpoints").glob("*.tmp-*"))
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs (root only), unmounted after the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+def fill(disk):
+    """Write to `disk` until it has no space left, for real: the next new page anyone needs fails."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return disk / "filler"
+
+
+def test_a_disk_that_stays_full_leaves_summary_json_unwritten_and_says_so(small_disk, straight):
+    """The disk fills after step 2's checkpoint, for good: the next checkpoint cannot be written, nor
+    then summary.json; the reason (the user's line) says both, `last` and the lines before are kept.
+    Freed, the run resumes exactly."""
+    out = small_disk / "run"
+
+    def full_after_step_2(step, micro_batch):
+        if step == 2 and not (small_disk / "filler").exists():
+            fill(small_disk)
+
+    summary = train_in_process(out, fault_injector=full_after_step_2)
+    assert summary["status"] == "failed" and summary["reason"].startswith("disk full: ")
+    assert "continues from" in summary["reason"] and "(step 2)" in summary["reason"]
+    assert summary["reason"].endswith("summary.json could not be written (no space left for it)")
+    assert not (out / "summary.json").exists() and not list(out.glob("*.tmp-*"))
+    assert checkpoint.step_of(out / "checkpoints" / "last") == 2 and not list((out / "checkpoints").glob("*.tmp-*"))
+    assert records(out)[:1] == records(straight)[:1]  # step 3's line was written before the disk filled, or cut
+    (small_disk / "filler").unlink()
+    train_in_process(out, resume=True)
+    assert_same_run(out, straight)
+
+
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_disk_full_at_a_record_write_ends_the_run_as_at_a_checkpoint(small_disk, capfd, tensorboard):
+    """No checkpoint until the end, a line every step: metrics.jsonl (or TensorBoard's event file,
+    written on a thread of tensorboardX's) is the write that meets the full disk. The run ends with
+    one reason naming the file, no traceback from any thread; the lines before stay."""
+    out = small_disk / "run"
+
+    def full_after_step_2(step, micro_batch):
+        if step == 2 and not (small_disk / "filler").exists():
+            fill(small_disk)
+
+    summary = train_in_process(out, "train.max_steps=60", "train.log_interval=1", "train.eval_interval=100",
+                               "train.checkpoint_interval=100", f"logging.tensorboard={str(tensorboard).lower()}",
+                               fault_injector=full_after_step_2)
+    assert summary["status"] == "failed" and summary["steps"] < 60
+    written = [str(out / "metrics.jsonl")] + [str(p) for p in (out / "tensorboard").glob("events.*")]
+    assert any(summary["reason"].startswith(f"disk full: no space left on device writing {path} (") for path in written)
+    assert "Traceback" not in capfd.readouterr().err
+    assert "MB free in" in summary["reason"] and "no checkpoint was saved" in summary["reason"]
+    lines = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert lines == list(range(1, len(lines) + 1)) and len(lines) >= summary["steps"] - 1
+
+
+def test_a_full_disk_at_the_tokenizer_cache_is_the_same_line(small_disk, tmp_path):
+    """The BPE tokenizer's cache on a full disk (data.cache_dir): one line naming the cache file and
+    that disk's free space, exit 1; no half-written cache file, no run folder left."""
+    fill(small_disk)
+    process = train_cli(tmp_path / "run", "data.tokenizer=bpe", "data.bpe_vocab_size=300", "data.bpe_train_mb=0.05",
+                        f"data.cache_dir={small_disk / 'cache'}")
+    _, stderr = process.communicate(timeout=240)
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"b6lab train: failed: disk full: no space left on device writing {small_disk / 'cache'}")
+    assert f"(0.0 MB free in {small_disk / 'cache'}" in lines[0]
+    assert not list(small_disk.rglob("*.tmp")) and not (tmp_path / "run").exists()
+
+
+def test_a_run_on_a_full_disk_says_the_folder_and_its_free_space(small_disk):
+    fill(small_disk)
+    process = train_cli(small_disk / "run")
+    _, stderr = process.communicate(timeout=240)
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("b6lab train: failed: disk full: no space left on device writing ")
+    assert f"(0.0 MB free in {small_disk}" in lines[0] and "nothing was trained" in lines[0]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no half-made run folder left
+
+
+def test_a_read_only_run_folder_is_one_line_naming_it(tmp_path, straight):
+    """A read-only mount (root ignores chmod): a new run and a --resume are both told, exit 2, and the run's files stay."""
+    folder = tmp_path / "ro"
+    shutil.copytree(straight, folder)
+    (folder / "run.lock").unlink(missing_ok=True)
+    empty = tmp_path / "ro-empty"
+    empty.mkdir()
+    mounted = []
+    try:
+        for path in (folder, empty):
+            if subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode or \
+                    subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], capture_output=True).returncode:
+                pytest.skip("cannot make a read-only bind mount here (needs root)")
+            mounted.append(path)
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        for out, extra in ((empty, ()), (folder, ("--resume",))):
+            process = cli("train", *extra, "--set", f"train.out_dir={out}", "--set", "logging.progress=false")
+            _, stderr = process.communicate(timeout=240)
+            lines = stderr.strip().splitlines()
+            assert process.returncode == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
+            assert lines[0].startswith(f"b6lab train: error: {out} is on a read-only file system")
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", str(path)])
 
 
 def test_divergence_keeps_finite_checkpoints_from_before_it(tmp_path):

@@ -40,16 +40,23 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, cfg) -> int:
     from b6lab.train import distributed
+    from b6lab.train.checkpoint import DiskFull
     from b6lab.train.trainer import Trainer
 
     out_dir = distributed.from_main(lambda: choose_out_dir(cfg.train.out_dir, cfg.name, args.resume))
+    distributed.report_run_folder(out_dir)  # for `--nproc`'s line if a process is killed
     if args.resume and (out_dir / "config.yaml").exists():
         # The run continues as it was configured (the same model, the same data); only what --set
         # says changes, e.g. a longer train.max_steps.
         cfg = load_config(out_dir / "config.yaml", overrides=args.overrides)
         for note in registry.source_changes(read_yaml(out_dir / "config.yaml").get("run", {}).get("plugins")):
             print(f"note: {note}", file=sys.stderr)
-    trainer = Trainer(cfg, out_dir, resume=args.resume)
+    try:
+        trainer = Trainer(cfg, out_dir, resume=args.resume)
+    except DiskFull as exc:  # the run folder's lock, config.yaml, the tokenizer cache
+        print(f"b6lab train: failed: disk full: {exc}; nothing was trained: free space there, or set "
+              "train.out_dir to another disk", file=sys.stderr)
+        return 1
     summary = trainer.run()
     if summary["status"] != "completed":
         # One line: what happened and what to do (summary.json and metrics.jsonl are in out_dir).

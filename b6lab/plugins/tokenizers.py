@@ -14,6 +14,7 @@ import b6lab
 from b6lab.data.documents import EOS_TOKEN
 from b6lab.data.hub import hub_offline
 from b6lab.errors import ConfigError, DataError, exception_line
+from b6lab.train.records import naming
 
 # GPT-2's tokenizer on the Hub, under its current id and the short one older caches keep it under.
 GPT2_REPOS = ("openai-community/gpt2", "gpt2")
@@ -95,7 +96,12 @@ def bpe(corpus, *, bpe_vocab_size: int = 4096, bpe_train_mb: float = 8.0):
     tokenizer = train_bpe(corpus.text_sample(int(bpe_train_mb * 1e6)), bpe_vocab_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    tokenizer.save(str(partial))
+    try:  # written by Python, not by tokenizers' save(): a full disk is then an OSError that names the file
+        with naming(path):
+            partial.write_text(tokenizer.to_str(pretty=True))
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)  # atomic: a concurrent run (a sweep's trials) never reads half a file
     return HFTokenizer(tokenizer)
 

@@ -18,7 +18,9 @@ the losses are summed across ranks.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,25 +116,78 @@ def launch(nproc: int, train_args: list[str], device: str) -> int:
                f"--nproc-per-node={nproc}", "-m", "b6lab", "train", *train_args]
     with tempfile.TemporaryDirectory(prefix="b6lab-launch-") as errors:
         code = subprocess.call(command, env={**env, LAUNCH_ERRORS: errors})
-        messages = [path.read_text() for path in sorted(Path(errors).iterdir(), key=lambda path: int(path.name))]
-    # A mistake every process found is said once (the processes leave it to this launcher).
-    for message in dict.fromkeys(messages):
-        print(message, file=sys.stderr)
+        reports = {path.name: path.read_text() for path in Path(errors).iterdir()}
+
+    def by_rank(prefix: str) -> list[str]:
+        names = sorted((name for name in reports if name.startswith(prefix)), key=lambda name: int(name[len(prefix):]))
+        return [reports[name] for name in names]
+
+    killed = _killed_rank(json.loads(reports.get(FAILURES, "[]")))
+    if killed and not by_rank(MISTAKE):
+        # The others' errors (a peer's connection reset inside backward) only follow from it: unsaid.
+        print(f"b6lab train: failed: {killed}; the other processes were stopped; "
+              f"{_where_to_resume(reports.get(RUN_FOLDER))}", file=sys.stderr)
+        return code
+    # A mistake every process found is said once (the processes leave it to this launcher), and alone: a
+    # process that crashed meanwhile (its peer gone, having stopped for it) only followed from it. Else
+    # each different crash's traceback, once.
+    for message in dict.fromkeys(by_rank(MISTAKE) or by_rank(CRASH)):
+        print(message, file=sys.stderr, end="" if message.endswith("\n") else "\n")
     return code
 
 
-# Set by `launch` for the processes it starts: where each writes the one-line error of a UsageError.
+def _killed_rank(failures: list[dict]) -> str | None:
+    """`rank 1 (process 4242) was killed by SIGKILL`: the process a signal ended, if one did. torchrun
+    stops the others with SIGTERM once one has failed, and their errors (a peer gone) only follow from
+    it: a SIGTERM is the cause only if no process failed otherwise."""
+    killed = [f for f in failures if f["exitcode"] < 0 and f["exitcode"] != -signal.SIGTERM]
+    if not killed and failures and all(f["exitcode"] == -signal.SIGTERM for f in failures):
+        killed = failures
+    if not killed:
+        return None  # a process ended with an error of its own: that is what is said
+    first = min(killed, key=lambda f: f["rank"])
+    return f"rank {first['rank']} (process {first['pid']}) was killed by {signal.Signals(-first['exitcode']).name}"
+
+
+def _where_to_resume(run_folder: str | None) -> str:
+    last = checkpoint.find(Path(run_folder) / "checkpoints" / "last") if run_folder else None
+    if last is None:
+        return "no checkpoint was saved" + (f" in {run_folder}" if run_folder else "")
+    return (f"run the same command with --resume to continue from {Path(run_folder) / 'checkpoints' / 'last'} "
+            f"(step {checkpoint.step_of(last)})")
+
+
+# Set by `launch` for the processes it starts: the folder where each leaves what the launcher says
+# for them, in files named by what they hold: a user mistake's line (MISTAKE + rank), a crash's
+# traceback (CRASH + rank), the run folder (rank 0), and torchrun's record of which processes failed.
 LAUNCH_ERRORS = "B6LAB_LAUNCH_ERRORS"
+MISTAKE, CRASH, RUN_FOLDER, FAILURES = "mistake-", "crash-", "run_folder", "failures.json"
+
+
+def _to_launcher(name: str, text: str) -> bool:
+    folder = os.environ.get(LAUNCH_ERRORS)
+    if not folder or not os.path.isdir(folder):
+        return False
+    (Path(folder) / name).write_text(text)
+    return True
 
 
 def report_to_launcher(message: str) -> bool:
     """Under `b6lab train --nproc`, leave a user mistake's line to the launcher (which says it once,
     not once per process); False elsewhere: the caller prints it."""
-    folder = os.environ.get(LAUNCH_ERRORS)
-    if not folder or not os.path.isdir(folder):
-        return False
-    (Path(folder) / os.environ.get("RANK", "0")).write_text(message)
-    return True
+    return _to_launcher(MISTAKE + os.environ.get("RANK", "0"), message)
+
+
+def report_crash_to_launcher(traceback_text: str) -> bool:
+    """Under `b6lab train --nproc`, leave a crash's traceback to the launcher: it is said unless a
+    process was killed, which the crash then only followed from (a peer gone mid-collective)."""
+    return _to_launcher(CRASH + os.environ.get("RANK", "0"), traceback_text)
+
+
+def report_run_folder(folder: Path) -> None:
+    """Rank 0's run folder, for the launcher's line on where a killed run resumes from."""
+    if current().is_main:
+        _to_launcher(RUN_FOLDER, str(folder))
 
 
 def torchrun(argv: list[str]) -> int:
@@ -148,7 +203,10 @@ def torchrun(argv: list[str]) -> int:
     try:
         run.run(run.parse_args(["--standalone", *argv]))
     except ChildFailedError as exc:
-        first = exc.failures[min(exc.failures)]  # the lowest rank that failed
+        _to_launcher(FAILURES, json.dumps([{"rank": rank, "pid": f.pid, "exitcode": f.exitcode}
+                                           for rank, f in exc.failures.items()]))
+        killed = [rank for rank, f in exc.failures.items() if f.exitcode < 0 and f.exitcode != -signal.SIGTERM]
+        first = exc.failures[min(killed or exc.failures)]  # the killed rank, else the lowest rank that failed
         return first.exitcode if first.exitcode > 0 else 128 - first.exitcode  # killed by a signal: 128 + its number
     return 0
 

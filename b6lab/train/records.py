@@ -7,12 +7,48 @@ are dropped, so the file reads as one uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 from b6lab.errors import DataError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write that failed for space (the disk or the quota ran out), whatever was being written."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+def disk_full_line(exc: OSError, folder: Path) -> str:
+    """`no space left on device writing FILE (N MB free in FOLDER)`: what every full-disk stop says.
+    FOLDER is the file's own when it is known (a cache may be on another disk than the run)."""
+    written = f" writing {exc.filename}" if exc.filename else ""
+    folder = Path(exc.filename).parent if exc.filename else Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free in {folder}"
+    except OSError:
+        free = f"in {folder}"
+    return f"{os.strerror(exc.errno).lower()}{written} ({free})"
+
+
+@contextlib.contextmanager
+def naming(path: Path):
+    """An OSError from a write that the OS did not name (a failed write() or flush) gets `path`, so
+    that the line a full disk ends the run with says which file it was."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 class MetricsFile:
@@ -26,10 +62,12 @@ class MetricsFile:
         self._file = open(self.path, "a", buffering=1)
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(_jsonable(record)) + "\n")
+        with naming(self.path):
+            self._file.write(json.dumps(_jsonable(record)) + "\n")
 
     def close(self) -> None:
-        self._file.close()
+        with naming(self.path):
+            self._file.close()
 
 
 def _lines_to_keep(path: Path) -> list[str]:
@@ -70,7 +108,12 @@ def read_summary(run_dir: Path) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     partial = Path(f"{path}.tmp-{os.getpid()}")
-    partial.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    try:
+        with naming(path):
+            partial.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    except OSError:
+        partial.unlink(missing_ok=True)  # the old file, if any, stays whole
+        raise
     os.replace(partial, path)
 
 

@@ -8,6 +8,8 @@ run gets.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from b6lab.errors import UsageError
+from b6lab.train.records import disk_full_line, is_disk_full, naming
 
 LOCK_FILE, OWNER_FILE = "run.lock", "run.owner"
 
@@ -37,25 +40,56 @@ class RunLock:
         self._lock = FileLock(self.folder / LOCK_FILE, timeout=0)
 
     def acquire(self) -> "RunLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise UsageError(f"{self.folder} is in use by another run ({self._owner()}); wait for it to end, "
-                             f"or {self.elsewhere}") from None
-        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
-        (self.folder / OWNER_FILE).write_text(
-            f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")
+        with self._writable():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock.acquire()
+            except Timeout:
+                raise UsageError(f"{self.folder} is in use by another run ({self._owner()}); wait for it to end, "
+                                 f"or {self.elsewhere}") from None
+            command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+            try:
+                with naming(self.folder / OWNER_FILE):
+                    (self.folder / OWNER_FILE).write_text(f"process {os.getpid()} on {socket.gethostname()} since "
+                                                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")
+            except OSError:
+                self.release()
+                self.forget_if_unused()  # a new folder that could not be started leaves nothing
+                raise
         return self
+
+    @contextlib.contextmanager
+    def _writable(self):
+        """The first writes of a run: a folder that cannot be written is said in one line. Read-only (or
+        not this user's) is a UsageError (exit 2); a full disk is checkpoint.DiskFull, as at any later write."""
+        try:
+            yield
+        except OSError as exc:
+            if is_disk_full(exc):
+                from b6lab.train.checkpoint import DiskFull  # torch: only when it is needed
+
+                raise DiskFull(disk_full_line(exc, self._existing_parent())) from None
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                what = "is on a read-only file system" if exc.errno == errno.EROFS else "cannot be written by this user"
+                raise UsageError(f"{self._existing_parent()} {what} (writing {exc.filename or self.folder}: "
+                                 f"{exc.strerror}); {self.elsewhere}") from None
+            raise
+
+    def _existing_parent(self) -> Path:
+        folder = self.folder
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return folder
 
     def holder(self) -> str | None:
         """Who holds the folder now (a live run), or None: the lock tried and let go at once."""
         if not (self.folder / LOCK_FILE).exists():
             return None
-        try:
-            self._lock.acquire()
-        except Timeout:
-            return self._owner()
+        with self._writable():  # opening the lock file writes to it: a read-only folder is said here
+            try:
+                self._lock.acquire()
+            except Timeout:
+                return self._owner()
         self._lock.release()
         return None
 

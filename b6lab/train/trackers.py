@@ -25,7 +25,7 @@ from pathlib import Path
 
 from b6lab.config import LoggingConfig, WandbConfig
 from b6lab.errors import ConfigError
-from b6lab.train.records import MetricsFile
+from b6lab.train.records import MetricsFile, is_disk_full
 
 TENSORBOARD_DIR = "tensorboard"
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
@@ -126,13 +126,42 @@ class TensorBoardRun:
 
         purge = None if resume_step is None else resume_step + 1
         self.writer = SummaryWriter(logdir=str(Path(out_dir) / TENSORBOARD_DIR), purge_step=purge)
+        self.failed: OSError | None = None
+        self._keep_errors_of_the_writer_thread()
+
+    def _keep_errors_of_the_writer_thread(self) -> None:
+        """tensorboardX writes the event file on a thread of its own, where a full disk would only be
+        a traceback (and the events after it lost unsaid): its writes' error is kept instead, and
+        raised on the trainer's thread at the next record, as any full-disk write is."""
+        events = self.writer._get_file_writer().event_writer._ev_writer  # what its thread calls
+        path = events._file_name
+
+        def kept(write):
+            def call(*args):
+                if self.failed:  # the file is not touched again (nor by tensorboardX's close at exit)
+                    return None
+                try:
+                    return write(*args)
+                except OSError as exc:
+                    exc.filename = exc.filename or path
+                    self.failed = self.failed or exc
+            return call
+
+        events.write_event, events.flush = kept(events.write_event), kept(events.flush)
 
     def log(self, record: dict) -> None:
+        if self.failed:
+            raise self.failed
         for tag, value in scalars(record).items():
             self.writer.add_scalar(tag, value, global_step=record["step"])
 
     def finish(self, summary: dict, best_checkpoint: Path | None) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError as exc:  # the file's last flush, on this thread
+            self.failed = self.failed or exc
+        if self.failed:
+            raise self.failed
 
 
 class RunLog:
@@ -154,9 +183,18 @@ class RunLog:
             tracker.log(record)
 
     def close(self, summary: dict, best_checkpoint: Path | None) -> None:
-        self.metrics.close()
-        for tracker in self.trackers:
-            tracker.finish(summary, best_checkpoint)
+        """Every file closed even when the disk is full (each keeps what it has written); the first
+        full-disk error is raised after, for the trainer to say."""
+        full = None
+        for finish in (self.metrics.close, *(lambda t=t: t.finish(summary, best_checkpoint) for t in self.trackers)):
+            try:
+                finish()
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                full = full or exc
+        if full:
+            raise full
 
 
 def tensorboard_command(folders) -> str | None:

@@ -37,7 +37,7 @@ from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.progress import Progress, progress_mode
 from b6lab.train import checkpoint, diagnostics, distributed, hardware, provenance
 from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull
-from b6lab.train.records import MetricsFile, write_json
+from b6lab.train.records import MetricsFile, disk_full_line, is_disk_full, write_json
 from b6lab.train.run_folder import RunLock, holds_run
 from b6lab.train.trackers import RunLog, check_wandb_login
 
@@ -89,10 +89,12 @@ class Trainer:
         try:
             distributed.main_first(self._tidy)
             self._setup(self._checkpoint_to_resume() if resume else None)
-        except BaseException:
+        except BaseException as exc:
             self.lock.__exit__(None, None, None)
             if self.ranks.is_main:
                 self.lock.forget_if_unused()
+            if is_disk_full(exc):  # config.yaml, the tokenizer cache: nothing was trained yet
+                raise DiskFull(disk_full_line(exc, self.out_dir)) from None
             raise
 
     def _tidy(self) -> None:
@@ -257,17 +259,16 @@ class Trainer:
                 status, reason, save_last = "failed", f"stopped by {self.stopped_by} at step {self.step}", True
         except Diverged as exc:
             status, reason, self.diverged_at = "diverged", str(exc), exc.step
-        except DiskFull as exc:
-            status, reason = "failed", f"disk full: {exc} at step {self.step}"
         except BaseException as exc:  # Ctrl-C twice, a crash, Ray stopping a trial: save if the state is whole
-            if isinstance(exc, OSError) and exc.errno in checkpoint.DISK_FULL:  # metrics.jsonl, say
-                status, reason = "failed", f"disk full: {exc.strerror.lower()} at step {self.step}"
+            if isinstance(exc, DiskFull) or is_disk_full(exc):  # a checkpoint, metrics.jsonl, TensorBoard's files
+                status, reason = "failed", self._disk_full_reason(exc)
             else:
                 # A crash's reason is its error alone (what the sweep tables show); an interrupt says where to go on.
                 reason = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, KeyboardInterrupt):
                     reason = f"interrupted (in step {self.step + 1})"
-                status, save_last = "failed", self._boundary is not None
+                # Data-parallel, a crash may be another process gone (killed): the periodic checkpoint stands.
+                status, save_last = "failed", self._boundary is not None and self.ranks.world_size == 1
                 raise
         finally:
             try:
@@ -487,6 +488,10 @@ class Trainer:
         rest). Raises Diverged rather than save a non-finite state, DiskFull when the disk runs out."""
         self._check_finite()
         folder, sharded = self.ckpt_dir / name, not distributed.saves_alone(self.cfg.train.parallel)
+        # Each rank's losses since the last log, as means over the ranks: every rank resumes with the
+        # same window, whose mean is then the one the uninterrupted run logs.
+        window = distributed.sum_tensor_over_ranks(torch.stack(self._window)) / self.ranks.world_size \
+            if self._window else []
         if not (self.ranks.is_main or sharded):
             self.saved_steps[name] = self.step
             return None
@@ -497,7 +502,7 @@ class Trainer:
             "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
             "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb,
             "train_seconds": self.train_seconds, "rng": position["rng"], "data": position["data"],
-            "loss_window": [loss.item() for loss in self._window],
+            "loss_window": [loss.item() for loss in window],
             "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
             "world_size": self.ranks.world_size,
         }
@@ -547,7 +552,7 @@ class Trainer:
             except Diverged as exc:
                 status, reason, self.diverged_at = "diverged", str(exc), exc.step
             except DiskFull as exc:
-                status, reason = "failed", f"disk full: {exc} at step {self.step}"
+                status, reason = "failed", self._disk_full_reason(exc)
         if status == "diverged" or status == "failed" and reason.startswith(("stopped", "interrupted", "disk full")):
             reason = f"{reason}; {self._where_to_continue(status)}"
         summary = {
@@ -561,9 +566,36 @@ class Trainer:
         if self.diverged_at is not None:
             summary["diverged_at_step"] = self.diverged_at
         if self.ranks.is_main:
-            write_json(self.out_dir / "summary.json", summary)
-            self.run_log.close(summary, self.ckpt_dir / "best")
+            self._write_records(summary)
         return summary
+
+    def _disk_full_reason(self, exc: BaseException) -> str:
+        said = exc if isinstance(exc, DiskFull) else disk_full_line(exc, self.out_dir)
+        return f"disk full: {said} at step {self.step}"
+
+    def _write_records(self, summary: dict) -> None:
+        """The run's last writes: metrics.jsonl, TensorBoard and wandb closed, then summary.json. The
+        disk may run out here too (or still be full): a run that had completed is then failed for
+        it, and a summary.json that cannot be written is said in the reason (the line the user sees)."""
+
+        def ended_by(full: OSError) -> None:
+            if summary["status"] == "completed":
+                summary["status"] = "failed"
+                summary["reason"] = f"{self._disk_full_reason(full)}; {self._where_to_continue('failed')}"
+
+        try:
+            self.run_log.close(summary, self.ckpt_dir / "best")
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            ended_by(exc)
+        try:
+            write_json(self.out_dir / "summary.json", summary)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            ended_by(exc)
+            summary["reason"] += f"; {self.out_dir / 'summary.json'} could not be written (no space left for it)"
 
     def _where_to_continue(self, status: str) -> str:
         """Which checkpoints survive, and what to do with them: only ones that exist are named."""

@@ -85,8 +85,13 @@ class Comparison:
                 sequential_verdicts(summary, self.runs, self.metric, self.sequential["start"], self.sequential["max"],
                                     self.sequential.get("equivalence"))
             self.warnings.append("a sequential sweep: each key is judged by the sequential analysis (a fixed-n t-test "
-                                 "after seeds were added where undecided would not hold its error rate); the "
-                                 "two-way table's interaction tests are fixed-n, so descriptive here")
+                                 "after seeds were added where undecided would not hold its error rate)"
+                                 + ("; the two-way table's interaction tests are fixed-n, so descriptive here"
+                                    if len(self.keys) >= 2 else ""))
+        twice = max((table.repeated for table in tables), default=0)
+        if twice:
+            self.warnings.append(f"{twice} run{'s' * (twice != 1)} share{'s' * (twice == 1)} every judged value, "
+                                 "cell and seed with another run (the same config run twice?): averaged as one")
         missing = 0 if self.sequential else max((table.missing for table in tables), default=0)
         if missing:
             self.warnings.append(f"{missing} trial{'s' * (missing != 1)} of the grid did not run (no run folder for "

@@ -515,7 +515,9 @@ def ladder_text(result: LadderResult) -> str:
     lines += ["", f"Does the gap change with scale? Each seed's slope of the gap against log10 compute, t-test "
               f"over seeds ({family}; interval at Holm's level). Crossover: where the gap's line reaches 0, "
               f"Fieller's {level} interval. At {result.far_compute:.3g} FLOPs ({EXTRAPOLATE:g}x the largest rung): "
-              f"an extrapolation, valid only if the trend holds past the ladder", "",
+              f"an extrapolation, valid only if the trend holds past the ladder"
+              + ("; with 2 rungs each seed's trend is a line through two points, and a crossover outside them is "
+                 "a guess" if len(result.compute) == 2 else ""), "",
               "| a - b | gap change per 10x compute | p | verdict | crossover (FLOPs) | gap at "
               f"{result.far_compute:.3g}, extrapolated [t {level}] | fitted curves' gap there [bootstrap] |",
               "|---|---|---|---|---|---|---|"]
@@ -567,9 +569,15 @@ def ladder_figure(result: LadderResult, title: str = "ladder"):
     ax.annotate("extrapolation →", (result.compute[-1], 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
                 textcoords="offset points", fontsize="x-small", color="grey")
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # within a decade the minor labels run into each other
     ax.set_xlabel("compute (FLOPs)")
     ax.set_ylabel("final loss")
-    ax.set_title(f"{title}: loss against compute (bands: {100 * (1 - result.alpha):g}% seed bootstrap)")
+    banded = any(np.isfinite(np.array(fit.band[1], dtype=float)).any() for fit in result.fits)
+    bands = f" (bands: {100 * (1 - result.alpha):g}% seed bootstrap)" if banded else \
+        " (no bootstrap bands: under 3 seeds to resample)"
+    ax.set_title(f"{title}: loss against compute{bands}")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -26,7 +26,7 @@ def sweep_header(exp, trials) -> str:
     early = f"; early stopping: {exp.scheduler['name']}" if exp.scheduler else ""
     if exp.tuning:
         t = exp.tuning
-        early += (f"\n  tuned first, per grid point: {t.trials} settings of "
+        early += (f"\n  {'tuned first, per grid point' if exp.grid else 'a search first'}: {t.trials} settings of "
                   f"{', '.join(k.describe() for k in t.keys)} ({t.algorithm}, tuning seeds {list(t.seeds)}), "
                   + ("done: the trials below use each point's choice" if exp.tuned else
                      "then the trials below at each point's chosen setting"))
@@ -59,7 +59,7 @@ def write_results(runs: list[RunResult], keys: list[str], folder: Path, title: s
     write_csv(runs, keys, folder / "results.csv")
     written = [folder / "results.csv", *(write_plots(runs, keys, folder, title, metric) if plots else [])]
     if plots and scaling is not None:
-        written.append(scaling.plot(folder / "ladder.png", f"{title}: final {metric_name(metric)} against compute"))
+        written.append(scaling.plot(folder / "ladder.png", f"{title}, final {metric_name(metric)}"))
     return written
 
 
@@ -227,7 +227,8 @@ def sequential_sentences(summary: KeySummary) -> list[str]:
     for v in summary.values:
         if reference is None or v is reference:
             continue
-        ci = f"anytime-valid {1 - summary.alpha:.0%} CI {v.ci[0]:+.4f} to {v.ci[1]:+.4f}; " if v.ci else ""
+        ci = (f"anytime-valid {1 - summary.alpha:.0%} CI {v.ci[0]:+.4f} to {v.ci[1]:+.4f}; " if v.ci else
+              "its anytime-valid interval is still unbounded at this seed count; ")
         seeds = f"{v.test_seeds} seeds" + (f", decided at {v.decided_at}" if v.decided_at else "")
         if v.verdict == "worse":
             lines.append(f"{summary.key}: {v.value} is worse than {reference.value} by {v.delta:.4f} ({ci}{seeds})")
@@ -371,6 +372,8 @@ def _needed(v: ValueSummary) -> str:
 
 def _delta(v: ValueSummary) -> str:
     text = f"{v.delta:+.4f}" if v.delta is not None else "-"
+    if v.ci is None and v.test == "sequential paired t":
+        return text + " [unbounded yet]"  # an anytime-valid interval needs a few seeds to be finite
     return text + (f" [{v.ci[0]:+.4f}, {v.ci[1]:+.4f}]" if v.ci is not None else "")
 
 

@@ -192,6 +192,8 @@ def _origin(origin: str | None, key: str | None, exp: Experiment, point: dict | 
     if origin and origin.startswith("--set "):
         key = origin.removeprefix("--set ")
     grid_keys = {k for axis in exp.grid for k in axis.overrides(point[axis.key])} if point else set()
+    if exp.ladder and key in exp.ladder.keys:
+        return f"ladder of {exp.file}"
     if key in grid_keys:
         return f"grid of {exp.file}"
     if key in exp.base.overrides:

@@ -212,8 +212,9 @@ def tuning_lines(exp: Experiment) -> list[str]:
     if not path.is_file():
         return []
     record = json.loads(path.read_text())
-    lines = [f"Tuned per arm ({record['algorithm']}, {record['trials']} settings of {', '.join(record['keys'])}, "
-             f"tuning seeds {record['seeds']}; judged only on the sweep's own seeds):"]
+    what = "Tuned per arm" if exp.grid else "Searched"
+    lines = [f"{what} ({record['algorithm']}, {record['trials']} settings of {', '.join(record['keys'])}, "
+             f"tuning seeds {record['seeds']}; {'judged' if exp.grid else 'run again'} only on the sweep's own seeds):"]
     for arm in record["arms"]:
         lines.append(f"  {arm['name']}: " + ", ".join(f"{k}={_short(v)}" for k, v in arm["chosen"].items())
                      + f" (tuning {record['metric']} {arm[record['metric']]:.4f})")

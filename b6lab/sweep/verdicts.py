@@ -45,6 +45,7 @@ class Table:
     seeds: list
     outcomes: np.ndarray
     missing: int  # (value, cell, seed) blocks with no run at all, where another value of the cell ran that seed
+    repeated: int = 0  # runs beyond the first in one block (averaged)
 
 
 def outcome_table(runs: list[RunResult], keys: list[str], metric: str, blind: list[str] = ()) -> Table:
@@ -70,7 +71,7 @@ def outcome_table(runs: list[RunResult], keys: list[str], metric: str, blind: li
     for block in gathered:
         ran[block] = True
     missing = int((~ran & ran.any(axis=0, keepdims=True)).sum())
-    return Table(values, cells, seeds, table, missing)
+    return Table(values, cells, seeds, table, missing, sum(len(found) - 1 for found in gathered.values()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+from b6lab import registry
+
 from b6lab.commands.train import choose_out_dir
 from b6lab.config import load_config
 from b6lab.errors import UsageError
@@ -53,6 +55,9 @@ def test_a_run_writes_its_files(tmp_path):
         "name": "auto", "source": "built-in (b6lab.plugins.attention)", "version": config["run"]["b6lab_version"], "chose": "sdpa",
     }
     assert config["run"]["resolved"]["precision"] == "fp32" and config["run"]["b6lab_version"]
+    # Every plugin kind a run chooses is recorded, the feed-forward and the init too (issue 28 item 3).
+    assert set(config["run"]["plugins"]) == set(registry.KINDS)
+    assert config["run"]["plugins"]["feedforward"]["name"] == "gelu" and config["run"]["plugins"]["init"]["name"] == "gpt2"
     for name in ("last", "best"):
         assert {"model.pt", "state.pt", "config.yaml", "tokenizer.pkl"} <= {p.name for p in (out / "checkpoints" / name).iterdir()}
 

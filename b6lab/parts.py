@@ -197,7 +197,8 @@ def _optimizer_over(cfg: OptimConfig, groups: list[dict], probe: bool = False) -
     return optimizer
 
 
-# The options most optimizers share, checked by name whatever the plugin (a sweep's pre-check too).
+# The options the built-in optimizers share, checked by name (a sweep's pre-check too). Only the
+# built-ins: a plugin's own `betas` may be three numbers (AdEMAMix); its annotations check its options.
 OPTIMIZER_RULES = {
     "lr": (lambda v: v > 0, "a number > 0"),
     "weight_decay": (lambda v: v >= 0, "a number >= 0"),
@@ -208,6 +209,8 @@ OPTIMIZER_RULES = {
 
 
 def check_optimizer_options(cfg: OptimConfig, reg: registry.Registration) -> None:
+    if not reg.source.startswith("built-in "):
+        return
     for key, value in plugin_kwargs(cfg, reg).items():
         if key in OPTIMIZER_RULES and value is not None:
             ok, accepted = OPTIMIZER_RULES[key]

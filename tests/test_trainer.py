@@ -258,3 +258,28 @@ def test_compile_is_off_on_a_cpu_by_default_and_a_compiled_run_gives_the_eager_l
     assert yaml.safe_load((compiled / "config.yaml").read_text())["run"]["resolved"]["compile"] is True
     assert losses(compiled) == pytest.approx(losses(plain), abs=1e-4)
     assert val_losses(compiled) == pytest.approx(val_losses(plain), abs=1e-4)  # the eval graph too
+
+
+def test_resume_keeps_the_thread_count_auto_chose_unless_told_another(tmp_path):
+    threads_before = torch.get_num_threads()
+    try:
+        _, out = run(tmp_path, "train.max_steps=6", "train.threads=auto")
+        # What auto chose when the run started, as the checkpoint records it; a count auto would
+        # hardly choose today (3 on this machine's cores), so taking today's load again shows.
+        saved = out / "checkpoints" / "last" / "config.yaml"
+        config = yaml.safe_load(saved.read_text())
+        config["run"]["resolved"]["threads"] = 3
+        saved.write_text(yaml.safe_dump(config, sort_keys=False))
+
+        def resume(*overrides):
+            cfg = load_config(out / "config.yaml", overrides=["train.max_steps=12", *overrides])
+            trainer = Trainer(cfg, out, resume=True, say=lambda m: None)
+            return trainer
+
+        resumed = resume()
+        assert resumed.plan.threads == 3 and torch.get_num_threads() == 3
+        resumed.run()
+        assert yaml.safe_load((out / "config.yaml").read_text())["run"]["resolved"]["threads"] == 3
+        assert resume("train.threads=1").plan.threads == 1  # the user's own count wins
+    finally:
+        torch.set_num_threads(threads_before)

@@ -123,7 +123,8 @@ class Trainer:
         self.source = parts.build_source(cfg.data)
         self.tokenizer = distributed.main_first(lambda: parts.build_tokenizer(cfg.data, self.source))
         model_cfg = parts.resolve_vocab(cfg.model, self.tokenizer)
-        self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
+        self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg),
+                                  resumed_threads=checkpoint.recorded_threads(saved[2]) if saved else None)
         if self.plan.threads:
             torch.set_num_threads(self.plan.threads)
         if self.plan.device == "cpu":

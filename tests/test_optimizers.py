@@ -111,3 +111,17 @@ def test_the_built_in_rules_do_not_judge_a_plugins_own_options(register_plugin):
     with pytest.raises(ConfigError, match="optim.betas.*two numbers in"):
         parts.build_optimizer(load_config(preset="tiny", overrides=["optim.name=adamw", "optim.betas=[0.9, 1.5]"]).optim,
                               torch.nn.Linear(4, 4))
+
+
+def test_check_optimizer_refuses_one_decayed_group_over_every_parameter():
+    from b6lab import testing
+    from b6lab.contracts import ContractError
+
+    def one_group(param_groups, *, lr: float = 1e-3, weight_decay: float = 0.1):
+        """AdamW over every parameter in one group: the norms' weight_decay 0.0 is lost."""
+        params = [p for group in param_groups for p in group["params"]]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    with pytest.raises(ContractError, match="decays 1 parameter.*weight_decay 0.0"):
+        testing.check_optimizer(one_group)
+    assert "the no-decay group (weight_decay 0.0) is kept" in testing.check_optimizer("adamw")

@@ -194,6 +194,11 @@ def unregister_plugin(name: str) -> None:
     _by_kind.clear()
 
 
+def parts_of(plugin_name: str) -> list[Registration]:
+    """What the plugin registered under `plugin_name` (as load_plugin_path returns it) registered."""
+    return list(_plugins[plugin_name].parts)
+
+
 def forget_config_plugins() -> None:
     """Unregister every plugin a config's `plugins:` list loaded (files and modules), keeping the
     built-ins, the entry points and plugins registered by hand: a Python API call then sees

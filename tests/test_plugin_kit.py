@@ -184,3 +184,22 @@ def test_the_readme_packaging_example_installs_as_written(tmp_path):
     assert listed.returncode == 0, listed.stderr
     for name in ("sliding-window", "sgd", "rms-pre", "sums"):
         assert re.search(rf"  {re.escape(name)} +usable; from package b6lab-example-plugins 0\.1\.0 \(entry point", listed.stdout)
+
+
+def test_check_norm_passes_make_norm_to_a_placement_that_takes_it():
+    built = []
+
+    def rms_norm(dim):
+        built.append(dim)
+        return nn.RMSNorm(dim)
+
+    assert testing.check_norm("pre", make_norm=rms_norm) and built and set(built) == {16}
+    assert testing.check_norm("pre", make_norm=nn.RMSNorm)
+
+
+def test_load_plugin_loads_a_file_to_check_its_parts_by_name(unload_new_plugins):
+    [reg] = testing.load_plugin(EXAMPLES["rmsnorm_pre"])
+    assert (reg.kind, reg.name) == ("norm", "rms-pre") and reg.source == f"file {EXAMPLES['rmsnorm_pre']}"
+    assert "final_norm is RMSNorm" in testing.check_norm(reg.name)
+    with pytest.raises(PluginError, match="builds its own norms .*takes no make_norm"):
+        testing.check_norm(reg.name, make_norm=nn.RMSNorm)

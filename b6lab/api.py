@@ -35,11 +35,13 @@ def train(config: str | Path | Mapping | None = None, *, preset: str | None = No
     `config` is a YAML file or a dict of sections (`{"model": {"norm": "post"}}`); `overrides`
     maps dotted keys to values (`{"optim.lr": 1e-3}`) and is laid over it as `--set` would be;
     `out_dir` is `train.out_dir` (default: runs/<name>, or runs/<name>-2, ... never over an old run)."""
+    from b6lab import registry
     from b6lab.commands.train import choose_out_dir
     from b6lab.config import load_config
     from b6lab.train.trainer import Trainer
 
     with _as_config_error():
+        registry.forget_config_plugins()  # this run's config names its plugins; an earlier call's do not stay
         sets = _as_sets(overrides) + ([f"train.out_dir={json.dumps(str(out_dir))}"] if out_dir is not None else [])
         if isinstance(config, Mapping):
             cfg = load_config(preset=preset, overrides=sets, data=dict(config))
@@ -54,9 +56,11 @@ def train(config: str | Path | Mapping | None = None, *, preset: str | None = No
 def sweep(path: str | Path, *, resume: bool = False, address: str | None = None) -> list[dict]:
     """Run a sweep file on Ray Tune, as `b6lab sweep PATH [--resume] [--address ADDR]`; returns the
     rows of its results.csv (one dict per trial: grid values, seed, status, losses, tokens, folder)."""
+    from b6lab import registry
     from b6lab.commands.sweep import run_sweep
 
     with _as_config_error():
+        registry.forget_config_plugins()
         _, storage = run_sweep(str(path), resume=resume, address=address)
     return read_results(storage / "results.csv")
 

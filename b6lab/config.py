@@ -192,6 +192,15 @@ class RunConfig:
 
 
 SECTIONS = ("model", "data", "optim", "schedule", "train", "logging")
+
+
+def plugin_choices(cfg: RunConfig) -> list[tuple[str, str, str]]:
+    """Every plugin a run chooses, as (config key, kind, name): ("model.norm", "norm", "pre"), ...
+    The one list of them, read from each section's `plugin_keys`, so a new kind is nowhere forgotten."""
+    return [(f"{section}.{key}", kind, getattr(getattr(cfg, section), key))
+            for section in SECTIONS for key, kind in getattr(getattr(cfg, section), "plugin_keys", {}).items()]
+
+
 # Keys config.yaml carries for the record that a loaded config may hold and that are ignored.
 RECORD_KEYS = ("run",)
 

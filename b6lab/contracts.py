@@ -290,6 +290,16 @@ def check_optimizer(optimizer, param_groups: list[dict], *, probe: bool = False)
     if any("lr" not in group for group in optimizer.param_groups):
         checks.fail("its optimizer has a param group without 'lr'; the schedule scales each group's lr")
     checks.ok(f"a torch.optim.Optimizer ({type(optimizer).__name__}) over all {len(given)} parameters, lr in every group")
+    # The no-decay group (norms, biases: weight_decay 0.0) must stay undecayed: an optimizer that
+    # rebuilds one group from model.parameters() would decay every parameter the same.
+    exempt = {id(p) for group in param_groups if group.get("weight_decay") == 0.0 for p in group["params"]}
+    decayed = sum(id(p) in exempt for group in optimizer.param_groups if group.get("weight_decay", 0.0) != 0.0
+                  for p in group["params"])
+    if decayed:
+        checks.fail(f"its optimizer decays {decayed} parameter(s) given in a group with weight_decay 0.0 (norms, biases): "
+                    "keep each given group's own settings, e.g. torch.optim.AdamW(param_groups, weight_decay=...)")
+    if exempt:
+        checks.ok("the no-decay group (weight_decay 0.0) is kept")
     if probe:
         params = [p for group in param_groups for p in group["params"]]
         for p in params:

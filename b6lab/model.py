@@ -9,6 +9,7 @@ Everything else is here; docs/architecture.md describes each choice.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -181,8 +182,12 @@ class B6(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        # A backend that is an nn.Module (a learned per-head temperature, say) gets its own copy per
+        # block, as a layer's weights do: one object shared by every block would tie them across layers.
+        backends = [attention_backend if i == 0 or not isinstance(attention_backend, nn.Module)
+                    else copy.deepcopy(attention_backend) for i in range(cfg.n_layers)]
         self.blocks = nn.ModuleList(
-            Block(cfg, attention_backend, norm_placement, feedforward, i) for i in range(cfg.n_layers)
+            Block(cfg, backends[i], norm_placement, feedforward, i) for i in range(cfg.n_layers)
         )
         wiring = self.blocks[0].wiring
         # Peri-LN also normalises the embeddings before the first block.

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from b6lab import contracts, cpu_bf16, registry
 from b6lab.attention import AttentionContext
-from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
+from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, plugin_choices
 from b6lab.data.documents import Corpus
 from b6lab.errors import ConfigError, PluginError, UsageError, exception_line
 from b6lab.model import B6, NORM_LAYERS
@@ -82,10 +82,7 @@ def usable(kind: str, name: str, **context) -> registry.Registration:
 
 def why_unavailable(cfg: RunConfig, context: AttentionContext) -> str | None:
     """Why the first of the run's plugins that cannot run in `context` can't, or None."""
-    choices = [("attention", cfg.model.attention), ("norm", cfg.model.norm), ("feedforward", cfg.model.feedforward),
-               ("init", cfg.model.init), ("optimizer", cfg.optim.name),
-               ("scheduler", cfg.schedule.name), ("dataset", cfg.data.source), ("tokenizer", cfg.data.tokenizer)]
-    for kind, name in choices:
+    for _, kind, name in plugin_choices(cfg):
         reason = registry.get(kind, name).why_unavailable(**context.as_kwargs())
         if reason:
             return _cannot_run(kind, name, reason)
@@ -203,7 +200,8 @@ def _optimizer_over(cfg: OptimConfig, groups: list[dict], probe: bool = False) -
     return optimizer
 
 
-# The options most optimizers share, checked by name whatever the plugin (a sweep's pre-check too).
+# The options the built-in optimizers share, checked by name (a sweep's pre-check too). Only the
+# built-ins: a plugin's own `betas` may be three numbers (AdEMAMix); its annotations check its options.
 OPTIMIZER_RULES = {
     "lr": (lambda v: v > 0, "a number > 0"),
     "weight_decay": (lambda v: v >= 0, "a number >= 0"),
@@ -214,6 +212,8 @@ OPTIMIZER_RULES = {
 
 
 def check_optimizer_options(cfg: OptimConfig, reg: registry.Registration) -> None:
+    if not reg.source.startswith("built-in "):
+        return
     for key, value in plugin_kwargs(cfg, reg).items():
         if key in OPTIMIZER_RULES and value is not None:
             ok, accepted = OPTIMIZER_RULES[key]

@@ -194,6 +194,19 @@ def unregister_plugin(name: str) -> None:
     _by_kind.clear()
 
 
+def parts_of(plugin_name: str) -> list[Registration]:
+    """What the plugin registered under `plugin_name` (as load_plugin_path returns it) registered."""
+    return list(_plugins[plugin_name].parts)
+
+
+def forget_config_plugins() -> None:
+    """Unregister every plugin a config's `plugins:` list loaded (files and modules), keeping the
+    built-ins, the entry points and plugins registered by hand: a Python API call then sees
+    exactly the plugins its own config names, not those of the call before it."""
+    for name in [name for name in _plugins if name.startswith(("file:", "module:"))]:
+        unregister_plugin(name)
+
+
 def _check_hook_names(plugin: object, source: str) -> None:
     """A function called b6lab_* that is no hook is a misspelling (as pytest says for pytest_*);
     a hook marked by another project's HookimplMarker would silently never run."""

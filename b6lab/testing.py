@@ -14,6 +14,7 @@ as a failed assertion) saying what is wrong. `b6lab plugins --check NAME` runs t
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +28,18 @@ from b6lab.contracts import ContractError
 from b6lab.data.documents import Corpus, split_documents
 from b6lab.errors import PluginError, UsageError, exception_line
 
-__all__ = ["ContractError", "check", "check_attention", "check_norm", "check_feedforward", "check_init", "check_optimizer",
+__all__ = ["ContractError", "load_plugin", "check", "check_attention", "check_norm", "check_feedforward", "check_init", "check_optimizer",
            "check_scheduler", "check_dataset", "check_tokenizer"]
+
+
+def load_plugin(path: str | Path) -> list[registry.Registration]:
+    """Load a plugin file (or module) as a config's `plugins:` list would, without installing it, and
+    return what it registers, so each part can be checked by name:
+
+        [reg] = load_plugin("plugins/rmsnorm_pre.py")
+        check_norm(reg.name)
+    """
+    return registry.parts_of(registry.load_plugin_path(str(path)))
 
 
 def _registration(kind: str, plugin: str | Callable) -> registry.Registration:
@@ -74,11 +85,18 @@ def check_attention(plugin: str | Callable, *, context: AttentionContext | None 
         return contracts.check_attention(backend, context, probe=True, reference=compared, must_match=must_match)
 
 
-def check_norm(plugin: str | Callable, *, d_model: int = 16, n_layers: int = 2, **options) -> list[str]:
-    """An nn.Module wiring one block as forward(x, attn, ffn), with final_norm True, False or a module."""
+def check_norm(plugin: str | Callable, *, d_model: int = 16, n_layers: int = 2, make_norm: Callable | None = None,
+               **options) -> list[str]:
+    """An nn.Module wiring one block as forward(x, attn, ffn), with final_norm True, False or a module.
+    `make_norm` (nn.RMSNorm, say) is what model.norm_layer passes a placement that takes it."""
     reg = _registration("norm", plugin)
+    options = _options(reg, options)
+    if make_norm is not None:
+        if "make_norm" not in inspect.signature(reg.factory).parameters:
+            raise PluginError(f"{reg.label} builds its own norms (its factory takes no make_norm): check it without one")
+        options["make_norm"] = make_norm
     with plugin_errors(reg):
-        return contracts.check_norm(reg.build(d_model, n_layers, **_options(reg, options)), d_model)
+        return contracts.check_norm(reg.build(d_model, n_layers, **options), d_model)
 
 
 def check_feedforward(plugin: str | Callable, *, d_model: int = 16, d_ff: int = 64, bias: bool = False,

@@ -32,8 +32,10 @@ def check(value, annotation, key: str, file: str | None = None, verb: str = "exp
         result = _adapter(annotation).validate_python(value)
         if not _from_bool(value, result):
             return result
-    except pydantic.ValidationError:
-        pass
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "value_error":  # a `within` limit: its own words ("must be a positive number, got -1")
+            raise ConfigError(str(first["ctx"]["error"]), key=key, file=file) from None
     raise ConfigError(f"{verb} {type_name(annotation)}, got {value!r}", key=key, file=file)
 
 
@@ -225,7 +227,8 @@ def plugin_options(obj, extra: dict, section: str, layers: Layers) -> dict:
 
 def _factory_hints(factory) -> dict:
     try:
-        return typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+        # include_extras keeps Annotated[float, POSITIVE]: without it the limit is dropped and only the type checked.
+        return typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory, include_extras=True)
     except Exception:  # annotations that name what this module cannot see: fall back to the defaults' types
         return {}
 

@@ -116,3 +116,16 @@ def test_sweep_returns_the_results_rows_and_points_to_tensorboard(tmp_path, caps
     assert {value["verdict"] for value in values} == {"inconclusive"}  # one seed: no test is possible
     with pytest.raises(b6lab.ConfigError, match="metric"):
         b6lab.compare([tmp_path / "sweep"], metric="accuracy")
+
+
+def test_each_train_call_sees_only_the_plugins_its_config_names(tmp_path, unload_new_plugins):
+    plugin = str(ROOT / "plugins" / "sliding_window.py")
+    config = {"preset": "tiny", "plugins": [plugin], "model": {"attention": "sliding-window", "window": 4}}
+    summary = b6lab.train(config, overrides=TINY, out_dir=tmp_path / "with")
+    assert summary["status"] == "completed"
+    # The next call names no plugin file: the first call's attention must not be found any more.
+    with pytest.raises(b6lab.ConfigError, match="unknown attention plugin 'sliding-window'"):
+        b6lab.train(preset="tiny", overrides=TINY | {"model.attention": "sliding-window"}, out_dir=tmp_path / "without")
+    assert not (tmp_path / "without" / "config.yaml").exists()
+    # ...and naming it again loads it again.
+    assert b6lab.train(config, overrides=TINY, out_dir=tmp_path / "again")["status"] == "completed"

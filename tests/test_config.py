@@ -120,3 +120,15 @@ def test_cli_prints_one_line_and_exits_2_for_a_user_mistake(tmp_path):
 def test_cli_missing_config_file_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "b6lab.cli", "train", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plugin_choices_lists_every_kind_once_with_its_config_key():
+    from b6lab import registry
+    from b6lab.config import plugin_choices
+    from b6lab.sweep.comparison import plugin_choice_keys
+
+    choices = plugin_choices(load_config(preset="tiny", overrides=["model.feedforward=swiglu", "model.init=xavier"]))
+    assert sorted(kind for _, kind, _ in choices) == sorted(registry.KINDS)
+    assert ("model.feedforward", "feedforward", "swiglu") in choices and ("model.init", "init", "xavier") in choices
+    assert ("optim.name", "optimizer", "lion") in choices
+    assert plugin_choice_keys() == {key for key, _, _ in choices}

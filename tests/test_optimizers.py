@@ -1,5 +1,7 @@
 """Lion against its update rule (by hand and against lion-pytorch), AdamW, and the decay split."""
 
+import types
+
 import pytest
 import torch
 
@@ -90,3 +92,36 @@ def test_lion_defaults_follow_the_paper_ratios_to_adamw():
     assert lion["betas"] == (0.9, 0.99)
     assert 3 - 1e-9 <= adamw["lr"] / lion["lr"] <= 10
     assert 3 - 1e-9 <= lion["weight_decay"] / adamw["weight_decay"] <= 10
+
+
+def test_the_built_in_rules_do_not_judge_a_plugins_own_options(register_plugin):
+    from b6lab.config import load_config
+    from b6lab.errors import ConfigError
+
+    def ademamix_like(param_groups, *, lr: float = 1e-3, betas=(0.9, 0.999, 0.9999)):
+        """AdEMAMix's three betas (fast EMA, second moment, slow EMA); the step here is Adam's on the first two."""
+        return torch.optim.Adam(param_groups, lr=lr, betas=betas[:2])
+
+    register_plugin(types.SimpleNamespace(b6lab_register_optimizer=lambda register: register("ademamix", ademamix_like)))
+    cfg = load_config(preset="tiny", overrides=["optim.name=ademamix"])
+    assert cfg.optim.options["betas"] == (0.9, 0.999, 0.9999)
+    optimizer = parts.build_optimizer(cfg.optim, torch.nn.Linear(4, 4))
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    # The built-in optimizers are still held to them.
+    with pytest.raises(ConfigError, match="optim.betas.*two numbers in"):
+        parts.build_optimizer(load_config(preset="tiny", overrides=["optim.name=adamw", "optim.betas=[0.9, 1.5]"]).optim,
+                              torch.nn.Linear(4, 4))
+
+
+def test_check_optimizer_refuses_one_decayed_group_over_every_parameter():
+    from b6lab import testing
+    from b6lab.contracts import ContractError
+
+    def one_group(param_groups, *, lr: float = 1e-3, weight_decay: float = 0.1):
+        """AdamW over every parameter in one group: the norms' weight_decay 0.0 is lost."""
+        params = [p for group in param_groups for p in group["params"]]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    with pytest.raises(ContractError, match="decays 1 parameter.*weight_decay 0.0"):
+        testing.check_optimizer(one_group)
+    assert "the no-decay group (weight_decay 0.0) is kept" in testing.check_optimizer("adamw")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from b6lab import parts, registry
-from b6lab.attention import AttentionContext, Documents
+from b6lab.attention import AttentionContext, Documents, attention_mask
 from b6lab.config import load_config
 from b6lab.errors import ConfigError
 from b6lab.flex_attention import block_mask
@@ -403,3 +403,29 @@ def test_wsd_warms_up_holds_then_decays_over_its_fraction(shape):
 def test_wsd_refuses_an_unknown_shape():
     with pytest.raises(ConfigError, match="decay_shape"):
         registry.get("scheduler", "wsd").build(100, decay_shape="exp")
+
+
+class LearnedTemperature(torch.nn.Module):
+    """SDPA with a learned temperature per head (an attention backend with a parameter)."""
+
+    def __init__(self, context, *, temperature_heads: int = 2):
+        super().__init__()
+        self.log_temperature = torch.nn.Parameter(torch.zeros(temperature_heads, 1, 1))
+
+    def forward(self, q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
+        q = q * self.log_temperature.exp().to(q.dtype)
+        mask = attention_mask(q.size(-2), k.size(-2), causal, docs, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+
+def test_an_attention_backend_with_parameters_gets_its_own_per_block(register_plugin):
+    register_plugin(types.SimpleNamespace(b6lab_register_attention=lambda register: register("temperature", LearnedTemperature)))
+    cfg, model = build(attention="temperature")
+    temperatures = [block.attn.backend.log_temperature for block in model.blocks]
+    assert len({id(t) for t in temperatures}) == cfg.model.n_layers  # not one tied tensor
+    assert len([name for name in model.state_dict() if name.endswith("log_temperature")]) == cfg.model.n_layers
+    # Trained, each layer's temperature moves on its own.
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(BATCH[:, :-1], BATCH[:, 1:]).backward()
+    optimizer.step()
+    assert not torch.equal(temperatures[0], temperatures[1])

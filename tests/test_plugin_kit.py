@@ -184,3 +184,51 @@ def test_the_readme_packaging_example_installs_as_written(tmp_path):
     assert listed.returncode == 0, listed.stderr
     for name in ("sliding-window", "sgd", "rms-pre", "sums"):
         assert re.search(rf"  {re.escape(name)} +usable; from package b6lab-example-plugins 0\.1\.0 \(entry point", listed.stdout)
+
+
+def test_check_norm_passes_make_norm_to_a_placement_that_takes_it():
+    built = []
+
+    def rms_norm(dim):
+        built.append(dim)
+        return nn.RMSNorm(dim)
+
+    assert testing.check_norm("pre", make_norm=rms_norm) and built and set(built) == {16}
+    assert testing.check_norm("pre", make_norm=nn.RMSNorm)
+
+
+def test_load_plugin_loads_a_file_to_check_its_parts_by_name(unload_new_plugins):
+    [reg] = testing.load_plugin(EXAMPLES["rmsnorm_pre"])
+    assert (reg.kind, reg.name) == ("norm", "rms-pre") and reg.source == f"file {EXAMPLES['rmsnorm_pre']}"
+    assert "final_norm is RMSNorm" in testing.check_norm(reg.name)
+    with pytest.raises(PluginError, match="builds its own norms .*takes no make_norm"):
+        testing.check_norm(reg.name, make_norm=nn.RMSNorm)
+
+
+def test_plugins_check_runs_in_the_precision_training_would_pick(tmp_path, capsys, unload_new_plugins):
+    from b6lab.train import hardware
+
+    path = tmp_path / "fp32_attention.py"
+    path.write_text(textwrap.dedent('''
+        import torch.nn.functional as F
+        from b6lab.attention import attention_mask
+
+        def fp32_only(context):
+            """Attention that returns float32 whatever q's dtype (a bf16 run's blocks then get fp32)."""
+            def attend(q, k, v, *, causal, docs=None, dropout_p=0.0, scale):
+                mask = attention_mask(q.size(-2), k.size(-2), causal, docs, q.device)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).float()
+            return attend
+
+        def b6lab_register_attention(register):
+            register("fp32-only", fp32_only)
+    '''))
+    assert main(["plugins", "--plugin", str(path), "--check", "fp32-only", "--precision", "fp32"]) == 0
+    assert "checked on cpu in fp32 " in capsys.readouterr().out
+    assert main(["plugins", "--plugin", str(path), "--check", "fp32-only", "--precision", "bf16"]) == 1
+    out = capsys.readouterr().out
+    assert "checked on cpu in bf16 " in out and "FAILED" in out and "dtype" in out
+    # Without --precision: what a run with train.precision auto picks on this machine.
+    main(["plugins", "--plugin", str(path), "--check", "fp32-only"])
+    auto = hardware.resolve_precision("auto", hardware.resolve_device("auto"))
+    assert f"checked on cpu in {auto} " in capsys.readouterr().out

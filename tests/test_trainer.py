@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+from b6lab import registry
+
 from b6lab.commands.train import choose_out_dir
 from b6lab.config import load_config
 from b6lab.errors import UsageError
@@ -53,6 +55,9 @@ def test_a_run_writes_its_files(tmp_path):
         "name": "auto", "source": "built-in (b6lab.plugins.attention)", "version": config["run"]["b6lab_version"], "chose": "sdpa",
     }
     assert config["run"]["resolved"]["precision"] == "fp32" and config["run"]["b6lab_version"]
+    # Every plugin kind a run chooses is recorded, the feed-forward and the init too (issue 28 item 3).
+    assert set(config["run"]["plugins"]) == set(registry.KINDS)
+    assert config["run"]["plugins"]["feedforward"]["name"] == "gelu" and config["run"]["plugins"]["init"]["name"] == "gpt2"
     for name in ("last", "best"):
         assert {"model.pt", "state.pt", "config.yaml", "tokenizer.pkl"} <= {p.name for p in (out / "checkpoints" / name).iterdir()}
 
@@ -253,3 +258,28 @@ def test_compile_is_off_on_a_cpu_by_default_and_a_compiled_run_gives_the_eager_l
     assert yaml.safe_load((compiled / "config.yaml").read_text())["run"]["resolved"]["compile"] is True
     assert losses(compiled) == pytest.approx(losses(plain), abs=1e-4)
     assert val_losses(compiled) == pytest.approx(val_losses(plain), abs=1e-4)  # the eval graph too
+
+
+def test_resume_keeps_the_thread_count_auto_chose_unless_told_another(tmp_path):
+    threads_before = torch.get_num_threads()
+    try:
+        _, out = run(tmp_path, "train.max_steps=6", "train.threads=auto")
+        # What auto chose when the run started, as the checkpoint records it; a count auto would
+        # hardly choose today (3 on this machine's cores), so taking today's load again shows.
+        saved = out / "checkpoints" / "last" / "config.yaml"
+        config = yaml.safe_load(saved.read_text())
+        config["run"]["resolved"]["threads"] = 3
+        saved.write_text(yaml.safe_dump(config, sort_keys=False))
+
+        def resume(*overrides):
+            cfg = load_config(out / "config.yaml", overrides=["train.max_steps=12", *overrides])
+            trainer = Trainer(cfg, out, resume=True, say=lambda m: None)
+            return trainer
+
+        resumed = resume()
+        assert resumed.plan.threads == 3 and torch.get_num_threads() == 3
+        resumed.run()
+        assert yaml.safe_load((out / "config.yaml").read_text())["run"]["resolved"]["threads"] == 3
+        assert resume("train.threads=1").plan.threads == 1  # the user's own count wins
+    finally:
+        torch.set_num_threads(threads_before)

@@ -4,6 +4,7 @@ dataclasses, and a mistake is still one line naming the key, the file and what w
 import pickle
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,20 @@ def test_cpuinfo_is_read_once_for_the_flags_and_the_name():
 def test_peak_memory_on_a_cpu_is_the_peak_rss():
     record = peak_memory(torch.device("cpu"))
     assert record["peak_rss_mb"] > 10 and "peak_mem_mb" not in record
+
+
+def test_an_annotated_limit_in_a_plugin_factory_is_checked(register_plugin):
+    from typing import Annotated
+
+    from b6lab.validation import POSITIVE
+
+    def sharpened(param_groups, *, sharpness: Annotated[float, POSITIVE] = 1.0):
+        """SGD whose step is scaled by `sharpness` (only its option's limit matters here)."""
+        return torch.optim.SGD(param_groups, lr=0.1 * sharpness)
+
+    register_plugin(types.SimpleNamespace(b6lab_register_optimizer=lambda register: register("sharpened", sharpened)))
+    assert load_config(preset="tiny", overrides=["optim.name=sharpened", "optim.sharpness=2"]).optim.options["sharpness"] == 2
+    with pytest.raises(ConfigError) as caught:
+        load_config(preset="tiny", overrides=["optim.name=sharpened", "optim.sharpness=-1"])
+    assert "\n" not in str(caught.value)
+    assert "optim.sharpness" in str(caught.value) and "must be a positive number, got -1" in str(caught.value)

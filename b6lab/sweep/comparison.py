@@ -216,9 +216,7 @@ def plugin_choice_keys() -> set[str]:
     """model.norm, optim.name, ...: the config keys that name a plugin (each section's plugin_keys)."""
     from b6lab import config
 
-    sections = {"model": config.ModelConfig, "data": config.DataConfig, "optim": config.OptimConfig,
-                "schedule": config.ScheduleConfig}
-    return {f"{section}.{key}" for section, cls in sections.items() for key in getattr(cls, "plugin_keys", {})}
+    return {key for key, _, _ in config.plugin_choices(config.RunConfig())}
 
 
 def _determines(runs: list[RunResult], key: str, other: str) -> bool:

@@ -21,7 +21,7 @@ import yaml
 
 from b6lab import parts, registry
 from b6lab.attention import AttentionContext
-from b6lab.config import RunConfig, load_config
+from b6lab.config import RunConfig, load_config, plugin_choices
 from b6lab.errors import ConfigError, PluginError, UsageError
 from b6lab.sweep.grid import LADDER_KEY, SEED_KEY, Experiment, point_key
 from b6lab.train import hardware
@@ -111,8 +111,7 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
     return Trial(
         index=index, name=name, point=point, grid={axis.key: axis.label(point[axis.key]) for axis in exp.grid},
         seed=point[SEED_KEY], config=config, run_dir=run_dir,
-        plugins={"attention": chosen, "norm": cfg.model.norm, "optimizer": cfg.optim.name,
-                 "schedule": cfg.schedule.name, "data": f"{cfg.data.source}/{cfg.data.tokenizer}"},
+        plugins={kind: name for _, kind, name in plugin_choices(cfg)} | {"attention": chosen},
         params=params, tokens=cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.seq_len,
         skip_reason=reason,
     )

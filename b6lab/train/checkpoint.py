@@ -288,6 +288,11 @@ CHANGEABLE_ON_RESUME = ("model.dropout", "model.attention", "model.gradient_chec
                         "data.prefetch_factor", "data.cache_dir")
 
 
+def recorded_threads(saved_config: dict) -> int | None:
+    """The CPU thread count a checkpointed run trained with (its config's run.resolved.threads)."""
+    return ((saved_config.get("run") or {}).get("resolved") or {}).get("threads")
+
+
 def check_resumable(saved_config: dict, config: dict, say) -> None:
     """A setting a resumed run cannot honour is an error naming the key; the others take effect (and are said)."""
     # As YAML holds them (a tuple is a list there); where the run is written is the folder resumed.

@@ -102,7 +102,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_bf16_instructions() else "fp32"
 
 
-def plan(cfg: RunConfig, num_params: int) -> Plan:
+def plan(cfg: RunConfig, num_params: int, resumed_threads: int | None = None) -> Plan:
+    """How the run uses this machine. `resumed_threads`: what `threads: auto` chose when a resumed
+    run started (see cpu_threads)."""
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     batch, accum, checkpointing = cfg.train.batch_size, cfg.train.grad_accum_steps, cfg.model.gradient_checkpointing
@@ -111,7 +113,7 @@ def plan(cfg: RunConfig, num_params: int) -> Plan:
     compiled = cfg.train.compile if cfg.train.compile != "auto" else device.type == "cuda"
     notes: list[str] = []
     if device.type == "cpu":
-        threads, why = cpu_threads(cfg)
+        threads, why = cpu_threads(cfg, resumed_threads)
         return Plan(str(device), _cpu_name(), precision, batch, accum, checkpointing, compiled,
                     threads=threads, notes=(why,) if why else ())
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -125,7 +127,7 @@ def plan(cfg: RunConfig, num_params: int) -> Plan:
     return Plan(f"cuda:{index}", props.name, precision, batch, accum, checkpointing, compiled, total_gb, tuple(notes), threads)
 
 
-def cpu_threads(cfg: RunConfig) -> tuple[int | None, str | None]:
+def cpu_threads(cfg: RunConfig, resumed_threads: int | None = None) -> tuple[int | None, str | None]:
     """train.threads as torch will use it, and why when `auto` chose it (or a warning, when a number
     asks for more threads than this process has cores).
 
@@ -134,12 +136,15 @@ def cpu_threads(cfg: RunConfig) -> tuple[int | None, str | None]:
     the cores other processes keep busy now (sampled over 0.1 s: on a loaded machine more threads
     than free cores wait on each other, and a step can take several times longer). The model's size
     does not enter: on free cores even the 64-wide tiny model ran faster on two threads than on one
-    (benchmarks/README.md, "Threads and precision")."""
+    (benchmarks/README.md, "Threads and precision"). A resumed run keeps the count auto chose when it
+    started (`resumed_threads`, from its checkpoint's record) unless train.threads now names one."""
     if cfg.train.threads != "auto":
         threads, usable = cfg.train.threads, _usable_cores()
         if threads and threads > usable:  # the user's to choose, but said: it is rarely what they meant
             return threads, f"threads: {threads}, more than the {usable} cores this process may use: they will wait on each other"
         return threads, None
+    if resumed_threads:  # auto again would follow today's load: another count can change sums' order, and exact resume
+        return resumed_threads, f"threads: {resumed_threads} (auto, as when the run started; set train.threads to change it)"
     allowed = min(_usable_cores(), int(os.environ.get("OMP_NUM_THREADS") or 1_000_000))
     busy = _busy_cores()
     free = max(1, min(allowed, round(_total_cores() - busy)))

@@ -31,7 +31,7 @@ import b6lab
 from b6lab import parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.bpb import bits_per_byte, token_byte_lengths
-from b6lab.config import RunConfig, dump_config
+from b6lab.config import RunConfig, dump_config, plugin_choices
 from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.progress import Progress, progress_mode
@@ -125,7 +125,8 @@ class Trainer:
         self.source = parts.build_source(cfg.data)
         self.tokenizer = distributed.main_first(lambda: parts.build_tokenizer(cfg.data, self.source))
         model_cfg = parts.resolve_vocab(cfg.model, self.tokenizer)
-        self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg))
+        self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg),
+                                  resumed_threads=checkpoint.recorded_threads(saved[2]) if saved else None)
         if self.plan.threads:
             torch.set_num_threads(self.plan.threads)
         if self.plan.device == "cpu":
@@ -212,17 +213,12 @@ class Trainer:
 
     def _record(self) -> dict:
         """What config.yaml records beside the config: versions, plugin sources, automatic choices."""
-        chosen = {
-            "attention": (self.cfg.model.attention, self.attention), "norm": (self.cfg.model.norm, None),
-            "optimizer": (self.cfg.optim.name, None), "scheduler": (self.cfg.schedule.name, None),
-            "dataset": (self.cfg.data.source, None), "tokenizer": (self.cfg.data.tokenizer, None),
-        }
         plugins = {}
-        for kind, (name, resolved) in chosen.items():
+        for _, kind, name in plugin_choices(self.cfg):
             reg = registry.get(kind, name)
             plugins[kind] = {"name": name, "source": reg.source, "version": reg.version}
-            if resolved and resolved != name:
-                plugins[kind]["chose"] = resolved
+        if self.attention != self.cfg.model.attention:
+            plugins["attention"]["chose"] = self.attention
         git = provenance.b6lab_git()
         return {
             "b6lab_version": b6lab.__version__,

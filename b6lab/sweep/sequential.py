@@ -18,7 +18,8 @@ difference; Jennison & Turnbull 2000, ch. 11, group-sequential t-tests), with ta
   the seed budget, "twice what a fixed design needs for the smallest difference that matters";
   with m pairs, the test's at alpha/m, as a fixed design with Bonferroni);
   a is set so that the design effect is still found 80% of the time. Where the boundaries meet
-  (about 0.6-0.75 max) every comparison is decided: the design ends there;
+  (max 8: at 5 seeds; 12: 9; 20: 18; 40: not before max) every comparison is decided: the
+  design ends there;
 - c is calibrated by simulating 100,000 paths with no difference (the t path's law is the same
   for every spread, so one simulation holds for every pair): they reach "worse" before futility
   at most at the level, less two Monte-Carlo standard errors; a by simulating 40,000 at the

@@ -78,6 +78,27 @@ def test_seeds_go_only_to_the_points_of_undecided_comparisons():
     assert points_needing_seeds(labels, list(range(12)), {}, 3, 12, None, "val_loss") == {0, 1, 2}
 
 
+def test_no_seed_is_asked_for_while_a_comparison_still_waits_for_a_seed_running_elsewhere():
+    """Two keys, four points; seed 2 of the last point still running. Each value's result is its
+    mean over the cells, so the comparisons wait for it: no point gets seed 3 yet (the norm_depth
+    sweep ran 7 trials it did not need before this). Once it has finished and the comparisons are
+    still undecided, every point gets its next seed."""
+    labels = [{"a": a, "b": b} for a in ("x", "y") for b in ("p", "q")]
+    shift = [0.0, 0.03, -0.02]
+    noise = [[0.0, 0.02, -0.01, 0.01], [0.01, -0.02, 0.02, 0.0], [-0.01, 0.0, 0.01, -0.02]]
+
+    def run(point, seed):
+        value = 2.0 + 0.1 * (labels[point]["a"] == "y") + 0.08 * (labels[point]["b"] == "q")
+        return RunResult(folder=Path("x"), name="x", config={}, status="completed",
+                         final_val_loss=value + shift[seed] + noise[seed][point])
+
+    finished = {(point, seed): run(point, seed) for point in range(4) for seed in range(3) if (point, seed) != (3, 2)}
+    early = points_needing_seeds(labels, list(range(12)), finished, 3, 12, None, "val_loss", [3] * 4, {(3, 2)})
+    assert early == set()
+    finished[3, 2] = run(3, 2)
+    assert points_needing_seeds(labels, list(range(12)), finished, 3, 12, None, "val_loss", [3] * 4, set()) == {0, 1, 2, 3}
+
+
 def test_per_seed_results_average_the_same_cells_for_every_value():
     runs = [RunResult(folder=Path("x"), name="x", config={}, grid={"a": a, "b": b}, seed=0,
                       status="diverged" if (a, b) == ("y", "q") else "completed", final_val_loss=1.0 + (b == "q"))

@@ -143,3 +143,22 @@ def test_a_tuned_ladders_tuning_curves_have_a_panel_per_rung(tmp_path):
     (exp.storage / RECORD).write_text(json.dumps(record))
     height, width, _ = imread(plot_tuning_curves(exp)).shape
     assert (width, height) == ((4.5 * 3 + 0.5) * 120, 4 * 120)  # three rungs side by side, one tuned key
+
+
+def test_a_grid_search_tries_evenly_spaced_values_the_same_for_every_arm(tmp_path, capsys):
+    exp = load_experiment(write_sweep(tmp_path, tune={"keys": {"optim.lr": [1.0e-3, 2.7e-2, "log"],
+                                                               "model.dropout": [0.0, 0.2],
+                                                               "optim.name": {"choices": ["adamw", "lion"]}},
+                                                      "trials": 4, "algorithm": "grid"}))
+    lr, dropout, name = exp.tuning.keys
+    assert lr.grid(4) == [1e-3, 3e-3, 9e-3, 2.7e-2]  # geometric: a factor of 3 apart
+    assert dropout.grid(3) == [0.0, 0.1, 0.2] and name.grid(4) == ["adamw", "lion"]
+    assert exp.tuning.settings == 4 * 4 * 2  # every combination
+    space = exp.tuning.space()
+    assert space["optim.lr"] == {"grid_search": [1e-3, 3e-3, 9e-3, 2.7e-2]}  # Ray Tune's grid, one run each
+    assert main(["sweep", str(write_sweep(tmp_path, tune={"keys": {"optim.lr": [1.0e-3, 2.7e-2, "log"]},
+                                                          "trials": 4, "algorithm": "grid"})), "--dry-run"]) == 0
+    assert "4 settings of optim.lr in [0.001, 0.027] (log) (grid, tuning seeds [100])" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="tune.trials .*is 1 with algorithm grid"):
+        load_experiment(write_sweep(tmp_path, tune={"keys": {"optim.lr": [1e-3, 1e-2]}, "trials": 1,
+                                                    "algorithm": "grid"}))

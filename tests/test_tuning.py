@@ -162,3 +162,29 @@ def test_a_grid_search_tries_evenly_spaced_values_the_same_for_every_arm(tmp_pat
     with pytest.raises(ConfigError, match="tune.trials .*is 1 with algorithm grid"):
         load_experiment(write_sweep(tmp_path, tune={"keys": {"optim.lr": [1e-3, 1e-2]}, "trials": 1,
                                                     "algorithm": "grid"}))
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_while_an_arm_is_tuned_chooses_nothing_for_it(tmp_path):
+    # Ray Tune returns from a Ctrl-C as from a finished search; the best of the settings run so far
+    # is not the arm's choice, and the sweep stops instead of tuning the next arm.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_sweep(tmp_path, base={"preset": "tiny", "set": TINY | {"train.max_steps": 3000}})
+    storage = tmp_path / "sweep"
+    driver = subprocess.Popen([sys.executable, "-m", "b6lab.cli", "sweep", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((storage / "tune").glob("norm=pre/*/metrics.jsonl")):  # a tuning run is training
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out + err
+    assert "tuning norm=pre interrupted after 0 of its 2 settings" in out and "--resume` tunes it again" in out
+    assert "tuning norm=post" not in out  # the sweep stopped there
+    record = storage / "tuning.json"
+    assert not record.exists() or json.loads(record.read_text())["arms"] == []

@@ -209,6 +209,13 @@ def run_tuning(exp: Experiment, quiet: bool = False) -> dict[str, dict]:
             if result.metrics and exp.metric in result.metrics:
                 tried.append({"values": {k.key: result.config[k.key] for k in tuning.keys},
                               exp.metric: result.metrics[exp.metric], "losses": result.metrics.get("losses")})
+        crashed = sum(result.error is not None for result in results)
+        if len(tried) + crashed < tuning.settings:
+            # Tune returns from a Ctrl-C as from a finished run: the best of the settings run so far
+            # would be a choice made on part of the search. Nothing of this arm is recorded.
+            print(f"tuning {name} interrupted after {len(tried)} of its {tuning.settings} settings; "
+                  f"`b6lab sweep {exp.file} --resume` tunes it again, keeping the arms tuned before it", flush=True)
+            raise KeyboardInterrupt
         finite = [t for t in tried if math.isfinite(t[exp.metric])]
         if not finite:
             from b6lab.errors import UsageError

@@ -48,7 +48,8 @@ class TinyRun:
     """
 
     @staticmethod
-    def sets(*overrides: str, max_steps: int = 12, eval_interval: int | None = 6, eval_steps: int | None = 2) -> list[str]:
+    def sets(*overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
+             eval_steps: int | None = 2) -> list[str]:
         length = {"max_steps": max_steps, "eval_interval": eval_interval, "eval_steps": eval_steps}
         return ["logging.progress=false", *(f"train.{key}={n}" for key, n in length.items() if n is not None), *overrides]
 

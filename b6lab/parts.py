@@ -28,11 +28,19 @@ from b6lab.model import B6, NORM_LAYERS
 from b6lab.train.records import is_disk_full
 
 
+SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", OptimConfig: "optim", ScheduleConfig: "schedule"}
+
+
 def plugin_kwargs(section, reg: registry.Registration) -> dict:
     """The options of `section` that belong to this plugin, as the config resolved them (checked,
-    defaults filled in, required ones set: validation.plugin_options); a section made by hand, not
-    read from a config, gets the plugin's defaults. Building is factory(*fixed, **these)."""
-    return {key: section.options.get(key, default) for key, default in reg.options.items()}
+    defaults filled in: validation.plugin_options; a section made by hand gets the defaults), with
+    every required one set. Building is factory(*fixed, **these)."""
+    kwargs = {key: section.options.get(key, default) for key, default in reg.options.items()}
+    unset = reg.unset_required(kwargs)
+    if unset:
+        key = f"{SECTION_NAMES.get(type(section), '')}.{unset}"
+        raise PluginError(f"{key} is required by {reg.label}: set it, e.g. --set {key}=...")
+    return kwargs
 
 
 @contextmanager
@@ -229,15 +237,15 @@ def resolve_vocab(cfg: ModelConfig, tokenizer) -> ModelConfig:
 def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
     """Build and check every chosen part that is cheap to build (the optimizer over a stand-in
     parameter, one step), so a bad plugin or option fails before any compute is spent, in a sweep
-    before its first trial. The data source and tokenizer are only looked up (the config checked
-    their options): building them can mean reading a corpus. Returns the name of the attention
-    backend that runs (what `auto` chose)."""
+    before its first trial. The data source and tokenizer are only looked up and their required
+    options checked (the config checked the rest): building them can mean reading a corpus.
+    Returns the name of the attention backend that runs (what `auto` chose)."""
     _, attention = build_attention(cfg.model, context)
     norm_placement(cfg.model, context)(cfg.model.d_model, cfg.model.n_layers)
     feedforward(cfg.model, context)(cfg.model.d_model, cfg.model.d_ff)
     initialisation(cfg.model, context)
     build_schedule(cfg.schedule, cfg.train.max_steps)
     _optimizer_over(cfg.optim, contracts.stand_in_groups(), probe=True)
-    usable("dataset", cfg.data.source)
-    usable("tokenizer", cfg.data.tokenizer)
+    plugin_kwargs(cfg.data, usable("dataset", cfg.data.source))
+    plugin_kwargs(cfg.data, usable("tokenizer", cfg.data.tokenizer))
     return attention

@@ -43,6 +43,10 @@ class Registration:
     def build(self, *args, **options):
         return self.factory(*args, **options)
 
+    def unset_required(self, options: dict) -> str | None:
+        """The first required option that `options` leaves unset (None), if any."""
+        return next((key for key in self.required if options.get(key) is None), None)
+
     @property
     def label(self) -> str:
         """`attention plugin 'alibi' (from file /x/alibi.py)`: how messages name it."""

@@ -58,9 +58,9 @@ def _options(reg: registry.Registration, options: dict) -> dict:
     if unknown:
         raise PluginError(f"{reg.label} has no option {unknown[0]!r}; its options: {', '.join(reg.options) or 'none'}")
     resolved = validation.check_options(reg, options)
-    missing = [key for key in reg.required if resolved[key] is None]
-    if missing:
-        raise PluginError(f"{reg.label} requires the option {missing[0]!r}")
+    unset = reg.unset_required(resolved)
+    if unset:
+        raise PluginError(f"{reg.label} requires the option {unset!r}")
     return resolved
 
 

@@ -211,7 +211,8 @@ def plugin_options(obj, extra: dict, section: str, layers: Layers) -> dict:
     passes on as factory(*fixed, **options) (parts.plugin_kwargs).
 
     An option must not share its name with a key of the section, nor with an option of the
-    section's other chosen plugin: it could never be set on its own."""
+    section's other chosen plugin: it could never be set on its own. A required option may still
+    be unset here (a sweep's base config leaves it to the grid): building says so."""
     fields = [f.name for f in dataclasses.fields(obj) if f.name != "options"]
     owners: dict[str, registry.Registration] = {}
     options: dict[str, Any] = {}
@@ -237,9 +238,6 @@ def plugin_options(obj, extra: dict, section: str, layers: Layers) -> dict:
             known = sorted(fields + list(owners))
             raise ConfigError(unknown(key, known, f"{section} key") + f" (plugins in this section: {plugins})",
                               key=f"{section}.{key}", file=layers.where(f"{section}.{key}"))
-    for option, reg in owners.items():
-        if option in reg.required and options[option] is None:
-            raise PluginError(f"{section}.{option} is required by {reg.label}: set it, e.g. --set {section}.{option}=...")
     return options
 
 

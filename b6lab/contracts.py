@@ -404,6 +404,7 @@ def check_tokenizer(tokenizer, text: str = "def hello(world):\n    return 'héll
     """encode -> list of ids below vocab_size, decode -> str, an int eos_id, and it pickles (runs
     sample from the pickled copy in their checkpoint)."""
     checks = _Checks()
+    _optional_members(checks, tokenizer, hookspecs.Tokenizer)
     for attr in ("encode", "decode"):
         if not callable(getattr(tokenizer, attr, None)):
             checks.fail(f"returned {_type_name(tokenizer)} without an {attr}() method")

@@ -148,6 +148,11 @@ class Tokenizer(Protocol):
 
     vocab_size: int
     eos_id: int  # below vocab_size
+    # A method token_byte_lengths(), if it has one: the UTF-8 bytes each id stands for, one per id
+    # (val_bpb; without it each id is measured by decoding it alone: b6lab/bpb.py).
+    token_byte_lengths: Callable[[], Any] | None = None
+    # A method to_fast_tokenizer(), if it has one: its tokenizers.Tokenizer, which `b6lab export` needs.
+    to_fast_tokenizer: Callable[[], Any] | None = None
 
     def encode(self, text: str) -> list[int]: ...
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from b6lab import contracts, cpu_bf16, registry
+from b6lab import contracts, fast_paths, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, plugin_choices
 from b6lab.data.documents import Corpus
@@ -93,10 +93,9 @@ def build_attention(cfg: ModelConfig, context: AttentionContext):
 def build_model(cfg: ModelConfig, context: AttentionContext, z_loss: float = 0.0) -> tuple[B6, str]:
     """The model and the name of its attention backend; z_loss is train.z_loss (0 off)."""
     backend, chosen = build_attention(cfg, context)
-    model = B6(cfg, backend, norm_placement(cfg, context), feedforward(cfg, context), initialisation(cfg, context))
+    model = fast_paths.make_model(context, cfg, backend, norm_placement(cfg, context), feedforward(cfg, context),
+                                  initialisation(cfg, context))
     model.z_loss = z_loss
-    if cpu_bf16.emulated(context.dtype, context.device):
-        cpu_bf16.use_fp32_gemm(model)
     return model, chosen
 
 

@@ -22,6 +22,7 @@ FACTORY_ARGUMENTS = {
     "norm": ("d_model", "n_layers"),
     "feedforward": ("d_model", "d_ff", "*", "bias"),
     "init": (),
+    "parametrization": (),
     "optimizer": ("param_groups",),
     "scheduler": ("max_steps",),
     "dataset": ("val_fraction",),
@@ -58,6 +59,14 @@ def b6lab_register_feedforward(register):
 def b6lab_register_init(register):
     """Register initialisations: factory(**options) -> init(model), which sets the weights of a freshly
     built B6 in place (`model.cfg` is its ModelConfig); a norm placement's `init_residual` runs after it."""
+
+
+@hookspec
+def b6lab_register_parametrization(register):
+    """Register parametrizations: factory(**options) -> an object with parametrize(model), run on the
+    built and initialised model, and optimizer(model, groups, name, build) -> the optimizer, where
+    build(groups) builds optim.name's (optionally check_optimizer(name), raising for one it cannot scale);
+    b6lab/plugins/parametrizations.py has standard and mup."""
 
 
 @hookspec

@@ -41,7 +41,7 @@ WINDOW = 2  # grid steps fitted on each side of the best lr
 @dataclass
 class WidthOptimum:
     width: int
-    lr: float | None  # exp(x*); None where the parabola has no minimum
+    lr: float | None  # exp(x*); None where the parabola has no minimum (or one past a float's range)
     low: float | None  # the interval, in lr
     high: float | None
     log_lr: float | None
@@ -129,20 +129,29 @@ def _optimum(width, coef, xtx_inv, x, centre, bracketed, sigma2, t) -> WidthOpti
     if sigma2 is not None:
         gradient = np.array([0.0, -1 / (2 * c), b / (2 * c**2)])
         se = float(math.sqrt(sigma2 * gradient @ xtx_inv @ gradient))
-    low, high = (math.exp(log_opt - t * se), math.exp(log_opt + t * se)) if se is not None else (None, None)
-    note = "" if bracketed else "the best lr is at the edge of the grid: widen the lr range; the optimum is extrapolated"
-    return WidthOptimum(width, math.exp(log_opt), low, high, log_opt, se, lrs, [a, b, c], centre, bracketed, len(x), note)
+    low, high = (_exp(log_opt - t * se), _exp(log_opt + t * se)) if se is not None else (None, None)
+    note = "" if bracketed else "the best lr is at the edge of the grid: widen the lr range (an extrapolation, left out of the drift)"
+    return WidthOptimum(width, _exp(log_opt), low, high, log_opt, se, lrs, [a, b, c], centre, bracketed, len(x), note)
+
+
+def _exp(x: float) -> float | None:
+    """exp(x), or None past a float's range (a parabola that is nearly flat puts its vertex anywhere)."""
+    return math.exp(x) if x < 700 else None
 
 
 def _drift(optima: list[WidthOptimum], t: float | None) -> Drift:
-    placed = [o for o in optima if o.log_lr is not None]
+    # An optimum beyond the grid's edge is the parabola's extrapolation, anywhere when it is nearly
+    # flat: it would decide the slope alone.
+    placed = [o for o in optima if o.log_lr is not None and o.bracketed]
     if len(placed) < 2:
-        return Drift(None, None, None, None, [o.width for o in placed], "fewer than two widths have an optimum")
+        return Drift(None, None, None, None, [o.width for o in placed],
+                     "fewer than two widths have an optimum inside the lr grid")
     u = np.log([o.width for o in placed])
     v = np.array([o.log_lr for o in placed])
     weights = (u - u.mean()) / np.sum((u - u.mean()) ** 2)
     slope = float(weights @ v)
-    note = "" if all(o.bracketed for o in placed) else "an optimum at the grid's edge enters it"
+    left_out = [o.width for o in optima if o not in placed]
+    note = f"width {', '.join(map(str, left_out))} left out (no optimum inside the grid)" if left_out else ""
     if t is None or any(o.log_lr_se is None for o in placed):
         return Drift(slope, None, None, None, [o.width for o in placed], note or "no residual degrees of freedom")
     se = float(math.sqrt(np.sum(weights**2 * np.array([o.log_lr_se for o in placed]) ** 2)))
@@ -265,11 +274,11 @@ def plot_lr_curves(runs: dict[str, dict[int, tuple[list, list]]], fits: dict[str
             grid = np.unique(lrs[finite])
             ax.plot(grid, [losses[finite][lrs[finite] == lr].mean() for lr in grid], color=colour, alpha=0.35, lw=1)
             o = optima[width]
-            if o.lr is not None:
+            if o.lr is not None and o.bracketed:
                 dense = np.geomspace(min(o.fitted_lrs), max(o.fitted_lrs), 60)
                 ax.plot(dense, parabola(o, dense), color=colour, lw=2)
                 y = float(parabola(o, np.array([o.lr]))[0])
-                if o.low is not None:
+                if o.low is not None and o.high is not None:
                     ax.errorbar([o.lr], [y], xerr=[[o.lr - o.low], [o.high - o.lr]], color=colour, marker="v", capsize=3)
         d = fits[name].drift
         drift = "" if d.slope is None else f"drift {d.slope:+.2f}" + (f" [{d.low:+.2f}, {d.high:+.2f}]" if d.low is not None else "")

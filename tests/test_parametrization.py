@@ -176,3 +176,12 @@ def test_the_coordinate_check_is_flat_under_mup_and_grows_under_standard():
         assert abs(mup[layer]) < 0.25, (layer, mup[layer])
     assert standard["logits"] > 0.5, standard
     assert sum(standard[layer] for layer in moved) / len(moved) > 0.4, standard
+
+
+@pytest.mark.parametrize("name", ["standard", "mup"])
+def test_the_plugin_kit_checks_a_parametrization(name):
+    from b6lab import testing
+
+    passed = testing.check("parametrization", name)
+    assert any("every parameter finite" in line for line in passed)
+    assert any("over all" in line for line in passed), passed

@@ -53,9 +53,10 @@ def test_the_intervals_cover_the_truth_at_their_level():
 
 def test_an_optimum_at_the_grids_edge_says_so_and_a_concave_one_has_none():
     rng = np.random.default_rng(2)
-    runs, _ = synthetic(0.0, rng, base_lr=1e-3 * 2**4)  # the true optimum beyond the largest lr
+    runs, _ = synthetic(-1.0, rng, base_lr=1e-3 * 2**3)  # width 32's optimum at the largest lr, the others inside
     edge = transfer.fit_optima(runs).optima[0]
     assert not edge.bracketed and "edge" in edge.note
+    assert transfer.fit_optima(runs).drift.widths == [64, 128]  # an extrapolated optimum does not decide the drift
     concave = {w: (list(LRS), list(2 - 0.05 * np.log(LRS / 1e-3) ** 2)) for w in WIDTHS[:2]}
     fit = transfer.fit_optima(concave)
     assert all(o.lr is None and "convex" in o.note for o in fit.optima)

@@ -56,7 +56,7 @@ import torch.nn as nn
 import b6lab
 from b6lab.errors import ConfigError
 from b6lab.model import CausalSelfAttention
-from b6lab.plugins.optimizers import is_hidden_matrix
+from b6lab.plugins.optimizers import is_hidden_matrix, split_groups
 
 # Sign-based or Adam-style: each coordinate's update is about lr, whatever the gradient's scale.
 MUP_OPTIMIZERS = ("lion", "adamw")
@@ -111,14 +111,7 @@ class MuP:
         self.check_optimizer(name)
         # The hidden matrices in groups of their own (after the others: the first group's lr is the
         # one a run logs, optim.lr itself), so their lr and weight decay can be scaled.
-        others, hidden = [], []
-        for group in groups:
-            mask = [is_hidden_matrix(n, p) for n, p in zip(group["param_names"], group["params"])]
-            for routed, to in ((False, others), (True, hidden)):
-                params = [p for p, h in zip(group["params"], mask) if h == routed]
-                if params:
-                    names = [n for n, h in zip(group["param_names"], mask) if h == routed]
-                    to.append({**group, "params": params, "param_names": names})
+        others, hidden = split_groups(groups, is_hidden_matrix)
         optimizer = build(others + hidden)
         m = self.width_multiplier(model)
         for group in optimizer.param_groups[len(others):]:

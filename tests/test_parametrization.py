@@ -185,3 +185,13 @@ def test_the_plugin_kit_checks_a_parametrization(name):
     passed = testing.check("parametrization", name)
     assert any("every parameter finite" in line for line in passed)
     assert any("over all" in line for line in passed), passed
+
+
+def test_export_refuses_a_mup_model_for_hf_and_keeps_standard():
+    from b6lab.errors import UsageError
+    from b6lab.export import hf_architecture
+
+    model = load_config(preset="tiny").to_dict()["model"]
+    assert hf_architecture({"model": model}) == "gpt_neox"  # standard, as before
+    with pytest.raises(UsageError, match="parametrization plugin 'mup'.*safetensors"):
+        hf_architecture({"model": {**model, "parametrization": "mup", "mup_base_width": 32}})

@@ -195,3 +195,19 @@ def test_export_refuses_a_mup_model_for_hf_and_keeps_standard():
     assert hf_architecture({"model": model}) == "gpt_neox"  # standard, as before
     with pytest.raises(UsageError, match="parametrization plugin 'mup'.*safetensors"):
         hf_architecture({"model": {**model, "parametrization": "mup", "mup_base_width": 32}})
+
+
+def test_a_run_made_before_the_key_existed_resumes_and_cannot_switch_to_mup(tmp_path, capsys):
+    import re
+
+    folder = tmp_path / "run"
+    common = ["--set", f"train.out_dir={folder}", "--set", "logging.progress=false", "--quiet"]
+    assert main(["train", "--preset", "tiny", "--set", "train.max_steps=4", "--set", "train.eval_interval=2", *common]) == 0
+    for path in (folder / "config.yaml", folder / "checkpoints" / "last" / "config.yaml"):  # as an older b6lab wrote it
+        text = path.read_text().replace("  parametrization: standard\n", "")
+        path.write_text(re.sub(r"    parametrization:\n(      .*\n)+", "", text))
+    assert "parametrization" not in (folder / "config.yaml").read_text()
+    assert main(["train", "--resume", "--set", "train.max_steps=6", *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--set", "train.max_steps=8", "--set", "model.parametrization=mup", *common]) == 2
+    assert "model.parametrization: cannot change when resuming" in capsys.readouterr().err

@@ -198,7 +198,9 @@ SECTIONS = ("model", "data", "optim", "schedule", "train", "logging")
 
 def plugin_choices(cfg: RunConfig) -> list[tuple[str, str, str]]:
     """Every plugin a run chooses, as (config key, kind, name): ("model.norm", "norm", "pre"), ...
-    The one list of them, read from each section's `plugin_keys`, so a new kind is nowhere forgotten."""
+    The one list of them, read from each section's `plugin_keys`, so a new kind is nowhere forgotten.
+    A key and its kind may differ (schedule.name: scheduler, data.source: dataset): DESIGN.md fixes
+    both, the kind naming the plugin and the key the choice (docs/architecture.md, "Names")."""
     return [(f"{section}.{key}", kind, getattr(getattr(cfg, section), key))
             for section in SECTIONS for key, kind in getattr(getattr(cfg, section), "plugin_keys", {}).items()]
 

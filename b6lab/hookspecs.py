@@ -102,6 +102,23 @@ class Init(Protocol):
     def __call__(self, model) -> None: ...
 
 
+class Parametrization(Protocol):
+    """parametrization: factory(**options) -> how the init, the logits and each parameter group's lr
+    scale with the model's width (b6lab/plugins/parametrizations.py: standard, mup)."""
+
+    # A method check_optimizer(name), if it has one: raises for an optim.name it has no rules for,
+    # so that a sweep refuses it before its first trial.
+    check_optimizer: Callable[[str], None] | None = None
+
+    def parametrize(self, model) -> None:
+        """Runs once on the built, initialised model (after init and init_residual): rescale weights,
+        set `model.readout_multiplier` (the factor on the LM head's input) or an attention's `scale`."""
+
+    def optimizer(self, model, groups: list[dict], name: str, build: Callable[[list[dict]], Any]):
+        """The run's optimizer: `build(groups)` builds optim.name's over `groups` (the Optimizer's
+        groups below, which it may split); scale each built group's lr, which the schedule multiplies."""
+
+
 class Optimizer(Protocol):
     """optimizer: factory(param_groups, **options) -> a torch.optim.Optimizer over those groups.
 
@@ -161,7 +178,7 @@ class Tokenizer(Protocol):
 
 
 BUILDS = {"attention": AttentionBackend, "norm": NormPlacement, "feedforward": FeedForward, "init": Init,
-          "optimizer": Optimizer, "scheduler": Schedule, "dataset": DocumentSource, "tokenizer": Tokenizer}
+          "parametrization": Parametrization, "optimizer": Optimizer, "scheduler": Schedule, "dataset": DocumentSource, "tokenizer": Tokenizer}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,10 +207,7 @@ def b6lab_register_init(register):
 
 @hookspec
 def b6lab_register_parametrization(register):
-    """Register parametrizations: factory(**options) -> an object with parametrize(model), run on the
-    built and initialised model, and optimizer(model, groups, name, build) -> the optimizer, where
-    build(groups) builds optim.name's (optionally check_optimizer(name), raising for one it cannot scale);
-    b6lab/plugins/parametrizations.py has standard and mup."""
+    """Register parametrizations: factory(**options) -> Parametrization."""
 
 
 @hookspec

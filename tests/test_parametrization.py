@@ -7,10 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from b6lab import parts, transfer
+from b6lab import fast_paths, parts, transfer
 from b6lab.cli import main
 from b6lab.config import load_config
-from b6lab.model import B6
 from b6lab.plugins.optimizers import is_hidden_matrix
 from b6lab.train.trainer import Trainer
 from tests.test_model import CPU32
@@ -33,8 +32,8 @@ def build_as_it_was(cfg, seed=0):
     torch.manual_seed(seed)
     context = replace(CPU32, head_dim=cfg.model.head_dim)
     backend, _ = parts.build_attention(cfg.model, context)
-    model = B6(cfg.model, backend, parts.norm_placement(cfg.model, context), parts.feedforward(cfg.model, context),
-               parts.initialisation(cfg.model, context))
+    model = fast_paths.make_model(context, cfg.model, backend, parts.norm_placement(cfg.model, context),
+                                  parts.feedforward(cfg.model, context), parts.initialisation(cfg.model, context))
     return model, parts._optimizer_over(cfg.optim, parts.param_groups(model, cfg.optim.decay_embeddings))
 
 

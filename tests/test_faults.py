@@ -506,9 +506,10 @@ def one_line_error(capsys, *argv):
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("optim.lr=-1e-3", "optim.lr: must be a number > 0, got -0.001"),
-    ("optim.betas=[1.5,0.9]", "optim.betas: must be two numbers in [0, 1)"),
-    ("optim.weight_decay=-1", "optim.weight_decay: must be a number >= 0"),
+    # Checked when the config is read (the optimizers' Annotated limits), so the line says where the value came from.
+    ("optim.lr=-1e-3", "optim.lr (in --set optim.lr): must be a number > 0, got -0.001"),
+    ("optim.betas=[1.5,0.9]", "optim.betas (in --set optim.betas): must be two numbers in [0, 1)"),
+    ("optim.weight_decay=-1", "optim.weight_decay (in --set optim.weight_decay): must be a number >= 0"),
 ])
 def test_bad_optimizer_values(capsys, tmp_path, setting, message):
     err = one_line_error(capsys, "train", "--preset", "tiny", "--set", setting, "--set", f"train.out_dir={tmp_path / 'r'}")

@@ -9,11 +9,20 @@ Each group also holds its parameters' names under "param_names" (torch's own key
 from __future__ import annotations
 
 import importlib.util
+from typing import Annotated
 
 import torch
 
 import b6lab
 from b6lab.errors import ConfigError
+from b6lab.validation import within
+
+# The ranges torch itself would refuse (with a traceback, at the first step), checked with the
+# config (validation.check_options): "optim.lr (in FILE): must be a number > 0, got -0.001".
+PositiveNumber = Annotated[float, within(lambda v: v > 0, "a number > 0")]
+NotNegative = Annotated[float, within(lambda v: v >= 0, "a number >= 0")]
+Momentum = Annotated[float, within(lambda v: 0 <= v < 1, "a number in [0, 1)")]
+Betas = Annotated[tuple[float, float], within(lambda b: all(0 <= v < 1 for v in b), "two numbers in [0, 1), e.g. [0.9, 0.99]")]
 
 
 class Lion(torch.optim.Optimizer):
@@ -78,12 +87,14 @@ def _lion_foreach(params, grads, momenta, lr, beta1, beta2, weight_decay):
     torch._foreach_lerp_(momenta, grads, 1 - beta2)
 
 
-def lion(param_groups, *, lr: float = 3e-4, weight_decay: float = 0.3, betas: tuple[float, float] = (0.9, 0.99), foreach: bool | None = None):
+def lion(param_groups, *, lr: PositiveNumber = 3e-4, weight_decay: NotNegative = 0.3, betas: Betas = (0.9, 0.99),
+         foreach: bool | None = None):
     """Lion, sign-of-momentum updates (Chen et al. 2023); lr and wd set ~3x from AdamW's."""
     return Lion(param_groups, lr=lr, betas=betas, weight_decay=weight_decay, foreach=foreach)
 
 
-def adamw(param_groups, *, lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, fused: bool | None = None):
+def adamw(param_groups, *, lr: PositiveNumber = 1e-3, weight_decay: NotNegative = 0.1, betas: Betas = (0.9, 0.95),
+          eps: PositiveNumber = 1e-8, fused: bool | None = None):
     """torch.optim.AdamW, fused into one kernel where this torch supports it (CUDA and CPU)."""
     if fused is None:
         fused = True  # torch >= 2.4 fuses AdamW on CUDA and on CPU; it raises on other devices
@@ -127,9 +138,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def muon(
-    param_groups, *, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
-    weight_decay: float = 0.0, adjust_lr_fn: str = "original", adamw_lr: float = 1e-3,
-    adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_weight_decay: float = 0.1,
+    param_groups, *, lr: PositiveNumber = 0.02, momentum: Momentum = 0.95, nesterov: bool = True, ns_steps: int = 5,
+    weight_decay: NotNegative = 0.0, adjust_lr_fn: str = "original", adamw_lr: PositiveNumber = 1e-3,
+    adamw_betas: Betas = (0.9, 0.95), adamw_weight_decay: NotNegative = 0.1,
 ):
     """Muon (Jordan et al. 2024, torch.optim.Muon) on the blocks' 2-D weights; AdamW on embeddings, head, norms, biases."""
     if adjust_lr_fn not in ("original", "match_rms_adamw"):
@@ -165,8 +176,8 @@ def schedulefree_missing(**_context) -> str | None:
 
 
 def adamw_schedulefree(
-    param_groups, *, lr: float = 2.5e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-    weight_decay: float = 0.1, warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0,
+    param_groups, *, lr: PositiveNumber = 2.5e-3, betas: Betas = (0.9, 0.95), eps: PositiveNumber = 1e-8,
+    weight_decay: NotNegative = 0.1, warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0,
 ):
     """Schedule-free AdamW (Defazio et al. 2024, schedulefree.AdamWScheduleFree): no LR decay; use schedule.name=constant."""
     from schedulefree import AdamWScheduleFree

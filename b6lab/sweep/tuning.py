@@ -95,7 +95,6 @@ def run_tuning_trial(config: dict, plan: dict) -> None:
     from ray import tune
 
     from b6lab.config import load_config
-    from b6lab.sweep.trials import _assign
     from b6lab.train import hardware
     from b6lab.train.records import read_summary
     from b6lab.train.trainer import Trainer
@@ -109,9 +108,7 @@ def run_tuning_trial(config: dict, plan: dict) -> None:
     losses = []
     for seed in plan["seeds"]:
         out_dir = Path(arm["folder"]) / f"{setting},seed={seed}"
-        overrides = [_assign(k, v) for k, v in values.items()] + [_assign("train.seed", seed),
-                                                                   _assign("train.out_dir", str(out_dir))]
-        cfg = load_config(data=arm["config"], overrides=overrides)
+        cfg = load_config(data=arm["config"], overrides=values | {"train.seed": seed, "train.out_dir": str(out_dir)})
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / "train.log", "a") as log:
             Trainer(cfg, out_dir, say=lambda line: print(line, file=log, flush=True)).run()

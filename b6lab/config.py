@@ -48,6 +48,7 @@ class ModelConfig:
     norm_layer: Literal["layernorm", "layernorm-nobias", "rmsnorm"] = "layernorm"  # which norm, everywhere
     feedforward: str = "gelu"  # a plugin: gelu | swiglu | relu2 | ...
     init: str = "gpt2"  # a plugin: the weights' starting values, gpt2 | xavier | ...
+    parametrization: str = "standard"  # a plugin: how init, logits and lrs scale with width, standard | mup
     n_kv_heads: Optional[PositiveInt] = None  # None: n_heads (multi-head); fewer: grouped-query; 1: multi-query
     qk_norm: bool = False  # normalise each head's queries and keys (with norm_layer) before RoPE
     logit_softcap: Optional[Annotated[float, POSITIVE]] = None  # None: off; c: logits = c * tanh(logits / c) (Gemma 2)
@@ -56,7 +57,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     options: dict = field(default_factory=dict)
 
-    plugin_keys = {"attention": "attention", "norm": "norm", "feedforward": "feedforward", "init": "init"}
+    plugin_keys = {"attention": "attention", "norm": "norm", "feedforward": "feedforward", "init": "init",
+                   "parametrization": "parametrization"}
 
     @property
     def head_dim(self) -> int:

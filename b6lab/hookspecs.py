@@ -38,6 +38,7 @@ FACTORY_ARGUMENTS = {
     "norm": ("d_model", "n_layers"),
     "feedforward": ("d_model", "d_ff", "*", "bias"),
     "init": (),
+    "parametrization": (),
     "optimizer": ("param_groups",),
     "scheduler": ("max_steps",),
     "dataset": ("val_fraction",),
@@ -101,6 +102,23 @@ class Init(Protocol):
     def __call__(self, model) -> None: ...
 
 
+class Parametrization(Protocol):
+    """parametrization: factory(**options) -> how the init, the logits and each parameter group's lr
+    scale with the model's width (b6lab/plugins/parametrizations.py: standard, mup)."""
+
+    # A method check_optimizer(name), if it has one: raises for an optim.name it has no rules for,
+    # so that a sweep refuses it before its first trial.
+    check_optimizer: Callable[[str], None] | None = None
+
+    def parametrize(self, model) -> None:
+        """Runs once on the built, initialised model (after init and init_residual): rescale weights,
+        set `model.readout_multiplier` (the factor on the LM head's input) or an attention's `scale`."""
+
+    def optimizer(self, model, groups: list[dict], name: str, build: Callable[[list[dict]], Any]):
+        """The run's optimizer: `build(groups)` builds optim.name's over `groups` (the Optimizer's
+        groups below, which it may split); scale each built group's lr, which the schedule multiplies."""
+
+
 class Optimizer(Protocol):
     """optimizer: factory(param_groups, **options) -> a torch.optim.Optimizer over those groups.
 
@@ -160,7 +178,7 @@ class Tokenizer(Protocol):
 
 
 BUILDS = {"attention": AttentionBackend, "norm": NormPlacement, "feedforward": FeedForward, "init": Init,
-          "optimizer": Optimizer, "scheduler": Schedule, "dataset": DocumentSource, "tokenizer": Tokenizer}
+          "parametrization": Parametrization, "optimizer": Optimizer, "scheduler": Schedule, "dataset": DocumentSource, "tokenizer": Tokenizer}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,6 +203,11 @@ def b6lab_register_feedforward(register):
 @hookspec
 def b6lab_register_init(register):
     """Register initialisations: factory(**options) -> Init."""
+
+
+@hookspec
+def b6lab_register_parametrization(register):
+    """Register parametrizations: factory(**options) -> Parametrization."""
 
 
 @hookspec

@@ -204,6 +204,7 @@ class B6(nn.Module):
         self.loss = loss
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.z_loss = 0.0  # train.z_loss, set by parts.build_model; applied in training mode only
+        self.readout_multiplier = 1.0  # on the LM head's input; model.parametrization sets it (μP: base / width)
         init_weights(self)
         for block in self.blocks:
             if hasattr(block.wiring, "init_residual"):
@@ -230,6 +231,8 @@ class B6(nn.Module):
         """Logits (B, S, vocab) without targets; the mean next-token cross-entropy with them (plus
         train.z_loss times the mean squared log-partition, in training)."""
         h = self.hidden_states(idx, docs, cache)
+        if self.readout_multiplier != 1.0:
+            h = h * self.readout_multiplier
         softcap = self.cfg.logit_softcap
         if targets is None:
             logits = self.lm_head(h)

@@ -95,6 +95,7 @@ def build_model(cfg: ModelConfig, context: AttentionContext, z_loss: float = 0.0
     backend, chosen = build_attention(cfg, context)
     model = fast_paths.make_model(context, cfg, backend, norm_placement(cfg, context), feedforward(cfg, context),
                                   initialisation(cfg, context))
+    parametrization(cfg).parametrize(model)
     model.z_loss = z_loss
     return model, chosen
 
@@ -158,6 +159,15 @@ def initialisation(cfg: ModelConfig, context: AttentionContext):
     return init_weights
 
 
+def parametrization(cfg: ModelConfig | None):
+    """The model.parametrization plugin's object: how the init, the logits and each parameter
+    group's lr scale with width (the default's, for a model b6lab did not build)."""
+    cfg = cfg if isinstance(cfg, ModelConfig) else ModelConfig()
+    reg = usable("parametrization", cfg.parametrization)
+    with plugin_errors(reg, "model.parametrization"):
+        return reg.build(**plugin_kwargs(cfg, reg))
+
+
 def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
     """Weight matrices decay; norms, biases (and embeddings unless decay_embeddings) do not.
     Each group carries its parameters' names (torch's "param_names"), by which Muon routes them."""
@@ -174,7 +184,9 @@ def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return _optimizer_over(cfg, param_groups(model, cfg.decay_embeddings))
+    groups = param_groups(model, cfg.decay_embeddings)
+    return parametrization(getattr(model, "cfg", None)).optimizer(
+        model, groups, cfg.name, lambda groups: _optimizer_over(cfg, groups))
 
 
 def _optimizer_over(cfg: OptimConfig, groups: list[dict], probe: bool = False) -> torch.optim.Optimizer:
@@ -243,6 +255,8 @@ def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
     norm_placement(cfg.model, context)(cfg.model.d_model, cfg.model.n_layers)
     feedforward(cfg.model, context)(cfg.model.d_model, cfg.model.d_ff)
     initialisation(cfg.model, context)
+    scaling = parametrization(cfg.model)
+    getattr(scaling, "check_optimizer", lambda name: None)(cfg.optim.name)  # one it has no rules for, before any run
     build_schedule(cfg.schedule, cfg.train.max_steps)
     _optimizer_over(cfg.optim, contracts.stand_in_groups(), probe=True)
     plugin_kwargs(cfg.data, usable("dataset", cfg.data.source))

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "b6lab.plugins.norms",
     "b6lab.plugins.feedforward",
     "b6lab.plugins.inits",
+    "b6lab.plugins.parametrizations",
     "b6lab.plugins.optimizers",
     "b6lab.plugins.schedulers",
     "b6lab.plugins.datasets",

@@ -30,7 +30,7 @@ from b6lab.contracts import ContractError
 from b6lab.data.documents import Corpus, split_documents
 from b6lab.errors import PluginError, UsageError, exception_line
 
-__all__ = ["ContractError", "load_plugin", "check", "check_attention", "check_norm", "check_feedforward", "check_init", "check_optimizer",
+__all__ = ["ContractError", "load_plugin", "check", "check_attention", "check_norm", "check_feedforward", "check_init", "check_parametrization", "check_optimizer",
            "check_scheduler", "check_dataset", "check_tokenizer"]
 
 
@@ -128,6 +128,29 @@ def check_init(plugin: str | Callable, **options) -> list[str]:
         return passed + contracts.check_initialised(model)
 
 
+def check_parametrization(plugin: str | Callable, *, optimizer: str = "adamw", **options) -> list[str]:
+    """parametrize(model) leaves every parameter of a tiny B6 (2 layers, 16 wide) finite, and
+    optimizer(model, groups, name, build) returns `optimizer`'s optimizer over every parameter."""
+    from b6lab import parts
+    from b6lab.config import ModelConfig, OptimConfig
+    from b6lab.model import B6
+
+    reg = _registration("parametrization", plugin)
+    cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, attention="eager")
+    context = AttentionContext(torch.device("cpu"), torch.float32, head_dim=cfg.head_dim)
+    optim = OptimConfig(name=optimizer, options=registry.get("optimizer", optimizer).options)
+    with plugin_errors(reg):
+        parametrization = reg.build(**_options(reg, options))
+        backend, _ = parts.build_attention(cfg, context)
+        model = B6(cfg, backend, parts.norm_placement(cfg, context), parts.feedforward(cfg, context),
+                   parts.initialisation(cfg, context))
+        parametrization.parametrize(model)
+        passed = contracts.check_initialised(model)
+        groups = parts.param_groups(model)
+        built = parametrization.optimizer(model, groups, optimizer, lambda groups: parts._optimizer_over(optim, groups))
+        return passed + contracts.check_optimizer(built, groups, probe=True)
+
+
 def check_optimizer(plugin: str | Callable, **options) -> list[str]:
     """A torch.optim.Optimizer over the groups it is given (a decaying matrix, a vector with
     weight_decay 0.0), whose step keeps them finite."""
@@ -170,7 +193,7 @@ def check_tokenizer(plugin: str | Callable, *, corpus: Corpus | None = None, **o
 
 
 CHECKS = {"attention": check_attention, "norm": check_norm, "feedforward": check_feedforward, "init": check_init,
-          "optimizer": check_optimizer, "scheduler": check_scheduler, "dataset": check_dataset, "tokenizer": check_tokenizer}
+          "parametrization": check_parametrization, "optimizer": check_optimizer, "scheduler": check_scheduler, "dataset": check_dataset, "tokenizer": check_tokenizer}
 
 
 def check(kind: str, plugin: str | Callable, **options) -> list[str]:

@@ -111,6 +111,20 @@ def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
     return param.dim() == 2 and (name.startswith("blocks.") or ".blocks." in name)
 
 
+def split_groups(groups: list[dict], chosen) -> tuple[list[dict], list[dict]]:
+    """Each group split by chosen(name, param) into (the others, the chosen), each part keeping its
+    group's settings; empty parts are dropped."""
+    others, picked = [], []
+    for group in groups:
+        mask = [chosen(name, p) for name, p in zip(group["param_names"], group["params"])]
+        for routed, to in ((False, others), (True, picked)):
+            params = [p for p, m in zip(group["params"], mask) if m == routed]
+            if params:
+                names = [n for n, m in zip(group["param_names"], mask) if m == routed]
+                to.append({**group, "params": params, "param_names": names})
+    return others, picked
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """torch.optim.Muon on the hidden matrices and torch.optim.AdamW on the other parameters, as one
     optimizer: one param_groups list (which the LR schedule scales) and one state (which checkpoints
@@ -147,14 +161,7 @@ def muon(
         raise ConfigError(f"must be original or match_rms_adamw, got {adjust_lr_fn!r}", key="optim.adjust_lr_fn")
     if any("param_names" not in group for group in param_groups):
         raise ConfigError("muon routes parameters by name, and these groups have no param_names", key="optim.name")
-    muon_groups, adamw_groups = [], []
-    for group in param_groups:
-        hidden = [is_hidden_matrix(name, p) for name, p in zip(group["param_names"], group["params"])]
-        for routed, to in ((True, muon_groups), (False, adamw_groups)):
-            params = [p for p, h in zip(group["params"], hidden) if h == routed]
-            if params:
-                names = [n for n, h in zip(group["param_names"], hidden) if h == routed]
-                to.append({**group, "params": params, "param_names": names})
+    adamw_groups, muon_groups = split_groups(param_groups, is_hidden_matrix)
     muon_options = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, adjust_lr_fn=adjust_lr_fn)
     adamw_options = dict(lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay)
     try:

@@ -299,9 +299,10 @@ class Resume:
         take effect (and are said)."""
         # As YAML holds them (a tuple is a list there); where the run is written is the folder resumed.
         before, now = (flatten(json.loads(json.dumps(c, default=str))) for c in (self.config, config))
+        added = _keys_added_since(before)
         for key in dict.fromkeys([*before, *now]):  # config order: a plugin's name before its options
             if (key.startswith("run.") or key == "train.out_dir" or key.startswith(CHANGEABLE_ON_RESUME)
-                    or before.get(key) == now.get(key)):
+                    or before.get(key) == now.get(key) or added.get(key, object()) == now.get(key)):
                 continue
             if key.startswith(FIXED_ON_RESUME):
                 raise ConfigError(
@@ -309,6 +310,15 @@ class Resume:
                     f"{now.get(key)!r}): the saved weights and data position depend on it; start a new run "
                     "with another train.out_dir to change it", key=key)
             say(f"  resuming with {key} = {now.get(key)!r} (was {before.get(key)!r})")
+
+
+def _keys_added_since(before: dict) -> dict:
+    """The config keys a checkpoint made by an older b6lab lacks, at their defaults: a run that
+    leaves a newer key (model.parametrization, say) at its default resumes as it was made."""
+    from b6lab.config import RunConfig
+
+    defaults = flatten(json.loads(json.dumps(RunConfig().to_dict(), default=str)))
+    return {key: value for key, value in defaults.items() if key not in before}
 
 
 def rng_state() -> dict:

@@ -61,12 +61,14 @@ class TinyRun:
 
     @classmethod
     def train(cls, out, *overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
-              eval_steps: int | None = 2, **trainer_options) -> dict:
-        """The run trained in this process into `out`, quietly unless given a `say`; its summary."""
+              eval_steps: int | None = 2, fault_injector=None, **trainer_options) -> dict:
+        """The run trained in this process into `out`, quietly unless given a `say`; its summary.
+        `fault_injector(step, micro_batch)` is called before each micro-batch (tests/fault_hook.py)."""
         from b6lab.train.trainer import Trainer
+        from tests.fault_hook import inject
 
         cfg = cls.config(*overrides, max_steps=max_steps, eval_interval=eval_interval, eval_steps=eval_steps)
-        return Trainer(cfg, out, **{"say": lambda line: None} | trainer_options).run()
+        return inject(Trainer(cfg, out, **{"say": lambda line: None} | trainer_options), fault_injector).run()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from b6lab.config import load_config
 from b6lab.errors import UsageError
 from b6lab.train.records import read_metrics
 from b6lab.train.trainer import Trainer
+from tests.fault_hook import inject
 
 
 EXACT = ("train.log_interval=1", "train.precision=fp32")  # every step logged, in fp32: runs compare exactly
@@ -111,7 +112,7 @@ def test_resume_after_a_crash_equals_a_straight_run(tmp_path, workers, run, tiny
         if step == 10:
             raise SystemExit("simulated crash")
 
-    trainer = Trainer(trainer_cfg, crashed, say=lambda m: None, fault_injector=crash_at_step_10)
+    trainer = inject(Trainer(trainer_cfg, crashed, say=lambda m: None), crash_at_step_10)
     with pytest.raises(SystemExit):
         trainer.run()
     shutil.rmtree(crashed / "checkpoints" / "last")
@@ -157,7 +158,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
     messages = []
     out = tmp_path / "oom"
     cfg = tiny_run.config(max_steps=6, eval_interval=6, eval_steps=None)
-    summary = Trainer(cfg, out, say=messages.append, fault_injector=oom_once).run()
+    summary = inject(Trainer(cfg, out, say=messages.append), oom_once).run()
     assert summary["status"] == "completed" and summary["tokens"] == 6 * 8 * 64
     assert any("micro-batch 8 -> 4, accumulation 2" in m for m in messages)
     events = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "oom"]
@@ -181,11 +182,34 @@ def test_a_diverged_run_is_recorded_not_raised(tmp_path, tiny_run):
             holder["trainer"].model.tok_emb.weight.data.fill_(float("nan"))
 
     cfg = tiny_run.config("train.log_interval=2", eval_interval=None, eval_steps=None)
-    trainer = Trainer(cfg, tmp_path / "diverged", say=lambda m: None, fault_injector=poison)
+    trainer = inject(Trainer(cfg, tmp_path / "diverged", say=lambda m: None), poison)
     holder["trainer"] = trainer
     summary = trainer.run()
     assert summary["status"] == "diverged" and "nan" in summary["reason"]
     assert summary["steps"] < 12
+
+
+@pytest.mark.parametrize("stopped_at, status", [(6, "stopped"), (12, "completed")])
+def test_a_sweep_scheduler_stop_is_written_by_the_trainer_as_its_outcome(tmp_path, run, stopped_at, status):
+    """Tune stopping a trial from its eval callback (StoppedEarly, Ray's quiet SystemExit): the Trainer's
+    own summary.json says `stopped` with the scheduler's reason, or `completed` at the trial's last
+    evaluation; `last` is saved where it stopped, and the folder is free again."""
+    from b6lab.sweep.tune_runner import StoppedEarly, stopped_by_tune
+
+    def report(record, saved):
+        if record["step"] == stopped_at:
+            raise StoppedEarly(stopped_by_tune(record["step"], 12, "asha"))
+
+    with pytest.raises(StoppedEarly):
+        run(tmp_path, "train.log_interval=3", on_eval=report)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == status and summary["steps"] == stopped_at
+    assert summary["reason"] == (None if status == "completed" else
+                                 "stopped at step 6: the asha scheduler stopped it early (or the sweep was interrupted)")
+    assert summary["checkpoints"]["last"] == stopped_at
+    with Trainer(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True,
+                 say=lambda m: None) as resumed:
+        assert resumed.step == stopped_at
 
 
 def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch, run):

@@ -84,9 +84,7 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
     # train.log gets plain progress lines, never a redrawn bar.
     overrides |= {"train.seed": point[SEED_KEY], "train.out_dir": str(run_dir), "name": exp.name, "plugins": plugins}
     overrides |= _sweep_data_path(exp, point)
-    cfg = _load(exp, overrides, point, where)
-    if exp.ladder:  # the rung's token budget sets its length
-        cfg = _load(exp, overrides | {"train.max_steps": _rung_steps(exp, point, cfg, sizes)}, point, where)
+    cfg = _load_at_rung(exp, overrides, point, where, sizes)
     config = cfg.to_dict()
     with _located(exp, point, where):
         # Finding the data's files is cheap (building a source reads nothing), and a path that
@@ -111,6 +109,15 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
         params=params, tokens=cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.seq_len,
         skip_reason=reason,
     )
+
+
+def _load_at_rung(exp: Experiment, overrides: dict, point: dict, where: str, sizes: ModelSizes) -> RunConfig:
+    """The point's config; on a ladder, trained for its rung's token budget (a trial's and a tuning
+    run's alike: an lr tuned at another length would not be the rung's)."""
+    cfg = _load(exp, overrides, point, where)
+    if exp.ladder:
+        cfg = _load(exp, overrides | {"train.max_steps": _rung_steps(exp, point, cfg, sizes)}, point, where)
+    return cfg
 
 
 def _rung_steps(exp: Experiment, point: dict, cfg: RunConfig, sizes: ModelSizes) -> int:
@@ -271,7 +278,7 @@ def tuning_configs(exp: Experiment) -> dict[str, dict]:
     both ends of its range (or each choice) before anything runs: arm key -> config dict."""
     from b6lab.sweep.tuning import arm_name, arms
 
-    configs = {}
+    configs, sizes = {}, ModelSizes()
     plugins = list(dict.fromkeys(_load(exp, {}, None, "the base config").plugins + exp.plugins))
     for arm in arms(exp):
         where = f"tuning {arm_name(exp, arm)}"
@@ -282,5 +289,6 @@ def tuning_configs(exp: Experiment) -> dict[str, dict]:
         for tuned in exp.tuning.keys:
             for value in tuned.bounds():
                 _load(exp, overrides | {tuned.key: value}, point, f"{where}, {tuned.key}={value}")
-        configs[point_key(arm)] = _load(exp, overrides, point, where).to_dict()
+        # On a ladder each (arm, rung) is tuned at the rung's length: the best lr moves with width.
+        configs[point_key(arm)] = _load_at_rung(exp, overrides, point, where, sizes).to_dict()
     return configs

@@ -34,23 +34,22 @@ def train(config: str | Path | Mapping | None = None, *, preset: str | None = No
 
     `config` is a YAML file or a dict of sections (`{"model": {"norm": "post"}}`); `overrides`
     maps dotted keys to values (`{"optim.lr": 1e-3}`) and is laid over it as `--set` would be;
-    `out_dir` is `train.out_dir` (default: runs/<name>, or runs/<name>-2, ... never over an old run)."""
+    `out_dir` is `train.out_dir` (default: runs/<name>, or runs/<name>-2, ... never over an old run).
+    What the command prints as a note (a plugin's source changed since the run being resumed) is a
+    `UserWarning`."""
+    import warnings
+
     from b6lab import registry
-    from b6lab.commands.train import choose_out_dir
+    from b6lab.commands.train import start_run
     from b6lab.config import load_config
-    from b6lab.train.trainer import Trainer
 
     with _as_config_error():
         registry.forget_config_plugins()  # this run's config names its plugins; an earlier call's do not stay
-        sets = _as_sets(overrides) + ([f"train.out_dir={json.dumps(str(out_dir))}"] if out_dir is not None else [])
-        if isinstance(config, Mapping):
-            cfg = load_config(preset=preset, overrides=sets, data=dict(config))
-        else:
-            cfg = load_config(config, preset=preset, overrides=sets)
-        folder = choose_out_dir(cfg.train.out_dir, cfg.name, resume)
-        if resume and (folder / "config.yaml").exists():
-            cfg = load_config(folder / "config.yaml", overrides=sets)  # as it was started, plus the overrides
-        return Trainer(cfg, folder, resume=resume).run()
+        overrides = _as_data(overrides) | ({"train.out_dir": str(out_dir)} if out_dir is not None else {})
+        path, data = (None, dict(config)) if isinstance(config, Mapping) else (config, None)
+        cfg = load_config(path, preset=preset, overrides=overrides, data=data)
+        trainer = start_run(cfg, overrides, resume, note=lambda line: warnings.warn(line, stacklevel=4))
+        return trainer.run()
 
 
 def sweep(path: str | Path, *, resume: bool = False, address: str | None = None) -> list[dict]:
@@ -113,13 +112,14 @@ def _value(text: str):
     return text
 
 
-def _as_sets(overrides: Mapping[str, Any] | None) -> list[str]:
-    """{"optim.betas": [0.9, 0.99]} -> ["optim.betas=[0.9, 0.99]"]: JSON is YAML, so the value arrives as given."""
+def _as_data(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The overrides' values as JSON holds them (a Path as its text, a tuple as a list, a numpy
+    number as a number): what a config accepts from a YAML file, and config.yaml can write back."""
     if overrides is None:
-        return []
+        return {}
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"overrides must be a dict of dotted keys to values, got {overrides!r}")
-    return [f"{key}={json.dumps(value, default=str)}" for key, value in overrides.items()]
+    return {key: json.loads(json.dumps(value, default=str)) for key, value in overrides.items()}
 
 
 @contextlib.contextmanager

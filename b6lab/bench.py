@@ -128,11 +128,8 @@ def throwaway_trainer(cfg: RunConfig):
     with tempfile.TemporaryDirectory(prefix="b6lab-bench-") as tmp:
         cfg = replace(cfg, train=replace(cfg.train, out_dir=tmp), logging=replace(cfg.logging, progress=False))
         cfg.logging.wandb = replace(cfg.logging.wandb, enabled=False)
-        trainer = Trainer(cfg, Path(tmp) / "run", say=lambda message: None)
-        try:
+        with Trainer(cfg, Path(tmp) / "run", say=lambda message: None) as trainer:
             yield trainer
-        finally:
-            trainer.batches.close()
 
 
 def _timed_step(trainer) -> float:

@@ -27,7 +27,7 @@ COMMANDS = {
     "generate": "b6lab.commands.generate",
     "eval": "b6lab.commands.eval",
     "export": "b6lab.commands.export",
-    
+    "transfer-check": "b6lab.commands.transfer_check",
 }
 
 

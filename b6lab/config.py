@@ -1,7 +1,8 @@
 """The run config: plain nested dataclasses that validate themselves and pickle into a Ray worker.
 
 A config is built in layers (config_sources.py): the defaults below, a preset (`--preset` or the
-file's `preset:` key), the YAML file, each `--set section.key=value`. Keys beside a plugin's name
+file's `preset:` key), the YAML file, the overrides (each `--set section.key=value`, or a mapping
+of dotted keys to values: `b6lab.train`'s, a sweep trial's grid point). Keys beside a plugin's name
 (`optim: {name: sgd, momentum: 0.9}`) are the keyword-only arguments of the plugin's factory.
 
 Types and ranges are checked, and values coerced, by pydantic (v2, via validation.py): already
@@ -17,12 +18,12 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
 
 from b6lab import registry, validation
-from b6lab.config_sources import Layers, parse_override, read_yaml
+from b6lab.config_sources import Layers, override_pairs, parse_override, read_yaml  # noqa: F401 (the commands' imports)
 from b6lab.errors import ConfigError, unknown
 from b6lab.presets import GPU_DEFAULT, PRESETS
 from b6lab.validation import NOT_NEGATIVE, POSITIVE, within
@@ -47,6 +48,7 @@ class ModelConfig:
     norm_layer: Literal["layernorm", "layernorm-nobias", "rmsnorm"] = "layernorm"  # which norm, everywhere
     feedforward: str = "gelu"  # a plugin: gelu | swiglu | relu2 | ...
     init: str = "gpt2"  # a plugin: the weights' starting values, gpt2 | xavier | ...
+    parametrization: str = "standard"  # a plugin: how init, logits and lrs scale with width, standard | mup
     n_kv_heads: Optional[PositiveInt] = None  # None: n_heads (multi-head); fewer: grouped-query; 1: multi-query
     qk_norm: bool = False  # normalise each head's queries and keys (with norm_layer) before RoPE
     logit_softcap: Optional[Annotated[float, POSITIVE]] = None  # None: off; c: logits = c * tanh(logits / c) (Gemma 2)
@@ -55,7 +57,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     options: dict = field(default_factory=dict)
 
-    plugin_keys = {"attention": "attention", "norm": "norm", "feedforward": "feedforward", "init": "init"}
+    plugin_keys = {"attention": "attention", "norm": "norm", "feedforward": "feedforward", "init": "init",
+                   "parametrization": "parametrization"}
 
     @property
     def head_dim(self) -> int:
@@ -196,7 +199,9 @@ SECTIONS = ("model", "data", "optim", "schedule", "train", "logging")
 
 def plugin_choices(cfg: RunConfig) -> list[tuple[str, str, str]]:
     """Every plugin a run chooses, as (config key, kind, name): ("model.norm", "norm", "pre"), ...
-    The one list of them, read from each section's `plugin_keys`, so a new kind is nowhere forgotten."""
+    The one list of them, read from each section's `plugin_keys`, so a new kind is nowhere forgotten.
+    A key and its kind may differ (schedule.name: scheduler, data.source: dataset): DESIGN.md fixes
+    both, the kind naming the plugin and the key the choice (docs/architecture.md, "Names")."""
     return [(f"{section}.{key}", kind, getattr(getattr(cfg, section), key))
             for section in SECTIONS for key, kind in getattr(getattr(cfg, section), "plugin_keys", {}).items()]
 
@@ -212,27 +217,33 @@ RECORD_KEYS = ("run",)
 def load_config(
     path: str | Path | None = None,
     preset: str | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
+    overrides: Mapping[str, Any] | Sequence[str] = (),
     data: dict | None = None,
+    origin: Callable[[str], str] = lambda key: f"--set {key}",
 ) -> RunConfig:
-    """Resolve defaults + preset + file (or `data`, already parsed) + `--set` overrides into a RunConfig."""
+    """Resolve defaults + preset + file (or `data`, already parsed) + overrides into a RunConfig.
+
+    `overrides` maps dotted keys to values as they are (`{"optim.betas": [0.9, 0.99]}`), or is the
+    command line's `--set` texts (`"optim.betas=[0.9,0.99]"`, each value read as YAML). A mistake in
+    an override names where it came from as `origin(key)` says: `--set optim.betas` unless told
+    otherwise (a sweep's trial names the part of its sweep file)."""
     layers = Layers()
     file_label = str(path) if path else "<config>"
     file_data = read_yaml(path) if path else copy.deepcopy(data or {})
     file_preset = file_data.pop("preset", None)
     preset = preset or file_preset
-    parsed_overrides = [parse_override(text) for text in overrides]
+    pairs = override_pairs(overrides)
 
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(unknown(preset, PRESETS, "preset"), key="preset", file=file_label if path else None)
         layers.merge(PRESETS[preset], f"preset {preset}", builtin=True)
-    elif not path and data is None and _gpu_expected(parsed_overrides):
+    elif not path and data is None and _gpu_expected(pairs):
         layers.merge(GPU_DEFAULT, "the GPU default", builtin=True)
     if path or data is not None:
         layers.merge(file_data, file_label)
-    for key, value in parsed_overrides:
-        layers.merge(functools.reduce(lambda inner, part: {part: inner}, reversed(key.split(".")), value), f"--set {key}")
+    for key, value in pairs:
+        layers.merge(functools.reduce(lambda inner, part: {part: inner}, reversed(key.split(".")), value), origin(key))
 
     layers.values["name"] = layers.values.get("name") or (Path(path).stem if path else preset) or "default"
     plugins = layers.values.get("plugins") or []

@@ -1,11 +1,12 @@
-"""Where a config's values come from: presets, YAML files and `--set section.key=value`, merged in
-layers that remember which file (or `--set`, or preset) each key came from, for the messages."""
+"""Where a config's values come from: presets, YAML files and overrides (`--set section.key=value`,
+or a mapping of dotted keys to values), merged in layers that remember which file (or `--set`, or
+preset) each key came from, for the messages."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -75,13 +76,27 @@ def read_yaml(path: str | Path, kind: str = "config file", holds: str = "section
     return data
 
 
+def override_pairs(overrides: Mapping[str, Any] | Sequence[str]) -> list[tuple[str, Any]]:
+    """(dotted key, value) for each override: a mapping's items as they are, or `--set` texts parsed."""
+    if not isinstance(overrides, Mapping):
+        return [parse_override(text) for text in overrides]
+    for key in overrides:
+        if not isinstance(key, str) or not _is_dotted(key):
+            raise ConfigError(f"an override's key must be a dotted config key like optim.lr, got {key!r}")
+    return list(overrides.items())
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`section.key=value` with the value parsed as YAML (`optim.betas=[0.9,0.99]`)."""
     key, _, raw = text.partition("=")
     key = key.strip()
-    if not _ or not key or key.startswith(".") or key.endswith("."):
+    if not _ or not _is_dotted(key):
         raise ConfigError(f"--set {text!r} must look like section.key=value")
     try:
         return key, yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         return key, raw
+
+
+def _is_dotted(key: str) -> bool:
+    return bool(key) and not key.startswith(".") and not key.endswith(".")

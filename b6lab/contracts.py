@@ -1,6 +1,8 @@
 """What each kind of plugin must give back, checked on what its factory built.
 
-`b6lab.parts` runs these on every part it builds (so a wrong result fails before training, not
+The contracts themselves, one typing.Protocol per kind, are in `b6lab.hookspecs`; here is how
+each is checked, `check_<kind>` (the kind's name, as in `b6lab.testing`). `b6lab.parts` runs these
+on every part it builds (so a wrong result fails before training, not
 as silently wrong numbers), `b6lab plugins --check NAME` and `b6lab.testing` run them with the
 extra probes (`probe=True`) a plugin author wants. Each check returns what passed, one line per
 property, and raises `ContractError` on the first that fails.
@@ -12,10 +14,12 @@ import inspect
 import math
 import numbers
 import pickle
+import typing
 
 import torch
 import torch.nn as nn
 
+from b6lab import hookspecs, validation
 from b6lab.attention import AttentionContext, Documents
 from b6lab.errors import PluginError, UsageError, exception_line
 
@@ -47,6 +51,21 @@ def _type_name(value) -> str:
     return f"the class {value.__name__}" if isinstance(value, type) else f"a {type(value).__name__}"
 
 
+def _optional_members(checks: _Checks, part, contract: type) -> None:
+    """Each optional member of `contract` (a Protocol in b6lab.hookspecs: one given a value there)
+    that the part has must be of the declared type: a typo'd `grouped_kv = "yes"` is no silent True."""
+    hints = typing.get_type_hints(contract)
+    for name, default in ((n, vars(contract)[n]) for n in hints if n in vars(contract)):
+        value = getattr(part, name, default)
+        if value is default:
+            continue
+        method = "Callable" in str(hints[name])
+        if not (callable(value) if method else validation.is_a(value, hints[name])):
+            expected = "a method" if method else validation.type_name(hints[name])
+            checks.fail(f"its {name} is {_type_name(value) if method else repr(value)}; it must be {expected} "
+                        f"(b6lab.hookspecs.{contract.__name__}.{name})")
+
+
 def _random(generator: torch.Generator, *shape: int) -> torch.Tensor:
     """Random inputs from a private generator: a check never moves the run's own random state."""
     return torch.randn(*shape, generator=generator, device="cpu")
@@ -68,6 +87,7 @@ def check_attention(backend, context: AttentionContext, *, probe: bool = False, 
     checks = _Checks()
     if not callable(backend):
         checks.fail(f"returned {_type_name(backend)}, not a backend function {BACKEND_CALL}")
+    _optional_members(checks, backend, hookspecs.AttentionBackend)
     with torch.device(context.device):  # not the meta device a model may be built under to count it
         _probe_attention(checks, backend, context, probe, reference, must_match)
     return checks.passed
@@ -179,29 +199,30 @@ def _probe_attention(checks: _Checks, backend, context: AttentionContext, probe:
 
 
 # ----------------------------------------------------------------------------------------------
-# norm placement
+# norm (a norm placement)
 
 
-def check_norm(wiring, d_model: int) -> list[str]:
+def check_norm(placement, d_model: int) -> list[str]:
     """An nn.Module called as forward(x, attn, ffn) that keeps x's shape, with `final_norm` True,
-    False or an nn.Module mapping (..., d_model) to the same shape."""
+    False or an nn.Module mapping (..., d_model) to the same shape (hookspecs.NormPlacement)."""
     checks = _Checks()
-    if not isinstance(wiring, nn.Module):
-        checks.fail(f"returned {_type_name(wiring)}, not an nn.Module wiring one block as forward(x, attn, ffn)")
-    final = getattr(wiring, "final_norm", inspect.Parameter.empty)
+    if not isinstance(placement, nn.Module):
+        checks.fail(f"returned {_type_name(placement)}, not an nn.Module wiring one block as forward(x, attn, ffn)")
+    _optional_members(checks, placement, hookspecs.NormPlacement)
+    final = getattr(placement, "final_norm", inspect.Parameter.empty)
     if final is inspect.Parameter.empty:
         checks.fail("its module has no `final_norm`: set it to True (the model adds its own final norm), False "
                     "(each block already ends with a norm) or an nn.Module (the model's final norm)")
     if not (final is True or final is False or isinstance(final, nn.Module)):
         checks.fail(f"its final_norm is {final!r}; it must be True, False or an nn.Module")
     checks.ok(f"final_norm is {type(final).__name__ if isinstance(final, nn.Module) else final}")
-    if any(p.is_meta for p in wiring.parameters()):
+    if any(p.is_meta for p in placement.parameters()):
         return checks.passed  # built on the meta device to count parameters: nothing to run
     generator = torch.Generator().manual_seed(0)
     x = _random(generator, 2, 5, d_model)
     try:
         with torch.no_grad(), torch.device("cpu"):
-            out = wiring(x, lambda h: 0.5 * torch.tanh(h), lambda h: 0.1 * h)
+            out = placement(x, lambda h: 0.5 * torch.tanh(h), lambda h: 0.1 * h)
             normed = final(x) if isinstance(final, nn.Module) else x
     except Exception as exc:
         checks.fail(f"its module cannot wire a block as forward(x, attn, ffn): {exception_line(exc)}")
@@ -241,8 +262,8 @@ def check_feedforward(module, d_model: int) -> list[str]:
 # init
 
 
-def check_init_function(init) -> list[str]:
-    """A function of one argument, the model."""
+def check_init(init) -> list[str]:
+    """A function of one argument, the model (hookspecs.Init; check_initialised runs after it)."""
     checks = _Checks()
     if not callable(init):
         checks.fail(f"returned {_type_name(init)}, not a function init(model)")
@@ -287,6 +308,7 @@ def check_optimizer(optimizer, param_groups: list[dict], *, probe: bool = False)
     if given - held:
         checks.fail(f"its optimizer holds {len(given & held)} of the {len(given)} parameters it was given: "
                     "build it over param_groups")
+    _optional_members(checks, optimizer, hookspecs.Optimizer)
     if any("lr" not in group for group in optimizer.param_groups):
         checks.fail("its optimizer has a param group without 'lr'; the schedule scales each group's lr")
     checks.ok(f"a torch.optim.Optimizer ({type(optimizer).__name__}) over all {len(given)} parameters, lr in every group")
@@ -315,10 +337,10 @@ def check_optimizer(optimizer, param_groups: list[dict], *, probe: bool = False)
 
 
 # ----------------------------------------------------------------------------------------------
-# scheduler
+# scheduler (a schedule)
 
 
-def check_schedule(schedule, max_steps: int) -> list[str]:
+def check_scheduler(schedule, max_steps: int) -> list[str]:
     """A function step -> multiplier of the peak lr, a finite number >= 0 from step 0 to max_steps."""
     checks = _Checks()
     if isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
@@ -340,10 +362,10 @@ def check_schedule(schedule, max_steps: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# dataset
+# dataset (a document source)
 
 
-def check_source(source, *, probe: bool = False) -> list[str]:
+def check_dataset(source, *, probe: bool = False) -> list[str]:
     """`fingerprint` (a str) and `documents(split, start=0)`; with `probe`, both splits yield str
     documents and `start` skips that many of them."""
     checks = _Checks()
@@ -382,6 +404,7 @@ def check_tokenizer(tokenizer, text: str = "def hello(world):\n    return 'héll
     """encode -> list of ids below vocab_size, decode -> str, an int eos_id, and it pickles (runs
     sample from the pickled copy in their checkpoint)."""
     checks = _Checks()
+    _optional_members(checks, tokenizer, hookspecs.Tokenizer)
     for attr in ("encode", "decode"):
         if not callable(getattr(tokenizer, attr, None)):
             checks.fail(f"returned {_type_name(tokenizer)} without an {attr}() method")

@@ -1,12 +1,12 @@
 """bf16 matmuls on CPUs that have no bf16 instructions.
 
 A bf16 matmul multiplies bf16 operands and adds the products up in fp32. CPUs with AMX or
-AVX512-BF16 do that in hardware. On one with neither (AVX-512 alone) torch's bf16 kernels reach
-a quarter to a half of the fp32 GEMM's speed (45-51 against 122-234 GFLOP/s on the VM of
-benchmarks/README.md). The product of two bf16 numbers is exact in fp32, so the fp32 GEMM can do
-the same arithmetic: widen the bf16 operands (exactly), multiply and add in fp32, and round the
-result to bf16 where the result is a bf16 activation. Same numbers up to the order of the
-additions, at 2.5 to 4 times the speed of torch's bf16 kernels there (benchmarks/bf16_matmul.py).
+AVX512-BF16 do that in hardware. On one with neither (AVX-512 alone) torch's bf16 kernels run
+well below the fp32 GEMM's speed. The product of two bf16 numbers is exact in fp32, so the fp32
+GEMM can do the same arithmetic: widen the bf16 operands (exactly), multiply and add in fp32, and
+round the result to bf16 where the result is a bf16 activation. Same numbers up to the order of
+the additions, faster than torch's bf16 kernels there: benchmarks/README.md's `bf16_matmul.py`
+table has the figures (fast_paths.py swaps these layers in).
 
 Only the model's own matmuls (its Linear layers and the LM-head loss) take this route; the
 attention backends keep their own kernels. Where the CPU has bf16 instructions, or the device

@@ -43,7 +43,7 @@ FEEDFORWARDS = ("gelu", "swiglu", "relu2")
 EXPRESSED_KEYS = {"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len", "dropout", "bias",
                   "attn_bias", "softmax_scale", "rope_theta", "tie_embeddings", "gradient_checkpointing", "attention",
                   "norm", "norm_layer", "feedforward", "qk_norm", "logit_softcap", "sdpa_kernel", "ff_match_dense",
-                  "ff_multiple_of", "init"}  # init: the weights' starting values, a training-time choice
+                  "ff_multiple_of", "init", "parametrization"}  # init: the weights' starting values, a training-time choice
 MAX_LOGIT_DIFFERENCE = 1e-4
 
 
@@ -82,6 +82,8 @@ def hf_architecture(config: dict) -> str:
     if model.get("norm_layer", "layernorm") not in NORM_LAYERS:
         raise UsageError(f"model.norm_layer={model['norm_layer']!r} has no Hugging Face form that --format hf can write "
                          f"(it knows {', '.join(NORM_LAYERS)}); --format safetensors writes the weights of any model")
+    if model.get("parametrization", "standard") != "standard":  # its readout multiplier: transformers has none
+        raise refuse("parametrization", model["parametrization"])
     for key, value in model.items():
         if key not in EXPRESSED_KEYS:
             raise UsageError(f"model.{key}={value!r} is not something --format hf can express (b6lab export does not "

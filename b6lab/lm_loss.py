@@ -12,6 +12,8 @@ Two options of the output head ride along, chunk by chunk like the rest:
   its derivative 1 - tanh^2 multiplies the chunk's gradient;
 - z-loss (PaLM, Chameleon): z * mean(log Z^2), Z the softmax's partition function, which keeps
   log Z near 0 so the logits do not drift; its gradient is 2 z log Z * softmax.
+
+model.next_token_loss is the plain route; why this one is a run's default: fast_paths.py.
 """
 
 from __future__ import annotations
@@ -144,9 +146,9 @@ def _softmax_(logits: torch.Tensor) -> torch.Tensor:
 
 def _workspace(shape, dtype, device, name: str) -> torch.Tensor:
     """A buffer for the loss's chunks, kept from one step to the next (one per thread). On a CPU
-    a fresh tensor of 100+ MB is fresh pages from the OS at every step, and faulting them in made
-    the matmul that fills them 1.7x slower (benchmarks/README.md). CUDA's caching allocator and a
-    compiled graph plan their own memory: there this is a plain allocation."""
+    a fresh tensor of 100+ MB is fresh pages from the OS at every step, and faulting them in slows
+    the matmul that fills them (benchmarks/README.md, the `lm_loss.py` tables). CUDA's caching
+    allocator and a compiled graph plan their own memory: there this is a plain allocation."""
     if device.type != "cpu" or torch.compiler.is_compiling():
         return torch.empty(shape, dtype=dtype, device=device)
     buffers = _buffers.__dict__

@@ -4,7 +4,9 @@ token embedding -> n_layers x Block(attention, feed-forward) -> final norm -> LM
 Three parts come from plugins and are passed in already built: the attention backend (how
 softmax(q k^T) v is computed), the norm placement (how each block wires its norms and
 residual connections around attention and the feed-forward) and the feed-forward itself.
-Everything else is here; docs/architecture.md describes each choice.
+Everything else is here, in plain PyTorch; docs/architecture.md describes each choice. A run's
+model is built by fast_paths.py, which gives it faster routes to the same arithmetic: RoPE's
+rotation, the loss, and bf16 matmuls on a CPU without bf16 instructions.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from b6lab.attention import Documents
 from b6lab.config import ModelConfig
-from b6lab.lm_loss import lm_loss
 
 
 class RotaryEmbedding(nn.Module):
@@ -47,39 +49,30 @@ class RotaryEmbedding(nn.Module):
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (batch, seq, ..., head_dim) by the angles of its positions (half-split pairing):
     x1' = x1 cos - x2 sin, x2' = x1 sin + x2 cos, with x1, x2 the two halves of head_dim."""
-    shape = (cos.size(0),) + (1,) * (x.dim() - 3) + (cos.size(-1),)  # broadcast over heads (and q/k)
-    cos, sin = cos.view(shape).to(x.dtype), sin.view(shape).to(x.dtype)
-    if torch.compiler.is_compiling():  # the compiler fuses the plain expression into one kernel itself
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return _Rotation.apply(x, cos, sin)
+    cos, sin = rope_tables_for(x, cos, sin)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-class _Rotation(torch.autograd.Function):
-    """RoPE in eager mode as four kernels writing straight into one output (the plain expression
-    takes seven, and as many temporaries); its gradient is the rotation by the opposite angle."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, -sin), None, None
+def rope_tables_for(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (seq, head_dim / 2) tables shaped to broadcast over x's heads (and q/k), in x's dtype."""
+    shape = (cos.size(0),) + (1,) * (x.dim() - 3) + (cos.size(-1),)
+    return cos.view(shape).to(x.dtype), sin.view(shape).to(x.dtype)
 
 
-def _rotate(x, cos, sin):
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
-        # torch's CPU kernels take a slow, unvectorised path on these strided bf16 views: rotating an
-        # fp32 copy is 2.5x faster (and rounds once, where the bf16 route rounds twice).
-        return _rotate(x.float(), cos.float(), sin.float()).to(x.dtype)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    (x1, x2), (out1, out2) = x.chunk(2, dim=-1), out.chunk(2, dim=-1)
-    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)
-    torch.mul(x1, sin, out=out2).addcmul_(x2, cos)
-    return out
+def next_token_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None = None,
+                    z_loss: float = 0.0) -> torch.Tensor:
+    """The mean cross-entropy of the LM head's logits h @ weight^T against targets (-1 is ignored),
+    the logits soft-capped at `softcap` if given (Gemma 2: c tanh(logits / c)), plus z_loss times
+    the mean squared log-partition (PaLM's z-loss, which keeps log Z near 0)."""
+    logits = F.linear(h, weight).float().flatten(0, -2)
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    targets = targets.flatten()
+    loss = F.cross_entropy(logits, targets, ignore_index=-1)
+    if z_loss:
+        loss = loss + z_loss * torch.logsumexp(logits[targets != -1], dim=-1).square().mean()
+    return loss
 
 
 class KVCache:
@@ -112,9 +105,10 @@ class CausalSelfAttention(nn.Module):
     """Multi-head attention with n_kv_heads key/value heads: n_heads of them is multi-head attention,
     fewer is grouped-query attention (Ainslie et al. 2023), one is multi-query (Shazeer 2019)."""
 
-    def __init__(self, cfg: ModelConfig, backend: Callable, layer: int):
+    def __init__(self, cfg: ModelConfig, backend: Callable, layer: int, rotate: Callable = apply_rope):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.rotate = rotate  # apply_rope, or a faster rotation of the same numbers (fast_paths.py)
         self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=cfg.attn_bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.attn_bias)
         self.proj.residual_projection = True  # scaled at init, as GPT-2
@@ -137,7 +131,7 @@ class CausalSelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = qk.split([H, K], dim=2)
             qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
-        q, k = apply_rope(qk, *rope).split([H, K], dim=2)  # queries and keys rotated in one pass
+        q, k = self.rotate(qk, *rope).split([H, K], dim=2)  # queries and keys rotated in one pass
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, S, head_dim)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
@@ -154,9 +148,10 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Attention then feed-forward; the norm placement plugin decides where norms and residuals go."""
 
-    def __init__(self, cfg: ModelConfig, backend: Callable, norm_placement: Callable, feedforward: Callable, layer: int):
+    def __init__(self, cfg: ModelConfig, backend: Callable, norm_placement: Callable, feedforward: Callable, layer: int,
+                 rotate: Callable = apply_rope):
         super().__init__()
-        self.attn = CausalSelfAttention(cfg, backend, layer)
+        self.attn = CausalSelfAttention(cfg, backend, layer, rotate)
         self.ffn = feedforward(cfg.d_model, cfg.d_ff)
         self.ffn_dropout = nn.Dropout(cfg.dropout)
         self.wiring = norm_placement(cfg.d_model, cfg.n_layers)
@@ -170,10 +165,13 @@ class Block(nn.Module):
 class B6(nn.Module):
     """The model. `norm_placement(d_model, n_layers)` and `feedforward(d_model, d_ff)` build each
     block's wiring and feed-forward (plugins, with the model's norm layer already bound);
-    `init_weights(model)` (the model.init plugin) sets the weights' starting values."""
+    `init_weights(model)` (the model.init plugin) sets the weights' starting values. `rotate` and
+    `loss` are RoPE's rotation and the LM head's loss: the plain ones above unless a faster one
+    of the same arithmetic is given (a run's model is built by fast_paths.py)."""
 
     def __init__(self, cfg: ModelConfig, attention_backend: Callable, norm_placement: Callable, feedforward: Callable,
-                 init_weights: Callable[[nn.Module], None]):
+                 init_weights: Callable[[nn.Module], None], *, rotate: Callable = apply_rope,
+                 loss: Callable = next_token_loss):
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size must be resolved (from the tokenizer) before building the model")
@@ -187,7 +185,7 @@ class B6(nn.Module):
         backends = [attention_backend if i == 0 or not isinstance(attention_backend, nn.Module)
                     else copy.deepcopy(attention_backend) for i in range(cfg.n_layers)]
         self.blocks = nn.ModuleList(
-            Block(cfg, backends[i], norm_placement, feedforward, i) for i in range(cfg.n_layers)
+            Block(cfg, backends[i], norm_placement, feedforward, i, rotate) for i in range(cfg.n_layers)
         )
         wiring = self.blocks[0].wiring
         # Peri-LN also normalises the embeddings before the first block.
@@ -203,8 +201,10 @@ class B6(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        self.loss = loss
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.z_loss = 0.0  # train.z_loss, set by parts.build_model; applied in training mode only
+        self.readout_multiplier = 1.0  # on the LM head's input; model.parametrization sets it (μP: base / width)
         init_weights(self)
         for block in self.blocks:
             if hasattr(block.wiring, "init_residual"):
@@ -231,12 +231,14 @@ class B6(nn.Module):
         """Logits (B, S, vocab) without targets; the mean next-token cross-entropy with them (plus
         train.z_loss times the mean squared log-partition, in training)."""
         h = self.hidden_states(idx, docs, cache)
+        if self.readout_multiplier != 1.0:
+            h = h * self.readout_multiplier
         softcap = self.cfg.logit_softcap
         if targets is None:
             logits = self.lm_head(h)
             return softcap * torch.tanh(logits / softcap) if softcap else logits
         z_loss = self.z_loss if self.training else 0.0
-        return lm_loss(h, self.lm_head.weight, targets, softcap=softcap, z_loss=z_loss)
+        return self.loss(h, self.lm_head.weight, targets, softcap=softcap, z_loss=z_loss)
 
 
 def flops_per_token(cfg: ModelConfig, num_params: int, seq_len: int) -> float:

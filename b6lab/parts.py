@@ -2,14 +2,14 @@
 
 This is the one place where config names become objects. A plugin asked for by name that
 cannot run here is an error saying why; only `auto` chooses quietly, and reports its choice.
-Each part is checked against its kind's contract (`b6lab.contracts`) as soon as it is built, and
-whatever a plugin raises reaches the user as one line naming the key, the kind, the plugin and
-where it came from (`--debug` shows the traceback).
+Each part is built as factory(*fixed, **options), with the options the config resolved, and
+checked against its kind's contract (`b6lab.hookspecs`, `b6lab.contracts`) as soon as it is
+built; whatever a plugin raises reaches the user as one line naming the key, the kind, the
+plugin and where it came from (`--debug` shows the traceback).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 from contextlib import contextmanager
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from b6lab import contracts, cpu_bf16, registry
+from b6lab import contracts, fast_paths, registry
 from b6lab.attention import AttentionContext
 from b6lab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, plugin_choices
 from b6lab.data.documents import Corpus
@@ -27,32 +27,19 @@ from b6lab.errors import ConfigError, PluginError, UsageError, exception_line
 from b6lab.model import B6, NORM_LAYERS
 from b6lab.train.records import is_disk_full
 
+
 SECTION_NAMES = {ModelConfig: "model", DataConfig: "data", OptimConfig: "optim", ScheduleConfig: "schedule"}
 
 
 def plugin_kwargs(section, reg: registry.Registration) -> dict:
-    """The options of `section` that belong to this plugin (its factory's keyword-only arguments).
-
-    Each plugin's options sit flat in its section, so an option must not share its name with a
-    key of the section itself or with an option of the section's other chosen plugin: either
-    would make it impossible to set on its own. Required options must be set.
-    """
-    prefix = SECTION_NAMES.get(type(section), "")
-    keys = {f.name for f in dataclasses.fields(section)} - {"options"}
-    for option in reg.options:
-        if option in keys:
-            raise PluginError(f"{reg.label} has an option {option!r}, which is also the config key {prefix}.{option}: "
-                              f"the option can never be set; rename it in the plugin")
-    for key, kind in getattr(section, "plugin_keys", {}).items():
-        other = registry.get(kind, getattr(section, key))
-        shared = sorted(set(reg.options) & set(other.options))
-        if (other.kind, other.name) != (reg.kind, reg.name) and shared:
-            raise PluginError(f"{prefix}.{shared[0]} is an option of both {reg.label} and {other.label}: both would get "
-                              f"the same value; rename it in one of them")
+    """The options of `section` that belong to this plugin, as the config resolved them (checked,
+    defaults filled in: validation.plugin_options; a section made by hand gets the defaults), with
+    every required one set. Building is factory(*fixed, **these)."""
     kwargs = {key: section.options.get(key, default) for key, default in reg.options.items()}
-    for option in reg.required:
-        if kwargs[option] is None:
-            raise PluginError(f"{prefix}.{option} is required by {reg.label}: set it, e.g. --set {prefix}.{option}=...")
+    unset = reg.unset_required(kwargs)
+    if unset:
+        key = f"{SECTION_NAMES.get(type(section), '')}.{unset}"
+        raise PluginError(f"{key} is required by {reg.label}: set it, e.g. --set {key}=...")
     return kwargs
 
 
@@ -106,10 +93,10 @@ def build_attention(cfg: ModelConfig, context: AttentionContext):
 def build_model(cfg: ModelConfig, context: AttentionContext, z_loss: float = 0.0) -> tuple[B6, str]:
     """The model and the name of its attention backend; z_loss is train.z_loss (0 off)."""
     backend, chosen = build_attention(cfg, context)
-    model = B6(cfg, backend, norm_placement(cfg, context), feedforward(cfg, context), initialisation(cfg, context))
+    model = fast_paths.make_model(context, cfg, backend, norm_placement(cfg, context), feedforward(cfg, context),
+                                  initialisation(cfg, context))
+    parametrization(cfg).parametrize(model)
     model.z_loss = z_loss
-    if cpu_bf16.emulated(context.dtype, context.device):
-        cpu_bf16.use_fp32_gemm(model)
     return model, chosen
 
 
@@ -162,7 +149,7 @@ def initialisation(cfg: ModelConfig, context: AttentionContext):
     reg = usable("init", cfg.init, **context.as_kwargs())
     with plugin_errors(reg, "model.init"):
         init = reg.build(**plugin_kwargs(cfg, reg))
-        contracts.check_init_function(init)
+        contracts.check_init(init)
 
     def init_weights(model):
         with plugin_errors(reg, "model.init"):
@@ -170,6 +157,15 @@ def initialisation(cfg: ModelConfig, context: AttentionContext):
             contracts.check_initialised(model)
 
     return init_weights
+
+
+def parametrization(cfg: ModelConfig | None):
+    """The model.parametrization plugin's object: how the init, the logits and each parameter
+    group's lr scale with width (the default's, for a model b6lab did not build)."""
+    cfg = cfg if isinstance(cfg, ModelConfig) else ModelConfig()
+    reg = usable("parametrization", cfg.parametrization)
+    with plugin_errors(reg, "model.parametrization"):
+        return reg.build(**plugin_kwargs(cfg, reg))
 
 
 def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
@@ -188,48 +184,24 @@ def param_groups(model: nn.Module, decay_embeddings: bool = True) -> list[dict]:
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return _optimizer_over(cfg, param_groups(model, cfg.decay_embeddings))
+    groups = param_groups(model, cfg.decay_embeddings)
+    return parametrization(getattr(model, "cfg", None)).optimizer(
+        model, groups, cfg.name, lambda groups: _optimizer_over(cfg, groups))
 
 
 def _optimizer_over(cfg: OptimConfig, groups: list[dict], probe: bool = False) -> torch.optim.Optimizer:
     reg = usable("optimizer", cfg.name)
-    check_optimizer_options(cfg, reg)
     with plugin_errors(reg, "optim.name"):
         optimizer = reg.build(groups, **plugin_kwargs(cfg, reg))
         contracts.check_optimizer(optimizer, groups, probe=probe)
     return optimizer
 
 
-# The options the built-in optimizers share, checked by name (a sweep's pre-check too). Only the
-# built-ins: a plugin's own `betas` may be three numbers (AdEMAMix); its annotations check its options.
-OPTIMIZER_RULES = {
-    "lr": (lambda v: v > 0, "a number > 0"),
-    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "eps": (lambda v: v > 0, "a number > 0"),
-    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.9, 0.99]"),
-}
-
-
-def check_optimizer_options(cfg: OptimConfig, reg: registry.Registration) -> None:
-    if not reg.source.startswith("built-in "):
-        return
-    for key, value in plugin_kwargs(cfg, reg).items():
-        if key in OPTIMIZER_RULES and value is not None:
-            ok, accepted = OPTIMIZER_RULES[key]
-            try:
-                good = ok(value)
-            except TypeError:
-                good = False
-            if not good:
-                raise ConfigError(f"must be {accepted}, got {value!r}", key=f"optim.{key}")
-
-
 def build_schedule(cfg: ScheduleConfig, max_steps: int):
     reg = usable("scheduler", cfg.name)
     with plugin_errors(reg, "schedule.name"):
         schedule = reg.build(max_steps, **plugin_kwargs(cfg, reg))
-        contracts.check_schedule(schedule, max_steps)
+        contracts.check_scheduler(schedule, max_steps)
     return schedule
 
 
@@ -237,7 +209,7 @@ def build_source(cfg: DataConfig):
     reg = usable("dataset", cfg.source)
     with plugin_errors(reg, "data.source"):
         source = reg.build(cfg.val_fraction, **plugin_kwargs(cfg, reg))
-        contracts.check_source(source)
+        contracts.check_dataset(source)
     return source
 
 
@@ -276,15 +248,17 @@ def resolve_vocab(cfg: ModelConfig, tokenizer) -> ModelConfig:
 def check_plugins(cfg: RunConfig, context: AttentionContext) -> str:
     """Build and check every chosen part that is cheap to build (the optimizer over a stand-in
     parameter, one step), so a bad plugin or option fails before any compute is spent, in a sweep
-    before its first trial. The data source and tokenizer are only looked up and their options
-    checked: building them can mean reading a corpus. Returns the name of the attention backend
-    that runs (what `auto` chose)."""
+    before its first trial. The data source and tokenizer are only looked up and their required
+    options checked (the config checked the rest): building them can mean reading a corpus.
+    Returns the name of the attention backend that runs (what `auto` chose)."""
     _, attention = build_attention(cfg.model, context)
     norm_placement(cfg.model, context)(cfg.model.d_model, cfg.model.n_layers)
     feedforward(cfg.model, context)(cfg.model.d_model, cfg.model.d_ff)
     initialisation(cfg.model, context)
+    scaling = parametrization(cfg.model)
+    getattr(scaling, "check_optimizer", lambda name: None)(cfg.optim.name)  # one it has no rules for, before any run
     build_schedule(cfg.schedule, cfg.train.max_steps)
     _optimizer_over(cfg.optim, contracts.stand_in_groups(), probe=True)
-    for kind, section, name in (("dataset", cfg.data, cfg.data.source), ("tokenizer", cfg.data, cfg.data.tokenizer)):
-        plugin_kwargs(section, usable(kind, name))
+    plugin_kwargs(cfg.data, usable("dataset", cfg.data.source))
+    plugin_kwargs(cfg.data, usable("tokenizer", cfg.data.tokenizer))
     return attention

@@ -1,12 +1,14 @@
 """The plugin manager: where b6lab finds its parts, and how it looks one up by name.
 
 Plugins come from three places, in this order: the built-ins in `b6lab/plugins/`, installed
-packages with an entry point in the group "b6lab", and Python files or modules a config names
-in its `plugins:` list. Each plugin's hooks call `register(name, factory, unavailable=None)`.
+packages with an entry point in the group "b6lab" (pluggy's `load_setuptools_entrypoints`), and
+Python files or modules a config names in its `plugins:` list. Each plugin's hooks call
+`register(name, factory, unavailable=None)`.
 
 A plugin's hooks run once, when it is loaded: every mistake in them (an unknown hook name, a
-bad `register` call, a factory that cannot take its kind's arguments) is an error naming the
-plugin's file or package right then. What they registered is kept until a plugin comes or goes.
+bad `register` call, a factory that cannot take its kind's arguments: b6lab/registration.py) is
+an error naming the plugin's file or package right then. What they registered is kept until a
+plugin comes or goes.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import inspect
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pluggy
 
 import b6lab
 from b6lab import hookspecs
 from b6lab.errors import PluginError, UsageError, exception_line, unknown
+from b6lab.registration import Registration, factory_arguments, from_register_call, registration  # noqa: F401
 
 KINDS = tuple(hookspecs.FACTORY_ARGUMENTS)
 HOOKS = {f"b6lab_register_{kind}": kind for kind in KINDS}
@@ -37,6 +39,7 @@ BUILTIN_PLUGINS = (
     "b6lab.plugins.norms",
     "b6lab.plugins.feedforward",
     "b6lab.plugins.inits",
+    "b6lab.plugins.parametrizations",
     "b6lab.plugins.optimizers",
     "b6lab.plugins.schedulers",
     "b6lab.plugins.datasets",
@@ -51,10 +54,11 @@ class PluginWarning(UserWarning):
 
 class _PluginManager(pluggy.PluginManager):
     def parse_hookimpl_opts(self, plugin, name):
-        # As pytest does for pytest_* hooks: a function named like a b6lab hook is that hook,
-        # with or without @b6lab.hookimpl (a plugin author who forgets it still gets their hook).
+        # As pytest does for pytest_* hooks: a function named b6lab_* is a hook, with or without
+        # @b6lab.hookimpl (a plugin author who forgets it still gets their hook), and one that
+        # names no hook is left for check_pending() to report (a misspelling).
         opts = super().parse_hookimpl_opts(plugin, name)
-        if opts is None and name in HOOKS and inspect.isfunction(inspect.getattr_static(plugin, name, None)):
+        if opts is None and name.startswith("b6lab_") and inspect.isfunction(inspect.getattr_static(plugin, name, None)):
             return {}
         return opts
 
@@ -63,75 +67,10 @@ pm = _PluginManager("b6lab")
 pm.add_hookspecs(hookspecs)
 
 
-@dataclass(frozen=True)
-class Registration:
-    """One registered part: its kind and name, how to build it, and where it came from."""
-
-    kind: str
-    name: str
-    factory: Callable[..., Any]
-    source: str
-    unavailable: Callable[..., str | None] | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # every option, required ones as None
-    version: str = "unknown"
-    required: tuple[str, ...] = ()  # keyword-only options without a default
-
-    def why_unavailable(self, **context) -> str | None:
-        """None if this part can run in `context` (device, dtype, head_dim), else the reason."""
-        if self.unavailable is None:
-            return None
-        try:
-            return self.unavailable(**context)
-        except Exception as exc:
-            raise PluginError(f"{self.label}: its unavailable(**context) raised {exception_line(exc)}") from exc
-
-    def build(self, *args, **options):
-        return self.factory(*args, **options)
-
-    @property
-    def label(self) -> str:
-        """`attention plugin 'alibi' (from file /x/alibi.py)`: how messages name it."""
-        return f"{self.kind} plugin {self.name!r} (from {self.source})"
-
-    @property
-    def description(self) -> str:
-        """The first paragraph of the factory's docstring, on one line."""
-        doc = inspect.getdoc(self.factory) or ""
-        return " ".join(doc.split("\n\n")[0].split())
-
-
-@dataclass
-class _Loaded:
-    source: str
-    version: str
-    parts: list[Registration] = field(default_factory=list)
-
-
-# What each registered plugin registered, by pluggy plugin name, in the order they came.
-_plugins: dict[str, _Loaded] = {}
+# Where each registered plugin came from and what it registered, by pluggy plugin name, in order.
+_plugins: dict[str, tuple[str, list[Registration]]] = {}
 _by_kind: dict[str, dict[str, Registration]] = {}  # the merged view, rebuilt after a plugin comes or goes
-_loaded = False
-
-
-def factory_arguments(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(positional, keyword) arguments b6lab passes a `kind` factory besides the plugin's options."""
-    names = hookspecs.FACTORY_ARGUMENTS[kind]
-    if "*" in names:
-        cut = names.index("*")
-        return names[:cut], names[cut + 1:]
-    return names, ()
-
-
-def plugin_options(factory: Callable, fixed: tuple[str, ...] = ()) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """A factory's own config keys: its keyword-only arguments with their defaults (None for the
-    required ones, those without a default), and the names of the required ones."""
-    options, required = {}, []
-    for param in inspect.signature(factory).parameters.values():
-        if param.kind is param.KEYWORD_ONLY and param.name not in fixed:
-            options[param.name] = None if param.default is param.empty else param.default
-            if param.default is param.empty:
-                required.append(param.name)
-    return options, tuple(required)
+_loaded_entry_points = False
 
 
 def load_plugins() -> None:
@@ -141,26 +80,37 @@ def load_plugins() -> None:
     Set B6LAB_LOAD_ENTRYPOINTS=0 to skip installed packages (the tests do, so what happens to
     be installed on a machine cannot change their results).
     """
-    global _loaded
+    global _loaded_entry_points
     for module_name in BUILTIN_PLUGINS:
         if pm.get_plugin(module_name) is None:
             register_plugin(importlib.import_module(module_name), module_name, f"built-in ({module_name})",
                             b6lab.__version__)
-    if _loaded:
+    if _loaded_entry_points or os.environ.get("B6LAB_LOAD_ENTRYPOINTS", "1") == "0":
         return
-    _loaded = True
-    if os.environ.get("B6LAB_LOAD_ENTRYPOINTS", "1") != "0":
-        for entry_point in importlib.metadata.entry_points(group="b6lab"):
-            if pm.get_plugin(entry_point.name) is not None:
-                continue
-            dist = entry_point.dist
-            where = f"package {dist.metadata['name']} {dist.version}" if dist else "an installed package"
-            source = f"{where} (entry point {entry_point.name})"
-            try:
-                plugin = entry_point.load()
-            except Exception as exc:
-                raise PluginError(f"{source} failed to load: {exception_line(exc)}") from exc
-            register_plugin(plugin, entry_point.name, source, dist.version if dist else "unknown")
+    _loaded_entry_points = True
+    try:
+        pm.load_setuptools_entrypoints("b6lab")
+        pm.check_pending()
+    except Exception as exc:
+        # pluggy loads them in order: the first not (fully) registered is the one that failed.
+        refused = getattr(exc, "plugin", None)
+        failed = next((ep for ep in importlib.metadata.entry_points(group="b6lab")
+                       if pm.get_plugin(ep.name) in (None, refused)), None)
+        where = _package(failed.name, failed.dist) if failed else "an installed package"
+        if refused is None:
+            raise PluginError(f"{where} failed to load: {exception_line(exc)}") from exc
+        message = _validation_message(exc)
+        pm.unregister(refused)
+        raise PluginError(f"{where}: {message}") from exc
+    for plugin, dist in pm.list_plugin_distinfo():
+        name = pm.get_name(plugin)
+        if name not in _plugins:
+            _added(plugin, name, _package(name, dist), dist.version)
+
+
+def _package(entry_point: str, dist) -> str:
+    where = f"package {dist.metadata['name']} {dist.version}" if dist else "an installed package"
+    return f"{where} (entry point {entry_point})"
 
 
 def register_plugin(plugin: object, name: str, source: str, version: str = "unknown") -> None:
@@ -168,22 +118,58 @@ def register_plugin(plugin: object, name: str, source: str, version: str = "unkn
 
     A mistake in the plugin is an error naming `source`; the plugin is then not registered.
     """
-    _check_hook_names(plugin, source)
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"{source}: {_validation_message(plugin, exc)}") from exc
-    _plugins[name] = _Loaded(source, version)
+        message = _validation_message(exc)
+        unregister_plugin(name)  # pluggy leaves a plugin it refused half registered
+        raise PluginError(f"{source}: {message}") from exc
+    _added(plugin, name, source, version)
+
+
+def _added(plugin: object, name: str, source: str, version: str) -> None:
+    """Check a plugin pluggy has just registered and run its hooks; on a mistake, unregister it."""
+    _plugins[name] = (source, [])
     _by_kind.clear()
     try:
-        _plugins[name].parts = _run_hooks(plugin, name, source, version)
+        pm.check_pending()  # a b6lab_* function that is no hook: a misspelling, as pytest says for pytest_*
+        for caller in pm.get_hookcallers(plugin) or []:
+            _check_marker(caller.name, inspect.getattr_static(plugin, caller.name, None), source)
+        _plugins[name] = (source, _run_hooks(name, source, version))
+    except pluggy.PluginValidationError as exc:
+        message = _validation_message(exc)
+        unregister_plugin(name)
+        raise PluginError(f"{source}: {message}") from None
     except BaseException:
         unregister_plugin(name)
         raise
-    if not _plugins[name].parts and not name.startswith("b6lab.plugins."):
-        hooks = ", ".join(HOOKS)
+    if not _plugins[name][1] and not name.startswith("b6lab.plugins."):
         warnings.warn(f"plugin {source} registers nothing: it has no hook that calls register(name, factory) "
-                      f"(hooks: {hooks})", PluginWarning, stacklevel=2)
+                      f"(hooks: {', '.join(HOOKS)})", PluginWarning, stacklevel=3)
+
+
+def _check_marker(hook: str, function: Callable, source: str) -> None:
+    """A hook marked by another project's HookimplMarker only (llm's, say) was meant for b6lab."""
+    others = [mark[: -len("_impl")] for mark in getattr(function, "__dict__", {}) if mark.endswith("_impl")]
+    if others and "b6lab" not in others:
+        raise PluginError(f"{source}: {hook} is marked by HookimplMarker({others[0]!r}), another project's; "
+                          "decorate it with @b6lab.hookimpl")
+
+
+def _validation_message(exc: pluggy.PluginValidationError) -> str:
+    """pluggy's message is several lines about hookspecs; say which hook is unknown or misdeclared."""
+    for caller in pm.get_hookcallers(exc.plugin) or []:
+        if not caller.has_spec():
+            return unknown(caller.name, list(HOOKS), "b6lab hook")
+    for hook in HOOKS:
+        function = getattr(exc.plugin, hook, None)
+        if function is not None and list(inspect.signature(function).parameters) != ["register"]:
+            return _hook_arguments(hook, function)
+    return exception_line(exc)
+
+
+def _hook_arguments(hook: str, function: Callable) -> str:
+    return f"{hook}{inspect.signature(function)} must take one argument called `register`: def {hook}(register)"
 
 
 def unregister_plugin(name: str) -> None:
@@ -196,7 +182,7 @@ def unregister_plugin(name: str) -> None:
 
 def parts_of(plugin_name: str) -> list[Registration]:
     """What the plugin registered under `plugin_name` (as load_plugin_path returns it) registered."""
-    return list(_plugins[plugin_name].parts)
+    return list(_plugins[plugin_name][1])
 
 
 def forget_config_plugins() -> None:
@@ -207,47 +193,18 @@ def forget_config_plugins() -> None:
         unregister_plugin(name)
 
 
-def _check_hook_names(plugin: object, source: str) -> None:
-    """A function called b6lab_* that is no hook is a misspelling (as pytest says for pytest_*);
-    a hook marked by another project's HookimplMarker would silently never run."""
-    for attr in dir(plugin):
-        value = inspect.getattr_static(plugin, attr, None)
-        if attr.startswith("b6lab_") and callable(value) and attr not in HOOKS:
-            raise PluginError(f"{source}: {unknown(attr, list(HOOKS), 'b6lab hook')}")
-        if attr in HOOKS:
-            others = [mark[: -len("_impl")] for mark in vars(value) if mark.endswith("_impl") and mark != "b6lab_impl"] \
-                if hasattr(value, "__dict__") else []
-            if others and not hasattr(value, "b6lab_impl"):
-                raise PluginError(f"{source}: {attr} is marked by HookimplMarker({others[0]!r}), another project's; "
-                                  "decorate it with @b6lab.hookimpl")
-
-
-def _validation_message(plugin: object, exc: Exception) -> str:
-    """pluggy's message is several lines about hookspecs; the usual cause is a misnamed argument."""
-    for hook in HOOKS:
-        function = getattr(plugin, hook, None)
-        if function is not None and list(inspect.signature(function).parameters) != ["register"]:
-            return _hook_arguments(hook, function)
-    return exception_line(exc)
-
-
-def _hook_arguments(hook: str, function: Callable) -> str:
-    return f"{hook}{inspect.signature(function)} must take one argument called `register`: def {hook}(register)"
-
-
-def _run_hooks(plugin: object, plugin_name: str, source: str, version: str) -> list[Registration]:
+def _run_hooks(plugin_name: str, source: str, version: str) -> list[Registration]:
     """Call each of the plugin's hooks with a `register` that checks every call."""
     parts: list[Registration] = []
     for hook_name, kind in HOOKS.items():
-        caller = getattr(pm.hook, hook_name)
-        for impl in caller.get_hookimpls():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
             if impl.plugin_name != plugin_name:
                 continue
             if tuple(impl.argnames) != ("register",):  # pluggy accepts a hook that takes no argument
                 raise PluginError(f"{source}: {_hook_arguments(hook_name, impl.function)}")
 
             def register(*args, _kind=kind, **kwargs):
-                parts.append(_registration(_kind, source, version, args, kwargs))
+                parts.append(from_register_call(_kind, source, version, args, kwargs))
 
             try:
                 returned = impl.function(register=register)
@@ -259,52 +216,6 @@ def _run_hooks(plugin: object, plugin_name: str, source: str, version: str) -> l
                 raise PluginError(f"{source}: {hook_name} returned a {type(returned).__name__}, which b6lab ignores; "
                                   "call register(name, factory) once per part instead")
     return parts
-
-
-def _registration(kind: str, source: str, version: str, args: tuple, kwargs: dict) -> Registration:
-    """A Registration from one `register(...)` call, or an error saying what is wrong with the call."""
-    where = f"{source}: in b6lab_register_{kind},"
-    try:
-        bound = inspect.signature(lambda name, factory, unavailable=None: None).bind(*args, **kwargs)
-    except TypeError:
-        shown = ", ".join([_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()])
-        first = "; it needs a name first, e.g. register('my-part', factory)" if args and callable(args[0]) else ""
-        raise PluginError(f"{where} register({shown}) must be register(name, factory, unavailable=None){first}") from None
-    name, factory, unavailable = bound.arguments["name"], bound.arguments["factory"], bound.arguments.get("unavailable")
-    if not isinstance(name, str) or not name:
-        raise PluginError(f"{where} register()'s first argument is the part's name, a string; got {_short(name)}")
-    if not callable(factory):
-        raise PluginError(f"{where} the factory of {kind} plugin {name!r} is a {type(factory).__name__} object, "
-                          "not a function or class that builds the part")
-    if unavailable is not None and not callable(unavailable):
-        raise PluginError(f"{where} `unavailable` of {kind} plugin {name!r} must be a function (**context) -> reason or None")
-    positional, fixed = factory_arguments(kind)
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        raise PluginError(f"{where} the factory of {kind} plugin {name!r} has no signature b6lab can read") from None
-    options, required = plugin_options(factory, fixed)
-    try:
-        signature.bind(*positional, **{key: None for key in fixed + required})
-    except TypeError as exc:
-        call = ", ".join(positional + tuple(f"{key}=" for key in fixed) + ("**options",))
-        raise PluginError(f"{where} the factory of {kind} plugin {name!r}, {_qualname(factory)}{signature}, "
-                          f"cannot be called as factory({call}): {exc}") from None
-    return Registration(kind, name, factory, source, unavailable, options, version, required)
-
-
-def registration(kind: str, name: str, factory: Callable, source: str, unavailable=None) -> Registration:
-    """A factory checked as `register(name, factory, unavailable)` checks it, without registering it."""
-    return _registration(kind, source, "unknown", (name, factory, unavailable), {})
-
-
-def _short(value: Any) -> str:
-    text = " ".join((getattr(value, "__qualname__", None) or repr(value)).split())
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _qualname(factory: Callable) -> str:
-    return getattr(factory, "__qualname__", type(factory).__name__)
 
 
 def plugin_module_name(path: Path) -> str:
@@ -362,9 +273,8 @@ def load_plugin_path(spec: str, base_dir: str | Path | None = None) -> str:
     except Exception as exc:
         del sys.modules[module_name]
         raise PluginError(f"plugin file {path} failed to load: {exception_line(exc)}") from exc
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     try:
-        register_plugin(module, name, f"file {path}", f"sha256:{digest}")
+        register_plugin(module, name, f"file {path}", f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}")
     except BaseException:
         del sys.modules[module_name]
         raise
@@ -378,13 +288,10 @@ def registrations(kind: str) -> dict[str, Registration]:
     load_plugins()
     if kind not in _by_kind:
         found: dict[str, Registration] = {}
-        for loaded in _plugins.values():
-            for reg in loaded.parts:
-                if reg.kind != kind:
-                    continue
-                if reg.name in found:
-                    raise PluginError(_registered_twice(found[reg.name], reg))
-                found[reg.name] = reg
+        for reg in (reg for _, parts in _plugins.values() for reg in parts if reg.kind == kind):
+            if reg.name in found:
+                raise PluginError(_registered_twice(found[reg.name], reg))
+            found[reg.name] = reg
         _by_kind[kind] = found
     return _by_kind[kind]
 

@@ -6,10 +6,12 @@
         check_attention(alibi, slopes="geometric")   # a factory, or a registered name
 
 Each `check_<kind>(plugin, **options)` takes the factory itself (as the plugin file defines it)
-or the name it is registered under, builds the part with `options`, runs the checks b6lab runs
-when it builds that kind plus the probes a unit test wants, and returns what passed, one line per
-property. A failure raises `b6lab.contracts.ContractError` (an AssertionError, so pytest shows it
-as a failed assertion) saying what is wrong. `b6lab plugins --check NAME` runs the same checks.
+or the name it is registered under, builds the part with `options` (checked as a config's are),
+runs the checks b6lab runs when it builds that kind (`b6lab.contracts`, against the kind's
+Protocol in `b6lab.hookspecs`) plus the probes a unit test wants, and returns what passed, one
+line per property. A failure raises `b6lab.contracts.ContractError` (an AssertionError, so
+pytest shows it as a failed assertion) saying what is wrong. `b6lab plugins --check NAME` runs
+the same checks.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from typing import Callable
 
 import torch
 
-from b6lab import contracts, registry
+from b6lab import contracts, registry, validation
 from b6lab.attention import AttentionContext
 from b6lab.contracts import ContractError
 from b6lab.data.documents import Corpus, split_documents
 from b6lab.errors import PluginError, UsageError, exception_line
 
-__all__ = ["ContractError", "load_plugin", "check", "check_attention", "check_norm", "check_feedforward", "check_init", "check_optimizer",
+__all__ = ["ContractError", "load_plugin", "check", "check_attention", "check_norm", "check_feedforward", "check_init", "check_parametrization", "check_optimizer",
            "check_scheduler", "check_dataset", "check_tokenizer"]
 
 
@@ -51,13 +53,15 @@ def _registration(kind: str, plugin: str | Callable) -> registry.Registration:
 
 
 def _options(reg: registry.Registration, options: dict) -> dict:
+    """The plugin's options as a config would resolve them (validation.check_options), given by name."""
     unknown = sorted(set(options) - set(reg.options))
     if unknown:
         raise PluginError(f"{reg.label} has no option {unknown[0]!r}; its options: {', '.join(reg.options) or 'none'}")
-    missing = [key for key in reg.required if options.get(key) is None]
-    if missing:
-        raise PluginError(f"{reg.label} requires the option {missing[0]!r}")
-    return {**reg.options, **options}
+    resolved = validation.check_options(reg, options)
+    unset = reg.unset_required(resolved)
+    if unset:
+        raise PluginError(f"{reg.label} requires the option {unset!r}")
+    return resolved
 
 
 @contextmanager
@@ -118,10 +122,33 @@ def check_init(plugin: str | Callable, **options) -> list[str]:
     context = AttentionContext(torch.device("cpu"), torch.float32, head_dim=cfg.head_dim)
     with plugin_errors(reg):
         init = reg.build(**_options(reg, options))
-        passed = contracts.check_init_function(init)
+        passed = contracts.check_init(init)
         backend, _ = parts.build_attention(cfg, context)
         model = B6(cfg, backend, parts.norm_placement(cfg, context), parts.feedforward(cfg, context), init)
         return passed + contracts.check_initialised(model)
+
+
+def check_parametrization(plugin: str | Callable, *, optimizer: str = "adamw", **options) -> list[str]:
+    """parametrize(model) leaves every parameter of a tiny B6 (2 layers, 16 wide) finite, and
+    optimizer(model, groups, name, build) returns `optimizer`'s optimizer over every parameter."""
+    from b6lab import parts
+    from b6lab.config import ModelConfig, OptimConfig
+    from b6lab.model import B6
+
+    reg = _registration("parametrization", plugin)
+    cfg = ModelConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, attention="eager")
+    context = AttentionContext(torch.device("cpu"), torch.float32, head_dim=cfg.head_dim)
+    optim = OptimConfig(name=optimizer, options=registry.get("optimizer", optimizer).options)
+    with plugin_errors(reg):
+        parametrization = reg.build(**_options(reg, options))
+        backend, _ = parts.build_attention(cfg, context)
+        model = B6(cfg, backend, parts.norm_placement(cfg, context), parts.feedforward(cfg, context),
+                   parts.initialisation(cfg, context))
+        parametrization.parametrize(model)
+        passed = contracts.check_initialised(model)
+        groups = parts.param_groups(model)
+        built = parametrization.optimizer(model, groups, optimizer, lambda groups: parts._optimizer_over(optim, groups))
+        return passed + contracts.check_optimizer(built, groups, probe=True)
 
 
 def check_optimizer(plugin: str | Callable, **options) -> list[str]:
@@ -137,14 +164,14 @@ def check_scheduler(plugin: str | Callable, *, max_steps: int = 100, **options) 
     """A function step -> multiplier, finite and >= 0 at steps 0, max_steps/2 and max_steps."""
     reg = _registration("scheduler", plugin)
     with plugin_errors(reg):
-        return contracts.check_schedule(reg.build(max_steps, **_options(reg, options)), max_steps)
+        return contracts.check_scheduler(reg.build(max_steps, **_options(reg, options)), max_steps)
 
 
 def check_dataset(plugin: str | Callable, *, val_fraction: float = 0.1, **options) -> list[str]:
     """`fingerprint` and `documents(split, start)`; both splits yield str documents and `start` skips."""
     reg = _registration("dataset", plugin)
     with plugin_errors(reg):
-        return contracts.check_source(reg.build(val_fraction, **_options(reg, options)), probe=True)
+        return contracts.check_dataset(reg.build(val_fraction, **_options(reg, options)), probe=True)
 
 
 class _SampleText:
@@ -166,7 +193,7 @@ def check_tokenizer(plugin: str | Callable, *, corpus: Corpus | None = None, **o
 
 
 CHECKS = {"attention": check_attention, "norm": check_norm, "feedforward": check_feedforward, "init": check_init,
-          "optimizer": check_optimizer, "scheduler": check_scheduler, "dataset": check_dataset, "tokenizer": check_tokenizer}
+          "parametrization": check_parametrization, "optimizer": check_optimizer, "scheduler": check_scheduler, "dataset": check_dataset, "tokenizer": check_tokenizer}
 
 
 def check(kind: str, plugin: str | Callable, **options) -> list[str]:

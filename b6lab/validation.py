@@ -7,7 +7,8 @@ number, a list for a tuple). Each of its errors names its place (`loc`), which i
 back to the dotted key; the message names the type the key's annotation asks for.
 
 A plugin's options (the keyword-only arguments of its factory) are checked the same way, against
-the factory's annotations or, where it has none, its defaults' types.
+the factory's annotations (`Annotated[float, within(...)]` limits too) or, where it has none, its
+defaults' types: here, once, when the config is read; building only passes them on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pydantic
 
 from b6lab import registry
 from b6lab.config_sources import Layers
-from b6lab.errors import ConfigError, UsageError, unknown
+from b6lab.errors import ConfigError, PluginError, UsageError, unknown
 
 
 def check(value, annotation, key: str, file: str | None = None, verb: str = "expected"):
@@ -37,6 +38,15 @@ def check(value, annotation, key: str, file: str | None = None, verb: str = "exp
         if first["type"] == "value_error":  # a `within` limit: its own words ("must be a positive number, got -1")
             raise ConfigError(str(first["ctx"]["error"]), key=key, file=file) from None
     raise ConfigError(f"{verb} {type_name(annotation)}, got {value!r}", key=key, file=file)
+
+
+def is_a(value, annotation) -> bool:
+    """Whether `value` is already of `annotation`, strictly (True is no 1, "1" no number)."""
+    try:
+        _adapter(annotation).validate_python(value, strict=True)
+    except pydantic.ValidationError:
+        return False
+    return True
 
 
 def build(cls, data: dict, where: Callable[[str], str | None], verb: str = "expected", prefix: str = "",
@@ -196,33 +206,49 @@ def known_keys(cls, raw, prefix: str, layers: Layers, extras: dict) -> dict:
 
 
 def plugin_options(obj, extra: dict, section: str, layers: Layers) -> dict:
-    """Check the keys beside each plugin's name against that plugin's factory; fill in defaults."""
+    """The options of the section's chosen plugins (the keys beside their names), each checked
+    against its plugin's factory, defaults filled in: one flat dict, resolved once, which building
+    passes on as factory(*fixed, **options) (parts.plugin_kwargs).
+
+    An option must not share its name with a key of the section, nor with an option of the
+    section's other chosen plugin: it could never be set on its own. A required option may still
+    be unset here (a sweep's base config leaves it to the grid): building says so."""
+    fields = [f.name for f in dataclasses.fields(obj) if f.name != "options"]
+    owners: dict[str, registry.Registration] = {}
     options: dict[str, Any] = {}
-    declared: set[str] = set()
-    fields = {f.name for f in dataclasses.fields(obj)}
     for key, kind in obj.plugin_keys.items():
         try:
             reg = registry.get(kind, getattr(obj, key))
         except UsageError as exc:
             raise ConfigError(str(exc), key=f"{section}.{key}", file=layers.where(f"{section}.{key}")) from None
-        hints = _factory_hints(reg.factory)
-        for option, default in reg.options.items():
-            if option in fields:  # the section's own key, passed by the caller (model.bias to a feed-forward)
-                continue
-            declared.add(option)
-            options.setdefault(option, copy.deepcopy(default))
-            if option in extra:
-                where = f"{section}.{option}"
-                options[option] = check(extra[option], hints.get(option, _type_of(default)), where, layers.where(where))
+        for option in reg.options:
+            if option in fields:
+                raise PluginError(f"{reg.label} has an option {option!r}, which is also the config key "
+                                  f"{section}.{option}: the option can never be set; rename it in the plugin")
+            if option in owners:
+                raise PluginError(f"{section}.{option} is an option of both {owners[option].label} and {reg.label}: "
+                                  "both would get the same value; rename it in one of them")
+            owners[option] = reg
+        options |= check_options(reg, extra, lambda option: f"{section}.{option}", layers.where)
     for key in extra:
         # A preset's option for the plugin it names (data.bpe_vocab_size beside tokenizer: bpe) is
         # dropped when the user picks another plugin; the user's own stray keys are errors.
-        if key not in declared and layers.where(f"{section}.{key}") not in layers.builtin:
+        if key not in owners and layers.where(f"{section}.{key}") not in layers.builtin:
             plugins = ", ".join(f"{k}={getattr(obj, k)}" for k in obj.plugin_keys)
-            known = sorted([f.name for f in dataclasses.fields(obj) if f.name != "options"] + list(declared))
+            known = sorted(fields + list(owners))
             raise ConfigError(unknown(key, known, f"{section} key") + f" (plugins in this section: {plugins})",
                               key=f"{section}.{key}", file=layers.where(f"{section}.{key}"))
     return options
+
+
+def check_options(reg: registry.Registration, given: dict, key: Callable[[str], str] = str,
+                  where: Callable[[str], str | None] = lambda key: None) -> dict:
+    """Every option of `reg`'s plugin: each one `given` checked and coerced against the factory's
+    annotation (its Annotated limits too) or, unannotated, its default's type; the others at their
+    defaults (None for a required one). `key(option)` is how an error names it, `where(key)` its file."""
+    hints = _factory_hints(reg.factory)
+    return {option: check(given[option], hints.get(option, _type_of(default)), key(option), where(key(option)))
+            if option in given else copy.deepcopy(default) for option, default in reg.options.items()}
 
 
 def _factory_hints(factory) -> dict:

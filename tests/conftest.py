@@ -1,7 +1,8 @@
 """Shared test set-up: no installed entry-point plugins, a private cache, offline wandb.
 
 Fake plugins are registered through the `register_plugin` fixture and unregistered after the
-test, so no test's plugins leak into another's.
+test, so no test's plugins leak into another's. A run short enough for a test comes from the
+`tiny_run` fixture.
 """
 
 import os
@@ -37,17 +38,49 @@ def register_plugin():
         registry.unregister_plugin(name)
 
 
+class TinyRun:
+    """Runs of the `tiny` preset short enough for a test (seconds on a CPU): `max_steps` steps, an
+    evaluation of `eval_steps` batches every `eval_interval` steps (None: the preset's), no
+    progress bar, then each `--set` text given.
+
+        cfg = tiny_run.config("model.norm=post", max_steps=6, eval_interval=3)   # its RunConfig
+        summary = tiny_run.train(folder, "model.norm=post", max_steps=6)          # trained here
+    """
+
+    @staticmethod
+    def sets(*overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
+             eval_steps: int | None = 2) -> list[str]:
+        length = {"max_steps": max_steps, "eval_interval": eval_interval, "eval_steps": eval_steps}
+        return ["logging.progress=false", *(f"train.{key}={n}" for key, n in length.items() if n is not None), *overrides]
+
+    @classmethod
+    def config(cls, *overrides: str, **length):
+        from b6lab.config import load_config
+
+        return load_config(preset="tiny", overrides=cls.sets(*overrides, **length))
+
+    @classmethod
+    def train(cls, out, *overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
+              eval_steps: int | None = 2, fault_injector=None, **trainer_options) -> dict:
+        """The run trained in this process into `out`, quietly unless given a `say`; its summary.
+        `fault_injector(step, micro_batch)` is called before each micro-batch (tests/fault_hook.py)."""
+        from b6lab.train.trainer import Trainer
+        from tests.fault_hook import inject
+
+        cfg = cls.config(*overrides, max_steps=max_steps, eval_interval=eval_interval, eval_steps=eval_steps)
+        return inject(Trainer(cfg, out, **{"say": lambda line: None} | trainer_options), fault_injector).run()
+
+
+@pytest.fixture(scope="session")
+def tiny_run() -> type[TinyRun]:
+    """The factory of short `tiny` runs (TinyRun): `tiny_run.config(...)`, `tiny_run.train(folder, ...)`."""
+    return TinyRun
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path):
-    """Overrides that make a `tiny` run take a few seconds and write into tmp_path."""
-    return [
-        "logging.progress=false",
-        "train.max_steps=12",
-        "train.eval_interval=6",
-        "train.eval_steps=2",
-        "train.log_interval=2",
-        f"train.out_dir={tmp_path / 'run'}",
-    ]
+    """`--set` texts that make a `tiny` run take a few seconds and write into tmp_path."""
+    return TinyRun.sets("train.log_interval=2", f"train.out_dir={tmp_path / 'run'}")
 
 
 @pytest.fixture

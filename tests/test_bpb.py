@@ -51,16 +51,11 @@ def ascii_corpus(tmp_path):
     return path
 
 
-def test_every_evaluation_logs_bits_per_byte_and_the_summary_keeps_them(tmp_path):
-    from b6lab.config import load_config
+def test_every_evaluation_logs_bits_per_byte_and_the_summary_keeps_them(tmp_path, tiny_run):
     from b6lab.train.records import read_metrics
-    from b6lab.train.trainer import Trainer
 
-    cfg = load_config(preset="tiny", overrides=[
-        "logging.progress=false", "train.max_steps=8", "train.eval_interval=4", "train.eval_steps=2",
-        "data.source=text", f"data.path={ascii_corpus(tmp_path)}", "data.val_fraction=0.1",
-    ])
-    summary = Trainer(cfg, tmp_path / "run", say=lambda message: None).run()
+    summary = tiny_run.train(tmp_path / "run", "data.source=text", f"data.path={ascii_corpus(tmp_path)}",
+                             "data.val_fraction=0.1", max_steps=8, eval_interval=4)
     evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
     assert [r["step"] for r in evals] == [4, 8]
     for record in evals:  # one byte per token and no end-of-text target: bits per byte = nats / ln 2

@@ -85,6 +85,17 @@ def test_a_bad_set_names_the_override():
         load_config(overrides=["model.n_layers"])
 
 
+def test_overrides_are_values_or_set_texts_and_say_where_they_came_from():
+    as_values = load_config(preset="tiny", overrides={"optim.betas": [0.8, 0.9], "model.norm": "post", "optim.lr": "1e-3"})
+    as_texts = load_config(preset="tiny", overrides=["optim.betas=[0.8, 0.9]", "model.norm=post", "optim.lr='1e-3'"])
+    assert as_values == as_texts and as_values.optim.options["betas"] == (0.8, 0.9)
+    with pytest.raises(ConfigError) as error:
+        load_config(preset="tiny", overrides={"model.norm": "nope"}, origin=lambda key: f"grid of sweep.yaml ({key})")
+    assert str(error.value).startswith("model.norm (in grid of sweep.yaml (model.norm)): unknown norm plugin 'nope'")
+    with pytest.raises(ConfigError, match="an override's key must be a dotted config key like optim.lr, got 3"):
+        load_config(preset="tiny", overrides={3: 1})
+
+
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ConfigError, match="did you mean 'tiny'.*cpu-small"):
         load_config(preset="tiny2")

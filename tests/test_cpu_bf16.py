@@ -78,7 +78,7 @@ def test_fused_loss_in_bf16_is_the_same_on_either_route(monkeypatch):
 
 
 def test_a_bf16_training_step_of_the_model_is_the_same_on_either_route(monkeypatch):
-    model = cpu_bf16.use_fp32_gemm(tiny_model("sdpa").train())  # as parts.build_model does for such a run
+    model = cpu_bf16.use_fp32_gemm(tiny_model("sdpa").train())  # as fast_paths.make_model does for such a run
     apply = cpu_bf16._Bf16Linear.apply
     idx = torch.randint(0, 256, (2, 33))
     calls = []

@@ -4,21 +4,21 @@ import math
 
 import pytest
 
-from b6lab.config import load_config
 from b6lab.train.records import read_metrics
-from b6lab.train.trainer import Trainer
 
 
-def run(tmp_path, *overrides, name="run"):
-    cfg = load_config(preset="tiny", overrides=[
-        "logging.progress=false", "train.max_steps=6", "train.eval_interval=3", "train.eval_steps=1",
-        "model.n_layers=3", *overrides,
-    ])
-    Trainer(cfg, tmp_path / name, say=lambda message: None).run()
-    return [r for r in read_metrics(tmp_path / name / "metrics.jsonl") if "block_grad_norm" in r]
+@pytest.fixture
+def run(tiny_run):
+    """run(tmp_path, *overrides, name="run") -> the diagnostics records of a 3-layer tiny run."""
+
+    def run(tmp_path, *overrides, name="run"):
+        tiny_run.train(tmp_path / name, "model.n_layers=3", *overrides, max_steps=6, eval_interval=3, eval_steps=1)
+        return [r for r in read_metrics(tmp_path / name / "metrics.jsonl") if "block_grad_norm" in r]
+
+    return run
 
 
-def test_one_line_per_evaluation_and_one_at_initialisation(tmp_path):
+def test_one_line_per_evaluation_and_one_at_initialisation(tmp_path, run):
     lines = run(tmp_path)
     assert [(r["step"], r["tokens"]) for r in lines] == [(0, 0), (3, 3 * 8 * 64), (6, 6 * 8 * 64)]
     for record in lines:
@@ -28,7 +28,7 @@ def test_one_line_per_evaluation_and_one_at_initialisation(tmp_path):
     assert lines[0]["block_residual_rms"] != lines[-1]["block_residual_rms"]  # measured, not copied
 
 
-def test_gradient_norms_are_taken_before_clipping(tmp_path):
+def test_gradient_norms_are_taken_before_clipping(tmp_path, run):
     # Step 0's gradient is the first batch's at the initial weights, whatever the clip; a clip of
     # 1e-3 scales it by ~1000 before the optimizer sees it, and the record undoes that.
     clipped = run(tmp_path, "optim.grad_clip=0.001", name="clipped")[0]["block_grad_norm"]
@@ -36,7 +36,7 @@ def test_gradient_norms_are_taken_before_clipping(tmp_path):
     assert clipped == pytest.approx(free, rel=1e-3)
 
 
-def test_post_ln_gradients_grow_toward_the_last_block_at_initialisation(tmp_path):
+def test_post_ln_gradients_grow_toward_the_last_block_at_initialisation(tmp_path, run):
     # Xiong et al. 2020, Fig. 3: Post-LN's gradient norm increases with the layer index at init;
     # Pre-LN's does not grow that way.
     post = run(tmp_path, "model.norm=post", "model.n_layers=6", "train.max_steps=1", name="post")[0]["block_grad_norm"]

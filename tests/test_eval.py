@@ -14,13 +14,11 @@ import torch
 import yaml
 
 from b6lab.cli import main
-from b6lab.config import load_config
 from b6lab.generate import load_for_sampling
 from b6lab.multiple_choice import read_task
 from b6lab.plugins.tokenizers import ByteTokenizer
 from b6lab.scoring import encode_pair, loglikelihoods
 from b6lab.train.records import read_metrics
-from b6lab.train.trainer import Trainer
 
 SEQ_LEN = 64  # the tiny preset's max_seq_len
 
@@ -35,16 +33,13 @@ def corpus_text() -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_run):
     """A tiny run trained in fp32 on a local text file, so that evaluation can reproduce its figures exactly."""
     root = tmp_path_factory.mktemp("eval")
     corpus = root / "corpus.txt"
     corpus.write_text(corpus_text())
-    cfg = load_config(preset="tiny", overrides=[
-        "logging.progress=false", "train.max_steps=8", "train.eval_interval=8", "train.eval_steps=2",
-        "train.precision=fp32", "data.source=text", f"data.path={corpus}",
-    ])
-    Trainer(cfg, root / "run", say=lambda message: None).run()
+    tiny_run.train(root / "run", "train.precision=fp32", "data.source=text", f"data.path={corpus}", max_steps=8,
+                   eval_interval=8)
     return root / "run"
 
 

@@ -1,6 +1,7 @@
 """Every shipped experiment validates (as `b6lab sweep --dry-run` does) and asks what its comment says."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,24 @@ def test_norm_depth_asks_xiongs_question_deep_with_and_without_warmup_under_both
     assert {t.config["model"]["init"] for t in trials} == {"gpt2", "xavier"}
     assert {t.seed for t in trials} == {0, 1, 2, 3, 4}
     assert all(t.config["model"]["n_layers"] >= 12 for t in trials)
+
+
+def test_scale_norm_tunes_each_norm_at_each_rung_then_confirms_on_three_seeds():
+    from b6lab.sweep.trials import tuning_configs
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "scale_norm.yaml"
+    exp = load_experiment(path)
+    trials = resolve_trials(exp)
+    assert exp.ladder.budget_rule == "tokens_per_param" and len(exp.grid[0].values) >= 3  # 3+ rungs
+    assert {t.config["model"]["norm"] for t in trials} == {"pre", "post"} and {t.seed for t in trials} == {0, 1, 2}
+    assert len({t.config["model"]["n_layers"] for t in trials}) == 1  # width grows, depth does not
+    assert exp.tuning.algorithm == "grid" and [k.key for k in exp.tuning.keys] == ["optim.lr"]
+    steps = {t.grid["ladder"]: t.max_steps for t in trials}
+    tuned = tuning_configs(exp)
+    assert len(tuned) == len(trials) // 3  # every (norm, rung) tuned on its own, at its rung's length
+    assert {json.loads(key)["ladder"]["label"]: c["train"]["max_steps"] for key, c in tuned.items()} == steps
+    assert all(t.config["train"]["precision"] == "fp32" and t.config["train"]["threads"] == 1 for t in trials)
+    assert exp.max_concurrent == 2 and exp.base.preset == "tiny"  # the embedded corpus: no download
 
 
 @pytest.mark.parametrize("name", ["shakespeare_tuning", "shakespeare_confirm"])

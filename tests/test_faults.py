@@ -25,6 +25,7 @@ from b6lab.errors import ConfigError, DataError, UsageError
 from b6lab.train import checkpoint
 from b6lab.train.records import MetricsFile, read_metrics
 from b6lab.train.trainer import Trainer
+from tests.fault_hook import inject
 
 SETTINGS = ["logging.progress=false", "train.max_steps=12", "train.eval_interval=4", "train.eval_steps=1",
             "train.log_interval=3", "train.checkpoint_interval=2", "model.dropout=0.1", "train.precision=fp32",
@@ -35,8 +36,8 @@ def config(*overrides):
     return load_config(preset="tiny", overrides=[*SETTINGS, *overrides])
 
 
-def train_in_process(out, *overrides, **options):
-    return Trainer(config(*overrides), out, say=lambda m: None, **options).run()
+def train_in_process(out, *overrides, fault_injector=None, **options):
+    return inject(Trainer(config(*overrides), out, say=lambda m: None, **options), fault_injector).run()
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +413,7 @@ def test_divergence_keeps_finite_checkpoints_from_before_it(tmp_path):
             holder["trainer"].model.tok_emb.weight.data.fill_(float("nan"))
 
     out = tmp_path / "run"
-    trainer = Trainer(config("model.dropout=0.0"), out, say=lambda m: None, fault_injector=poison)
+    trainer = inject(Trainer(config("model.dropout=0.0"), out, say=lambda m: None), poison)
     holder["trainer"] = trainer
     summary = trainer.run()
     # step 6's loss is the first NaN: found at its log, before its checkpoint would have been written
@@ -505,9 +506,10 @@ def one_line_error(capsys, *argv):
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("optim.lr=-1e-3", "optim.lr: must be a number > 0, got -0.001"),
-    ("optim.betas=[1.5,0.9]", "optim.betas: must be two numbers in [0, 1)"),
-    ("optim.weight_decay=-1", "optim.weight_decay: must be a number >= 0"),
+    # Checked when the config is read (the optimizers' Annotated limits), so the line says where the value came from.
+    ("optim.lr=-1e-3", "optim.lr (in --set optim.lr): must be a number > 0, got -0.001"),
+    ("optim.betas=[1.5,0.9]", "optim.betas (in --set optim.betas): must be two numbers in [0, 1)"),
+    ("optim.weight_decay=-1", "optim.weight_decay (in --set optim.weight_decay): must be a number >= 0"),
 ])
 def test_bad_optimizer_values(capsys, tmp_path, setting, message):
     err = one_line_error(capsys, "train", "--preset", "tiny", "--set", setting, "--set", f"train.out_dir={tmp_path / 'r'}")

@@ -13,7 +13,6 @@ import b6lab
 from b6lab import parts, testing
 from b6lab.cli import main
 from b6lab.config import load_config
-from b6lab.train.trainer import Trainer
 from tests.test_model import CPU32
 
 D_MODEL, N_LAYERS = 64, 4
@@ -59,14 +58,12 @@ def test_the_default_init_is_bit_identical_to_the_old_gpt2_init(register_plugin,
         assert torch.equal(tensor, old.state_dict()[name]), name
 
 
-def test_a_tiny_run_has_the_same_losses_with_the_default_and_the_old_init(register_plugin, tmp_path):
+def test_a_tiny_run_has_the_same_losses_with_the_default_and_the_old_init(register_plugin, tmp_path, tiny_run):
     register_plugin(OldInit(), "old-init")
     losses = {}
     for init in ("gpt2", "as-it-was"):
-        cfg = load_config(preset="tiny", overrides=[
-            "logging.progress=false", "train.max_steps=6", "train.eval_interval=3", "train.eval_steps=1",
-            "train.log_interval=1", "train.precision=fp32", f"model.init={init}", f"train.out_dir={tmp_path / init}"])
-        Trainer(cfg, tmp_path / init, say=lambda message: None).run()
+        tiny_run.train(tmp_path / init, "train.log_interval=1", "train.precision=fp32", f"model.init={init}",
+                       f"train.out_dir={tmp_path / init}", max_steps=6, eval_interval=3, eval_steps=1)
         rows = [json.loads(line) for line in (tmp_path / init / "metrics.jsonl").read_text().splitlines()]
         losses[init] = [(row["step"], row.get("loss"), row.get("val_loss")) for row in rows
                         if "loss" in row or "val_loss" in row]

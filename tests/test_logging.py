@@ -198,12 +198,20 @@ def test_quiet_silences_tunes_trials_did_not_complete_line(capfd):
 
     assert tune_module.logger.name == "ray.tune.tune"
     level = tune_module.logger.level
-    for quiet in (False, True):
-        capfd.readouterr()
-        with tune_errors_silenced(quiet):
-            tune_module.logger.error("Trials did not complete: %s", ["norm=post,seed=0"])
-        assert ("ERROR" in capfd.readouterr().err) is not quiet  # Ray's own handler writes to stderr
-        assert tune_module.logger.level == level
+    # A handler on stderr as it is now: Ray's own was made when ray was first imported, perhaps
+    # inside another test's capture, and writes to that test's stream.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    tune_module.logger.addHandler(handler)
+    try:
+        for quiet in (False, True):
+            capfd.readouterr()
+            with tune_errors_silenced(quiet):
+                tune_module.logger.error("Trials did not complete: %s", ["norm=post,seed=0"])
+            assert ("ERROR" in capfd.readouterr().err) is not quiet
+            assert tune_module.logger.level == level
+    finally:
+        tune_module.logger.removeHandler(handler)
     assert logging.getLogger("ray.tune.tune") is tune_module.logger
 
 

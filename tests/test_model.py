@@ -5,10 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from b6lab import parts, registry
+from b6lab import fast_paths, parts, registry
 from b6lab.attention import AttentionContext, Documents
 from b6lab.config import load_config
-from b6lab.model import KVCache, RotaryEmbedding, apply_rope
+from b6lab import model as plain
+from b6lab.model import KVCache, RotaryEmbedding
+from b6lab.rope_kernel import apply_rope
 
 CPU32 = AttentionContext(torch.device("cpu"), torch.float32, head_dim=16)
 
@@ -188,3 +190,30 @@ def test_cpu_bf16_attention_and_rope_compute_in_fp32_and_round_once():
     rotated.float().sum().backward()
     expected.sum().backward()
     assert torch.equal(x.grad, x32.grad.bfloat16())
+
+
+def test_the_fast_paths_compute_what_the_plain_model_computes():
+    """A run's model (fast_paths.py: the RoPE kernel, the fused loss) against model.py's plain
+    PyTorch, the same weights: the same logits, loss and gradients."""
+    cfg = replace(load_config(preset="tiny", overrides={"model.attention": "eager"}).model, vocab_size=256,
+                  d_model=64, n_heads=4, logit_softcap=5.0)
+    context = replace(CPU32, head_dim=cfg.head_dim)
+    built = parts.build_attention(cfg, context)[0], parts.norm_placement(cfg, context), parts.feedforward(cfg, context)
+    torch.manual_seed(0)
+    fast = fast_paths.make_model(context, cfg, *built, parts.initialisation(cfg, context)).train()
+    slow = plain.B6(cfg, *built, lambda model: None).train()
+    slow.load_state_dict(fast.state_dict())
+    assert slow.loss is plain.next_token_loss and slow.blocks[0].attn.rotate is plain.apply_rope
+    fast.z_loss = slow.z_loss = 1e-2
+    idx, targets = torch.randint(0, 256, (2, 40)), torch.randint(0, 256, (2, 40))
+    targets[0, :5] = -1
+    for model in (fast, slow):
+        model(idx, targets).backward()
+    torch.testing.assert_close(fast(idx, targets), slow(idx, targets), atol=1e-5, rtol=1e-5)
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(idx), slow.eval()(idx), atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 33, 4, 16)
+    torch.testing.assert_close(apply_rope(x, *RotaryEmbedding(16, 33, 10000.0)(33)),
+                               plain.apply_rope(x, *RotaryEmbedding(16, 33, 10000.0)(33)), atol=1e-6, rtol=1e-6)

@@ -24,7 +24,6 @@ from b6lab.data.documents import in_split, split_text
 from b6lab.data.hub import hub_offline
 from b6lab.data.sources import TEXT_PIECE_CHARS, HubDataset, LocalFiles
 from b6lab.errors import ConfigError, DataError
-from b6lab.train.trainer import Trainer
 
 VAL_FRACTION = 0.2
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards hex jolly zebras in café Zürich".split()
@@ -270,19 +269,22 @@ def test_config_checks_the_source_options(tmp_path):
 # Training on local files: each format, and the named corpora's local copies
 
 
-def train_briefly(tmp_path, *overrides):
-    cfg = load_config(preset="tiny", overrides=[
-        "logging.progress=false", "train.max_steps=8", "train.eval_interval=8", "train.eval_steps=2",
-        "train.log_interval=4", "model.max_seq_len=32", f"data.val_fraction={VAL_FRACTION}", *overrides,
-    ])
-    summary = Trainer(cfg, tmp_path / "run", say=lambda message: None).run()
-    assert summary["status"] == "completed" and summary["steps"] == 8
-    assert summary["final_val_loss"] < 6.0  # byte vocabulary: ln(256) = 5.5 at the start
-    return summary
+@pytest.fixture
+def train_briefly(tiny_run):
+    """train_briefly(tmp_path, *overrides) -> the summary of 8 steps on short sequences, checked."""
+
+    def train_briefly(tmp_path, *overrides):
+        summary = tiny_run.train(tmp_path / "run", "train.log_interval=4", "model.max_seq_len=32",
+                                 f"data.val_fraction={VAL_FRACTION}", *overrides, max_steps=8, eval_interval=8)
+        assert summary["status"] == "completed" and summary["steps"] == 8
+        assert summary["final_val_loss"] < 6.0  # byte vocabulary: ln(256) = 5.5 at the start
+        return summary
+
+    return train_briefly
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS) + ["single txt"])
-def test_a_short_run_trains_on_each_format(fmt, tmp_path):
+def test_a_short_run_trains_on_each_format(fmt, tmp_path, train_briefly):
     if fmt == "single txt":
         path = tmp_path / "input.txt"
         path.write_text("\n".join(make_documents(80)), encoding="utf-8")
@@ -291,7 +293,7 @@ def test_a_short_run_trains_on_each_format(fmt, tmp_path):
     train_briefly(tmp_path, "data.source=text", f"data.path={path}")
 
 
-def test_a_named_corpus_trains_from_local_shards(tmp_path):
+def test_a_named_corpus_trains_from_local_shards(tmp_path, train_briefly):
     """OpenWebText2 as extracted from its tar: .jsonl.zst shards, a document per line."""
     shards = tmp_path / "owt2"
     shards.mkdir()

@@ -17,16 +17,21 @@ from b6lab.config import load_config
 from b6lab.errors import UsageError
 from b6lab.train.records import read_metrics
 from b6lab.train.trainer import Trainer
+from tests.fault_hook import inject
 
 
-def run(tmp_path, *overrides, name="run", **trainer_options):
-    out = tmp_path / name
-    cfg = load_config(preset="tiny", overrides=[
-        "logging.progress=false", "train.max_steps=12", "train.eval_interval=6", "train.eval_steps=2",
-        "train.log_interval=1", "train.precision=fp32", *overrides,
-    ])
-    trainer = Trainer(cfg, out, say=lambda message: None, **trainer_options)
-    return trainer.run(), out
+EXACT = ("train.log_interval=1", "train.precision=fp32")  # every step logged, in fp32: runs compare exactly
+
+
+@pytest.fixture
+def run(tiny_run):
+    """run(tmp_path, *overrides, name="run", **trainer_options) -> (summary, folder)."""
+
+    def run(tmp_path, *overrides, name="run", **trainer_options):
+        out = tmp_path / name
+        return tiny_run.train(out, *EXACT, *overrides, **trainer_options), out
+
+    return run
 
 
 def losses(out):
@@ -37,7 +42,7 @@ def val_losses(out):
     return [r["val_loss"] for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
 
 
-def test_a_run_writes_its_files(tmp_path):
+def test_a_run_writes_its_files(tmp_path, run):
     summary, out = run(tmp_path)
     assert summary["status"] == "completed" and summary["steps"] == 12
     assert summary["tokens"] == 12 * 8 * 64
@@ -62,14 +67,14 @@ def test_a_run_writes_its_files(tmp_path):
         assert {"model.pt", "state.pt", "config.yaml", "tokenizer.pkl"} <= {p.name for p in (out / "checkpoints" / name).iterdir()}
 
 
-def test_the_loss_goes_down(tmp_path):
+def test_the_loss_goes_down(tmp_path, run):
     summary, out = run(tmp_path, "train.max_steps=40", "train.eval_interval=40")
     first, last = losses(out)[:5], losses(out)[-5:]
     assert sum(last) / 5 < sum(first) / 5 - 0.5
     assert summary["best_val_loss"] < math.log(256)
 
 
-def test_same_seed_same_losses_other_seed_other_losses(tmp_path):
+def test_same_seed_same_losses_other_seed_other_losses(tmp_path, run):
     _, a = run(tmp_path, name="a")
     _, b = run(tmp_path, name="b")
     _, c = run(tmp_path, "train.seed=1", name="c")
@@ -77,21 +82,21 @@ def test_same_seed_same_losses_other_seed_other_losses(tmp_path):
     assert losses(a) != losses(c)
 
 
-def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path, run):
     _, whole = run(tmp_path, "train.batch_size=8", "train.grad_accum_steps=1", name="whole")
     _, split = run(tmp_path, "train.batch_size=4", "train.grad_accum_steps=2", name="split")
     assert losses(whole) == pytest.approx(losses(split), abs=1e-5)
     assert val_losses(whole) == pytest.approx(val_losses(split), abs=1e-5)
 
 
-def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, run):
     _, plain = run(tmp_path, name="plain")
     _, checkpointed = run(tmp_path, "model.gradient_checkpointing=true", name="checkpointed")
     assert losses(plain) == pytest.approx(losses(checkpointed), abs=1e-5)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_after_a_crash_equals_a_straight_run(tmp_path, workers):
+def test_resume_after_a_crash_equals_a_straight_run(tmp_path, workers, run, tiny_run):
     common = [f"data.num_workers={workers}", "model.dropout=0.1", "train.checkpoint_interval=4"]
     _, straight = run(tmp_path, *common, name="straight")
 
@@ -99,10 +104,7 @@ def test_resume_after_a_crash_equals_a_straight_run(tmp_path, workers):
     # crash it at step 10 and put back the checkpoint it had at step 8.
     kept = tmp_path / "kept-checkpoint"
     crashed = tmp_path / "crashed"
-    trainer_cfg = load_config(preset="tiny", overrides=[
-        "logging.progress=false", "train.max_steps=12", "train.eval_interval=6", "train.eval_steps=2",
-        "train.log_interval=1", "train.precision=fp32", *common,
-    ])
+    trainer_cfg = tiny_run.config(*EXACT, *common)
 
     def crash_at_step_10(step, micro_batch):
         if step == 8 and not kept.exists():
@@ -110,7 +112,7 @@ def test_resume_after_a_crash_equals_a_straight_run(tmp_path, workers):
         if step == 10:
             raise SystemExit("simulated crash")
 
-    trainer = Trainer(trainer_cfg, crashed, say=lambda m: None, fault_injector=crash_at_step_10)
+    trainer = inject(Trainer(trainer_cfg, crashed, say=lambda m: None), crash_at_step_10)
     with pytest.raises(SystemExit):
         trainer.run()
     shutil.rmtree(crashed / "checkpoints" / "last")
@@ -125,7 +127,7 @@ def test_resume_after_a_crash_equals_a_straight_run(tmp_path, workers):
     assert summary["tokens"] == 12 * 8 * 64
 
 
-def test_an_interrupted_run_saves_where_it_stopped_and_resumes(tmp_path):
+def test_an_interrupted_run_saves_where_it_stopped_and_resumes(tmp_path, run, tiny_run):
     _, straight = run(tmp_path, name="straight")
 
     def interrupt(step, micro_batch):
@@ -138,17 +140,14 @@ def test_an_interrupted_run_saves_where_it_stopped_and_resumes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "interrupted (in step 10)" in summary["reason"]
     assert summary["checkpoints"]["last"] == 9
-    cfg = load_config(preset="tiny", overrides=[
-        "logging.progress=false", "train.max_steps=12", "train.eval_interval=6", "train.eval_steps=2", "train.log_interval=1",
-        "train.precision=fp32",
-    ])
+    cfg = tiny_run.config(*EXACT)
     resumed = Trainer(cfg, out, resume=True, say=lambda m: None)
     assert resumed.step == 9
     resumed.run()
     assert losses(out) == pytest.approx(losses(straight), abs=1e-5)
 
 
-def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path):
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path, tiny_run):
     raised = []
 
     def oom_once(step, micro_batch):
@@ -158,8 +157,8 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
 
     messages = []
     out = tmp_path / "oom"
-    cfg = load_config(preset="tiny", overrides=["logging.progress=false", "train.max_steps=6", "train.eval_interval=6"])
-    summary = Trainer(cfg, out, say=messages.append, fault_injector=oom_once).run()
+    cfg = tiny_run.config(max_steps=6, eval_interval=6, eval_steps=None)
+    summary = inject(Trainer(cfg, out, say=messages.append), oom_once).run()
     assert summary["status"] == "completed" and summary["tokens"] == 6 * 8 * 64
     assert any("micro-batch 8 -> 4, accumulation 2" in m for m in messages)
     events = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "oom"]
@@ -167,7 +166,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
     assert [r["micro_batch"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r][-1] == 4
 
 
-def test_out_of_memory_at_micro_batch_one_gives_up_clearly(tmp_path):
+def test_out_of_memory_at_micro_batch_one_gives_up_clearly(tmp_path, run):
     def always_oom(step, micro_batch):
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
@@ -175,22 +174,45 @@ def test_out_of_memory_at_micro_batch_one_gives_up_clearly(tmp_path):
         run(tmp_path, "train.batch_size=2", fault_injector=always_oom)
 
 
-def test_a_diverged_run_is_recorded_not_raised(tmp_path):
+def test_a_diverged_run_is_recorded_not_raised(tmp_path, tiny_run):
     holder = {}
 
     def poison(step, micro_batch):
         if step == 4:
             holder["trainer"].model.tok_emb.weight.data.fill_(float("nan"))
 
-    cfg = load_config(preset="tiny", overrides=["logging.progress=false", "train.max_steps=12", "train.log_interval=2"])
-    trainer = Trainer(cfg, tmp_path / "diverged", say=lambda m: None, fault_injector=poison)
+    cfg = tiny_run.config("train.log_interval=2", eval_interval=None, eval_steps=None)
+    trainer = inject(Trainer(cfg, tmp_path / "diverged", say=lambda m: None), poison)
     holder["trainer"] = trainer
     summary = trainer.run()
     assert summary["status"] == "diverged" and "nan" in summary["reason"]
     assert summary["steps"] < 12
 
 
-def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stopped_at, status", [(6, "stopped"), (12, "completed")])
+def test_a_sweep_scheduler_stop_is_written_by_the_trainer_as_its_outcome(tmp_path, run, stopped_at, status):
+    """Tune stopping a trial from its eval callback (StoppedEarly, Ray's quiet SystemExit): the Trainer's
+    own summary.json says `stopped` with the scheduler's reason, or `completed` at the trial's last
+    evaluation; `last` is saved where it stopped, and the folder is free again."""
+    from b6lab.sweep.tune_runner import StoppedEarly, stopped_by_tune
+
+    def report(record, saved):
+        if record["step"] == stopped_at:
+            raise StoppedEarly(stopped_by_tune(record["step"], 12, "asha"))
+
+    with pytest.raises(StoppedEarly):
+        run(tmp_path, "train.log_interval=3", on_eval=report)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == status and summary["steps"] == stopped_at
+    assert summary["reason"] == (None if status == "completed" else
+                                 "stopped at step 6: the asha scheduler stopped it early (or the sweep was interrupted)")
+    assert summary["checkpoints"]["last"] == stopped_at
+    with Trainer(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True,
+                 say=lambda m: None) as resumed:
+        assert resumed.step == stopped_at
+
+
+def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch, run):
     monkeypatch.setenv("WANDB_SILENT", "true")
     summary, out = run(tmp_path, "logging.wandb.enabled=true", "logging.wandb.mode=offline", "train.max_steps=4",
                        "train.eval_interval=2")
@@ -200,7 +222,7 @@ def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):
     assert list(runs[0].glob("*.wandb")), "wandb wrote no run data file"
 
 
-def test_generate_prints_text_from_a_checkpoint(tmp_path):
+def test_generate_prints_text_from_a_checkpoint(tmp_path, run):
     _, out = run(tmp_path, "train.max_steps=20", "train.eval_interval=10")
     result = subprocess.run(
         [sys.executable, "-m", "b6lab.cli", "generate", str(out / "checkpoints" / "best"), "--prompt", "import ",
@@ -251,7 +273,7 @@ def test_default_out_dirs_never_overwrite_and_resume_takes_the_newest(tmp_path, 
     assert not (tmp_path / "runs" / "typo").exists()
 
 
-def test_compile_is_off_on_a_cpu_by_default_and_a_compiled_run_gives_the_eager_losses(tmp_path):
+def test_compile_is_off_on_a_cpu_by_default_and_a_compiled_run_gives_the_eager_losses(tmp_path, run):
     _, plain = run(tmp_path, "train.max_steps=4", "train.eval_interval=2", name="plain")
     assert yaml.safe_load((plain / "config.yaml").read_text())["run"]["resolved"]["compile"] is False
     _, compiled = run(tmp_path, "train.max_steps=4", "train.eval_interval=2", "train.compile=true", name="compiled")
@@ -260,7 +282,7 @@ def test_compile_is_off_on_a_cpu_by_default_and_a_compiled_run_gives_the_eager_l
     assert val_losses(compiled) == pytest.approx(val_losses(plain), abs=1e-4)  # the eval graph too
 
 
-def test_resume_keeps_the_thread_count_auto_chose_unless_told_another(tmp_path):
+def test_resume_keeps_the_thread_count_auto_chose_unless_told_another(tmp_path, run):
     threads_before = torch.get_num_threads()
     try:
         _, out = run(tmp_path, "train.max_steps=6", "train.threads=auto")

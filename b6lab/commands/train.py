@@ -7,12 +7,16 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from b6lab import registry
 from b6lab.commands.common import add_config_arguments, config_from_args
-from b6lab.config import load_config, read_yaml
+from b6lab.config import RunConfig, load_config, read_yaml
 from b6lab.errors import UsageError
 from b6lab.train.run_folder import RunLock, holds_run
+
+if TYPE_CHECKING:
+    from b6lab.train.trainer import Trainer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,25 +42,16 @@ def run(args: argparse.Namespace) -> int:
         return _train(args, cfg)
 
 
-def _train(args: argparse.Namespace, cfg) -> int:
-    from b6lab.train import distributed
+def _train(args: argparse.Namespace, cfg: RunConfig) -> int:
     from b6lab.train.checkpoint import DiskFull
-    from b6lab.train.trainer import Trainer
 
-    out_dir = distributed.from_main(lambda: choose_out_dir(cfg.train.out_dir, cfg.name, args.resume))
-    distributed.report_run_folder(out_dir)  # for `--nproc`'s line if a process is killed
-    if args.resume and (out_dir / "config.yaml").exists():
-        # The run continues as it was configured (the same model, the same data); only what --set
-        # says changes, e.g. a longer train.max_steps.
-        cfg = load_config(out_dir / "config.yaml", overrides=args.overrides)
-        for note in registry.source_changes(read_yaml(out_dir / "config.yaml").get("run", {}).get("plugins")):
-            print(f"note: {note}", file=sys.stderr)
     try:
-        trainer = Trainer(cfg, out_dir, resume=args.resume)
+        trainer = start_run(cfg, args.overrides, args.resume, note=lambda line: print(f"note: {line}", file=sys.stderr))
     except DiskFull as exc:  # the run folder's lock, config.yaml, the tokenizer cache
         print(f"b6lab train: failed: disk full: {exc}; nothing was trained: free space there, or set "
               "train.out_dir to another disk", file=sys.stderr)
         return 1
+    cfg, out_dir = trainer.cfg, trainer.out_dir
     summary = trainer.run()
     if summary["status"] != "completed":
         # One line: what happened and what to do (summary.json and metrics.jsonl are in out_dir).
@@ -75,6 +70,25 @@ def _train(args: argparse.Namespace, cfg) -> int:
         prompt = shlex.quote(sampling_prompt(cfg.data))
         print(f"sample from it: b6lab generate {out_dir}/checkpoints/best --prompt {prompt}")
     return 0
+
+
+def start_run(cfg: RunConfig, overrides: Mapping[str, Any] | Sequence[str], resume: bool,
+              note: Callable[[str], None]) -> Trainer:
+    """The run that `b6lab train` and `b6lab.train` start, ready to `run()`: in a new run folder
+    (choose_out_dir), or, with `resume`, in the one to continue, configured as it was started plus
+    `overrides` (what `note` is told: the plugins whose source changed since)."""
+    from b6lab.train import distributed
+    from b6lab.train.trainer import Trainer
+
+    out_dir = distributed.from_main(lambda: choose_out_dir(cfg.train.out_dir, cfg.name, resume))
+    distributed.report_run_folder(out_dir)  # for `--nproc`'s line if a process is killed
+    if resume and (out_dir / "config.yaml").exists():
+        # The run continues as it was configured (the same model, the same data); only what the
+        # overrides say changes, e.g. a longer train.max_steps.
+        cfg = load_config(out_dir / "config.yaml", overrides=overrides)
+        for line in registry.source_changes(read_yaml(out_dir / "config.yaml").get("run", {}).get("plugins")):
+            note(line)
+    return Trainer(cfg, out_dir, resume=resume)
 
 
 def sampling_prompt(data_cfg, words: int = 3) -> str:

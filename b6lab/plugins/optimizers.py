@@ -9,11 +9,20 @@ Each group also holds its parameters' names under "param_names" (torch's own key
 from __future__ import annotations
 
 import importlib.util
+from typing import Annotated
 
 import torch
 
 import b6lab
 from b6lab.errors import ConfigError
+from b6lab.validation import within
+
+# The ranges torch itself would refuse (with a traceback, at the first step), checked with the
+# config (validation.check_options): "optim.lr (in FILE): must be a number > 0, got -0.001".
+PositiveNumber = Annotated[float, within(lambda v: v > 0, "a number > 0")]
+NotNegative = Annotated[float, within(lambda v: v >= 0, "a number >= 0")]
+Momentum = Annotated[float, within(lambda v: 0 <= v < 1, "a number in [0, 1)")]
+Betas = Annotated[tuple[float, float], within(lambda b: all(0 <= v < 1 for v in b), "two numbers in [0, 1), e.g. [0.9, 0.99]")]
 
 
 class Lion(torch.optim.Optimizer):
@@ -78,12 +87,14 @@ def _lion_foreach(params, grads, momenta, lr, beta1, beta2, weight_decay):
     torch._foreach_lerp_(momenta, grads, 1 - beta2)
 
 
-def lion(param_groups, *, lr: float = 3e-4, weight_decay: float = 0.3, betas: tuple[float, float] = (0.9, 0.99), foreach: bool | None = None):
+def lion(param_groups, *, lr: PositiveNumber = 3e-4, weight_decay: NotNegative = 0.3, betas: Betas = (0.9, 0.99),
+         foreach: bool | None = None):
     """Lion, sign-of-momentum updates (Chen et al. 2023); lr and wd set ~3x from AdamW's."""
     return Lion(param_groups, lr=lr, betas=betas, weight_decay=weight_decay, foreach=foreach)
 
 
-def adamw(param_groups, *, lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, fused: bool | None = None):
+def adamw(param_groups, *, lr: PositiveNumber = 1e-3, weight_decay: NotNegative = 0.1, betas: Betas = (0.9, 0.95),
+          eps: PositiveNumber = 1e-8, fused: bool | None = None):
     """torch.optim.AdamW, fused into one kernel where this torch supports it (CUDA and CPU)."""
     if fused is None:
         fused = True  # torch >= 2.4 fuses AdamW on CUDA and on CPU; it raises on other devices
@@ -98,6 +109,20 @@ def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
     The embedding, the LM head (tied to it or not), norms and biases are not hidden matrices.
     (A wrapped model's names have a prefix: DDP's "module.blocks.0...".)"""
     return param.dim() == 2 and (name.startswith("blocks.") or ".blocks." in name)
+
+
+def split_groups(groups: list[dict], chosen) -> tuple[list[dict], list[dict]]:
+    """Each group split by chosen(name, param) into (the others, the chosen), each part keeping its
+    group's settings; empty parts are dropped."""
+    others, picked = [], []
+    for group in groups:
+        mask = [chosen(name, p) for name, p in zip(group["param_names"], group["params"])]
+        for routed, to in ((False, others), (True, picked)):
+            params = [p for p, m in zip(group["params"], mask) if m == routed]
+            if params:
+                names = [n for n, m in zip(group["param_names"], mask) if m == routed]
+                to.append({**group, "params": params, "param_names": names})
+    return others, picked
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -127,23 +152,16 @@ class MuonAdamW(torch.optim.Optimizer):
 
 
 def muon(
-    param_groups, *, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
-    weight_decay: float = 0.0, adjust_lr_fn: str = "original", adamw_lr: float = 1e-3,
-    adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_weight_decay: float = 0.1,
+    param_groups, *, lr: PositiveNumber = 0.02, momentum: Momentum = 0.95, nesterov: bool = True, ns_steps: int = 5,
+    weight_decay: NotNegative = 0.0, adjust_lr_fn: str = "original", adamw_lr: PositiveNumber = 1e-3,
+    adamw_betas: Betas = (0.9, 0.95), adamw_weight_decay: NotNegative = 0.1,
 ):
     """Muon (Jordan et al. 2024, torch.optim.Muon) on the blocks' 2-D weights; AdamW on embeddings, head, norms, biases."""
     if adjust_lr_fn not in ("original", "match_rms_adamw"):
         raise ConfigError(f"must be original or match_rms_adamw, got {adjust_lr_fn!r}", key="optim.adjust_lr_fn")
     if any("param_names" not in group for group in param_groups):
         raise ConfigError("muon routes parameters by name, and these groups have no param_names", key="optim.name")
-    muon_groups, adamw_groups = [], []
-    for group in param_groups:
-        hidden = [is_hidden_matrix(name, p) for name, p in zip(group["param_names"], group["params"])]
-        for routed, to in ((True, muon_groups), (False, adamw_groups)):
-            params = [p for p, h in zip(group["params"], hidden) if h == routed]
-            if params:
-                names = [n for n, h in zip(group["param_names"], hidden) if h == routed]
-                to.append({**group, "params": params, "param_names": names})
+    adamw_groups, muon_groups = split_groups(param_groups, is_hidden_matrix)
     muon_options = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, adjust_lr_fn=adjust_lr_fn)
     adamw_options = dict(lr=adamw_lr, betas=adamw_betas, weight_decay=adamw_weight_decay)
     try:
@@ -165,8 +183,8 @@ def schedulefree_missing(**_context) -> str | None:
 
 
 def adamw_schedulefree(
-    param_groups, *, lr: float = 2.5e-3, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-    weight_decay: float = 0.1, warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0,
+    param_groups, *, lr: PositiveNumber = 2.5e-3, betas: Betas = (0.9, 0.95), eps: PositiveNumber = 1e-8,
+    weight_decay: NotNegative = 0.1, warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0,
 ):
     """Schedule-free AdamW (Defazio et al. 2024, schedulefree.AdamWScheduleFree): no LR decay; use schedule.name=constant."""
     from schedulefree import AdamWScheduleFree

@@ -10,7 +10,8 @@
     seeds: [0, 1]                                        # each grid point runs once per seed (train.seed)
     seeds: {start: 3, max: 12, equivalence: 0.01}        # or sequential: more seeds only where undecided
     tune: {keys: {optim.lr: [1.0e-4, 3.0e-3, log]}, trials: 8, seeds: [100], algorithm: optuna}
-                                                         # tune each grid point first (tuning.py)
+                                                         # tune each grid point first (tuning.py);
+                                                         # algorithm: optuna | random | grid
     search: {keys: ..., trials: 16}                      # no grid: a search, its best run on the seeds
     ladder: {model.d_model: [64, 128], model.n_heads: [2, 4], tokens_per_param: 20}
                                                          # every grid point at every rung (a model size)
@@ -250,6 +251,9 @@ def _tuning(sweep: SweepFile, axes: list[Axis], seeds: list[int], file: str) -> 
     if shared:
         raise ConfigError(f"shares seeds {shared} with the sweep's seeds: the tuning seeds must be others, or the "
                           "confirmation would reuse the runs the setting was chosen on", key="tune.seeds", file=file)
+    if section.algorithm == "grid" and section.trials < 2 and any(k.choices is None for k in keys):
+        raise ConfigError("is 1 with algorithm grid: a range needs 2 or more values (low and high at least)",
+                          key=f"{name}.trials", file=file)
     if sweep.resources.workers > 1:
         raise ConfigError("tune: with resources.workers > 1 is not supported: tune on one worker per trial",
                           key="tune", file=file)

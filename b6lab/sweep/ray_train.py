@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ray import tune
 
+from b6lab.sweep.tune_runner import stopped_by_tune
 from b6lab.train.records import read_summary, write_json
 
 
@@ -85,12 +86,10 @@ class TrainTrialEnds(tune.Callback):
             return
         # Tune ended the trial at its last report, before its workers wrote their summary.
         step = result.get("step", 0)
-        outcome = {"status": "completed", "reason": None} if step >= result["max_steps"] else {
-            "status": "stopped", "reason": f"stopped at step {step}: the {self.scheduler} scheduler stopped it early "
-            "(or the sweep was interrupted)"}
+        outcome = stopped_by_tune(step, result["max_steps"], self.scheduler)
         figures = {"steps": step, "tokens": result.get("tokens"), "final_val_loss": result.get("val_loss"),
                    "best_val_loss": result.get("best_val_loss")}
-        write_json(run_dir / "summary.json", summary | figures | outcome)
+        write_json(run_dir / "summary.json", summary | figures | {"status": outcome.status, "reason": outcome.reason})
 
     def on_step_begin(self, iteration, trials, **info):
         if self.last_check is not None and time.monotonic() - self.last_check > self.CHECK_SECONDS:

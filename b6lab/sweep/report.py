@@ -25,11 +25,16 @@ def sweep_header(exp, trials) -> str:
     at_once = f"at most {exp.max_concurrent} at a time" if exp.max_concurrent else "as many at a time as fit"
     early = f"; early stopping: {exp.scheduler['name']}" if exp.scheduler else ""
     if exp.tuning:
+        from b6lab.sweep.tuning import arms
+
         t = exp.tuning
-        early += (f"\n  {'tuned first, per grid point' if exp.grid else 'a search first'}: {t.trials} settings of "
+        which = "tuned first, per grid point" + (" (each arm at each rung, at the rung's length)" if exp.ladder else "")
+        runs = len(arms(exp)) * t.settings * len(t.seeds)
+        early += (f"\n  {which if exp.grid else 'a search first'}: {t.settings} settings of "
                   f"{', '.join(k.describe() for k in t.keys)} ({t.algorithm}, tuning seeds {list(t.seeds)}), "
                   + ("done: the trials below use each point's choice" if exp.tuned else
-                     "then the trials below at each point's chosen setting"))
+                     f"then the trials below at each point's chosen setting ({runs} tuning "
+                     f"run{'s' * (runs != 1)} first)"))
     count = f"{len(trials)} trials"
     if exp.sequential:
         count = f"{len(trials) // len(exp.seeds) * exp.sequential.start} trials to start, at most {len(trials)}"

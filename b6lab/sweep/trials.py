@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from b6lab import parts, registry
 from b6lab.attention import AttentionContext
@@ -62,7 +61,7 @@ def resolve_trials(exp: Experiment) -> list[Trial]:
         except UsageError as exc:
             raise ConfigError(str(exc), key="plugins", file=str(exp.file)) from None
     # Each trial loads the base config's plugins and the sweep's, wherever its worker runs.
-    plugins = list(dict.fromkeys(_load(exp, [], None, "the base config").plugins + exp.plugins))
+    plugins = list(dict.fromkeys(_load(exp, {}, None, "the base config").plugins + exp.plugins))
     points = exp.points()
     names = [trial_name(exp, point) for point in points]
     for name in names:
@@ -77,20 +76,15 @@ def resolve_trials(exp: Experiment) -> list[Trial]:
 def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, plugins: list[str],
              sizes: ModelSizes, checked: dict[str, tuple[str | None, str]]) -> Trial:
     run_dir = exp.trials_dir / name
-    overrides = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(point[axis.key]).items()]
+    overrides = _grid_values(exp, point)
     # A tuned sweep's confirmation runs: each grid point at its own chosen setting.
     arm = point_key({k: v for k, v in point.items() if k != SEED_KEY})
-    overrides += [_assign(k, v) for k, v in ((exp.tuned or {}).get(arm) or {}).items()]
+    overrides |= (exp.tuned or {}).get(arm) or {}
     # logging.progress stays as the sweep file sets it: a trial's stdout is no terminal, so its
     # train.log gets plain progress lines, never a redrawn bar.
-    overrides += [_assign("train.seed", point[SEED_KEY]), _assign("train.out_dir", str(run_dir)),
-                  _assign("name", exp.name), _assign("plugins", plugins)]
-    data_path = _sweep_data_path(exp, point)
-    if data_path is not None:
-        overrides.append(_assign("data.path", data_path))
-    cfg = _load(exp, overrides, point, where)
-    if exp.ladder:  # the rung's token budget sets its length
-        cfg = _load(exp, overrides + [_assign("train.max_steps", _rung_steps(exp, point, cfg, sizes))], point, where)
+    overrides |= {"train.seed": point[SEED_KEY], "train.out_dir": str(run_dir), "name": exp.name, "plugins": plugins}
+    overrides |= _sweep_data_path(exp, point)
+    cfg = _load_at_rung(exp, overrides, point, where, sizes)
     config = cfg.to_dict()
     with _located(exp, point, where):
         # Finding the data's files is cheap (building a source reads nothing), and a path that
@@ -117,6 +111,15 @@ def _resolve(exp: Experiment, index: int, point: dict, name: str, where: str, pl
     )
 
 
+def _load_at_rung(exp: Experiment, overrides: dict, point: dict, where: str, sizes: ModelSizes) -> RunConfig:
+    """The point's config; on a ladder, trained for its rung's token budget (a trial's and a tuning
+    run's alike: an lr tuned at another length would not be the rung's)."""
+    cfg = _load(exp, overrides, point, where)
+    if exp.ladder:
+        cfg = _load(exp, overrides | {"train.max_steps": _rung_steps(exp, point, cfg, sizes)}, point, where)
+    return cfg
+
+
 def _rung_steps(exp: Experiment, point: dict, cfg: RunConfig, sizes: ModelSizes) -> int:
     """Training steps for this rung's token budget (tokens per parameter x parameters, or as given).
     Every grid point of a rung trains on the same tokens: those of the rung's first point (arms whose
@@ -132,22 +135,27 @@ def _rung_steps(exp: Experiment, point: dict, cfg: RunConfig, sizes: ModelSizes)
     return max(1, math.ceil(exp.ladder.tokens(rung, params) / per_step))
 
 
-def _sweep_data_path(exp: Experiment, point: dict):
-    """data.path as the sweep file gives it (grid, else base.set, else inline base), each relative
-    entry made absolute against the sweep file's folder, as its `plugins:` are; None where the sweep
-    file gives none (a base config file's data.path means what it means to `b6lab train`)."""
-    grid = {k: v for axis in exp.grid for k, v in axis.overrides(point[axis.key]).items()}
+def _grid_values(exp: Experiment, point: dict) -> dict:
+    """The dotted config keys a grid point sets, and their values."""
+    return {k: v for axis in exp.grid for k, v in axis.overrides(point[axis.key]).items()}
+
+
+def _sweep_data_path(exp: Experiment, point: dict) -> dict:
+    """{"data.path": ...} as the sweep file gives it (grid, else base.set, else inline base), each
+    relative entry made absolute against the sweep file's folder, as its `plugins:` are; {} where the
+    sweep file gives none (a base config file's data.path means what it means to `b6lab train`)."""
     inline = exp.base.inline.get("data")
     inline = {"data.path": inline["path"]} if isinstance(inline, dict) and "path" in inline else {}
-    given = next((layer["data.path"] for layer in (grid, exp.base.overrides, inline) if "data.path" in layer), None)
+    layers = (_grid_values(exp, point), exp.base.overrides, inline)
+    given = next((layer["data.path"] for layer in layers if "data.path" in layer), None)
     if given is None:
-        return None
+        return {}
     folder = exp.file.resolve().parent
 
     def located(entry):
         return os.path.join(folder, os.path.expanduser(entry)) if isinstance(entry, str) else entry
 
-    return [located(entry) for entry in given] if isinstance(given, list) else located(given)
+    return {"data.path": [located(entry) for entry in given] if isinstance(given, list) else located(given)}
 
 
 def trial_name(exp: Experiment, point: dict) -> str:
@@ -159,45 +167,47 @@ def trial_name(exp: Experiment, point: dict) -> str:
     return name
 
 
-def _assign(key: str, value) -> str:
-    """key=value as `--set` reads it: the value written as YAML, so that it reads back the same."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-    return f"{key}={text.removesuffix('...').strip()}"
-
-
-def _load(exp: Experiment, overrides: list[str], point: dict | None, where: str) -> RunConfig:
+def _load(exp: Experiment, overrides: dict, point: dict | None, where: str) -> RunConfig:
+    """The base config with `overrides` laid over its own `set:` values, as `b6lab train --set` would lay them."""
     base = exp.base
-    base_overrides = [_assign(k, v) for k, v in base.overrides.items()]
-    with _located(exp, point, where):
-        return load_config(base.file, preset=base.preset, overrides=base_overrides + overrides,
+    with _located(exp, point, where) as origin:
+        return load_config(base.file, preset=base.preset, overrides=base.overrides | overrides, origin=origin,
                            data=None if base.file else base.inline)
 
 
 @contextlib.contextmanager
 def _located(exp: Experiment, point: dict | None, where: str):
-    """A config or usage error inside says which trial of which sweep file it belongs to."""
+    """A config or usage error inside says which trial of which sweep file it belongs to; yields
+    `origin(key)`, the part of the sweep file a value laid over the base came from."""
+    origin = _origin(exp, point)
     try:
-        yield
+        yield origin
     except ConfigError as exc:
-        raise ConfigError(f"{exc.message} ({where})", key=exc.key, file=_origin(exc.file, exc.key, exp, point)) from None
+        file = exc.file
+        if file is None:  # an error no layer is named for: the key's part of the sweep file
+            file = origin(exc.key)
+        elif file == "<config>":  # the base's inline sections
+            file = origin(exc.key) if origin(exc.key) != str(exp.file) else f"base of {exp.file}"
+        raise ConfigError(f"{exc.message} ({where})", key=exc.key, file=file) from None
     except UsageError as exc:
         raise UsageError(f"{exp.file}, {where}: {exc}") from None
 
 
-def _origin(origin: str | None, key: str | None, exp: Experiment, point: dict | None) -> str:
-    """Where a bad value came from, in the sweep file's terms rather than `--set`'s."""
-    if origin and origin != "<config>" and not origin.startswith("--set "):
-        return origin  # a preset, or the base's config file
-    if origin and origin.startswith("--set "):
-        key = origin.removeprefix("--set ")
-    grid_keys = {k for axis in exp.grid for k in axis.overrides(point[axis.key])} if point else set()
-    if exp.ladder and key in exp.ladder.keys:
-        return f"ladder of {exp.file}"
-    if key in grid_keys:
-        return f"grid of {exp.file}"
-    if key in exp.base.overrides:
-        return f"base.set of {exp.file}"
-    return f"base of {exp.file}" if origin == "<config>" else str(exp.file)
+def _origin(exp: Experiment, point: dict | None):
+    """Where a value laid over the base came from, in the sweep file's terms: its ladder, its grid,
+    its base's `set:`, else the sweep file itself (the seed, the run folder, the tuned values)."""
+    grid_keys = set(_grid_values(exp, point)) if point else set()
+
+    def origin(key: str | None) -> str:
+        if exp.ladder and key in exp.ladder.keys:
+            return f"ladder of {exp.file}"
+        if key in grid_keys:
+            return f"grid of {exp.file}"
+        if key in exp.base.overrides:
+            return f"base.set of {exp.file}"
+        return str(exp.file)
+
+    return origin
 
 
 def trial_context(cfg: RunConfig, gpus: float) -> AttentionContext | None:
@@ -268,17 +278,17 @@ def tuning_configs(exp: Experiment) -> dict[str, dict]:
     both ends of its range (or each choice) before anything runs: arm key -> config dict."""
     from b6lab.sweep.tuning import arm_name, arms
 
-    configs = {}
-    plugins = list(dict.fromkeys(_load(exp, [], None, "the base config").plugins + exp.plugins))
+    configs, sizes = {}, ModelSizes()
+    plugins = list(dict.fromkeys(_load(exp, {}, None, "the base config").plugins + exp.plugins))
     for arm in arms(exp):
-        grid = [_assign(k, v) for axis in exp.grid for k, v in axis.overrides(arm[axis.key]).items()]
         where = f"tuning {arm_name(exp, arm)}"
-        seed = [_assign("train.seed", exp.tuning.seeds[0]), _assign("name", exp.name), _assign("plugins", plugins)]
-        data_path = _sweep_data_path(exp, arm)  # relative to the sweep file, as for the grid's trials
-        seed += [] if data_path is None else [_assign("data.path", data_path)]
+        point = arm | {SEED_KEY: exp.tuning.seeds[0]}
+        # data.path relative to the sweep file, as for the grid's trials
+        overrides = _grid_values(exp, arm) | {"train.seed": exp.tuning.seeds[0], "name": exp.name,
+                                              "plugins": plugins} | _sweep_data_path(exp, arm)
         for tuned in exp.tuning.keys:
             for value in tuned.bounds():
-                _load(exp, grid + seed + [_assign(tuned.key, value)], arm | {SEED_KEY: exp.tuning.seeds[0]},
-                      f"{where}, {tuned.key}={value}")
-        configs[point_key(arm)] = _load(exp, grid + seed, arm | {SEED_KEY: exp.tuning.seeds[0]}, where).to_dict()
+                _load(exp, overrides | {tuned.key: value}, point, f"{where}, {tuned.key}={value}")
+        # On a ladder each (arm, rung) is tuned at the rung's length: the best lr moves with width.
+        configs[point_key(arm)] = _load_at_rung(exp, overrides, point, where, sizes).to_dict()
     return configs

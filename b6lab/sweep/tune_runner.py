@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from b6lab.errors import UsageError
 from b6lab.sweep.grid import SEED_KEY, Experiment, point_key
-from b6lab.train.records import read_summary, write_json
+from b6lab.train.records import Outcome, read_summary, write_json
 
 if TYPE_CHECKING:  # trials.py imports torch, which Ray's own start need not wait for
     from b6lab.sweep.trials import Trial
@@ -26,14 +26,22 @@ if TYPE_CHECKING:  # trials.py imports torch, which Ray's own start need not wai
 
 class StoppedEarly(SystemExit):
     """Tune stopped the trial: its scheduler did, or the sweep was interrupted. A SystemExit with
-    code 0 is how Ray ends a trial's thread quietly; the Trainer records the message as the reason."""
+    code 0 is how Ray ends a trial's thread quietly; the Trainer records its `outcome`."""
 
-    def __init__(self, step: int, scheduler: str | None):
-        why = "the sweep was interrupted"
-        if scheduler:
-            why = f"the {scheduler} scheduler stopped it early (or {why})"
-        super().__init__(f"stopped at step {step}: {why}")
-        self.code = 0
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.reason)
+        self.code, self.outcome = 0, outcome
+
+
+def stopped_by_tune(step: int, max_steps: int, scheduler: str | None) -> Outcome:
+    """A trial Tune ended at `step`: stopped (by its scheduler, or the sweep was interrupted), or
+    completed if that was its last evaluation (a scheduler may stop a trial there too)."""
+    if step >= max_steps:
+        return Outcome("completed")
+    why = "the sweep was interrupted"
+    if scheduler:
+        why = f"the {scheduler} scheduler stopped it early (or {why})"
+    return Outcome("stopped", f"stopped at step {step}: {why}", step)
 
 
 def trial_spec(trial: Trial, exp: Experiment) -> dict:
@@ -77,7 +85,7 @@ def run_trial(config: dict, trials: dict) -> None:
         try:
             tune.report(metrics, checkpoint=last)
         except SystemExit:  # how Ray tells a trial's thread to end; the Trainer records why
-            raise StoppedEarly(record["step"], spec["scheduler"]) from None
+            raise StoppedEarly(stopped_by_tune(record["step"], spec["max_steps"], spec["scheduler"])) from None
 
     with open(run_dir / "train.log", "a") as log:
         try:
@@ -87,11 +95,7 @@ def run_trial(config: dict, trials: dict) -> None:
         except Exception as exc:  # set-up failed before the Trainer could record why
             write_json(run_dir / "summary.json", {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
             raise
-        try:
-            trainer.run()
-        except StoppedEarly as stop:
-            _record_stop(run_dir, spec["max_steps"], str(stop))
-            raise
+        trainer.run()
 
 
 def _already_finished(run_dir: Path, max_steps: int) -> bool:
@@ -110,15 +114,6 @@ def _report_without_training(spec: dict, run_dir: Path) -> None:
     summary = read_summary(run_dir)
     tune.report({"val_loss": summary.get("final_val_loss") or math.nan, "step": summary.get("steps") or 0,
                  "max_steps": spec["max_steps"], "trial": spec["name"]})
-
-
-def _record_stop(run_dir: Path, max_steps: int, reason: str) -> None:
-    """The Trainer wrote "failed"; say "stopped" (or "completed": a scheduler may also stop a trial
-    at its last evaluation, when the run is complete anyway)."""
-    summary = read_summary(run_dir)
-    done = summary.get("steps", 0) >= max_steps
-    outcome = {"status": "completed", "reason": None} if done else {"status": "stopped", "reason": reason}
-    write_json(run_dir / "summary.json", summary | outcome)
 
 
 def _restore_tune_checkpoint(saved, target: Path) -> None:

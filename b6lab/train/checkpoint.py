@@ -1,13 +1,17 @@
 """Checkpoints a crashed run resumes from, written so that no crash, full disk or kill loses one.
 
-A checkpoint is a folder (`checkpoints/last`, `checkpoints/best`) holding model.pt, state.pt
-(optimizer, scaler, RNG, data position, step and counters), config.yaml, the tokenizer, and
-last of all COMPLETE (its step): a folder without that marker was cut off mid-write.
+A checkpoint is a folder (`checkpoints/last`, `checkpoints/best`) holding the weights and the
+optimizer state, state.pt (the trainer's state_dict(): scaler, RNG, data position, step and
+counters), config.yaml, the tokenizer, and last of all COMPLETE (its step): a folder without that
+marker was cut off mid-write. `save` writes one, `Resume.read` and `load` read one back.
 
-An FSDP run of several processes writes the weights and optimizer state sharded instead, through
-torch.distributed.checkpoint: each process writes its own shards (`__<rank>_0.distcp`), rank 0 the
-index (`.metadata`) and the rest; DCP reshards them when the run resumes on another number of
-processes, and a single process (`b6lab generate`, `eval`, `export`) reads them whole.
+The weights and optimizer state are whole or sharded, by who holds them. Whole: model.pt, and the
+optimizer's state dict in state.pt (one process, or DDP's rank 0 for all). Sharded, by an FSDP
+run of several processes: torch.distributed.checkpoint, each process its own shards
+(`__<rank>_0.distcp`), rank 0 the index (`.metadata`) and the rest; DCP reshards them when the
+run resumes on another number of processes, and a single process (`b6lab generate`, `eval`,
+`export`) reads them whole. (DCP for every run would be one format, but it saves and loads a
+CPU-sized model slower: benchmarks/README.md, "Checkpoint formats".)
 
 A save writes `<name>.tmp-PID`, marks it complete, renames the current `<name>` to `<name>.old`,
 renames the temporary to `<name>` and only then deletes `<name>.old`: at every instant one of
@@ -25,6 +29,7 @@ import pickle
 import random
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,47 +49,45 @@ class DiskFull(Exception):
     """The disk (or the quota) ran out while a checkpoint was written; the temporary is removed."""
 
 
-def save(folder: Path, *, model_state: dict, state: dict, config: dict, extra: dict | None = None,
-         needed_bytes: float = 0) -> None:
-    """`extra` maps file names to objects pickled beside (the tokenizer, so sampling needs no corpus).
-    DiskFull before anything is written when less than `needed_bytes` is free."""
-    folder = Path(folder)
-    check_space(folder, needed_bytes)
-    partial = _new_partial(folder)
-    with _cleaned_up_on_error(partial, folder):
-        partial.mkdir()
-        _write(partial / "model.pt", lambda f: torch.save(model_state, f))
-    _complete(partial, folder, state, config, extra)
+def save(folder: Path, *, state: dict, config: dict, model_state: dict | None = None, shards: dict | None = None,
+         extra: dict | None = None, needed_bytes: float = 0) -> None:
+    """Write checkpoint `folder`, whole or sharded. Whole: this process alone writes `model_state` (the
+    model's state dict) as model.pt, `state` (which then holds the optimizer's) as state.pt. Sharded (an
+    FSDP run of several processes): every process calls it with `shards`, its part of the state
+    ({"model": ..., "optimizer": ...}, DTensors by parameter name), and writes it; rank 0, once all
+    are written, the rest and the marker; an error on any rank is raised on every rank. `extra` maps
+    file names to objects pickled beside (the tokenizer, so sampling needs no corpus). DiskFull before
+    anything is written when less than `needed_bytes` is free."""
+    folder, together = Path(folder), shards is not None
+    partial = _by_rank_0(lambda: _new_partial(folder, needed_bytes), together)
+    if together:
+        _write_shards(partial, folder, shards)
+    else:
+        with _cleaned_up_on_error(partial, folder):
+            _write(partial / "model.pt", lambda f: torch.save(model_state, f))
+    _by_rank_0(lambda: _complete(partial, folder, state, config, extra), together)
 
 
-def save_sharded(folder: Path, *, shards: dict, state: dict, config: dict, extra: dict | None = None,
-                 needed_bytes: float = 0) -> None:
-    """`save` for an FSDP run of several processes; every process calls it. `shards` is this rank's
-    part of the state ({"model": ..., "optimizer": ...}, DTensors by parameter name): each process
-    writes its own shards, then rank 0 (once all are written) the rest and the marker. An error on
-    any rank (DiskFull when rank 0 sees less than `needed_bytes` free) is raised on every rank."""
+def _by_rank_0(work, together: bool):
+    """`work()` in this process; or, when every process takes part in the save, on rank 0 alone, its
+    result (or its error) handed to every rank."""
+    if not together:
+        return work()
+    from b6lab.train import distributed
+
+    return distributed.from_main(work, errors=Exception)
+
+
+def _write_shards(partial: Path, folder: Path, shards: dict) -> None:
+    """Every process writes its shards into `partial` (torch.distributed.checkpoint, collectively)."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    folder, main = Path(folder), dist.get_rank() == 0
-    box: list = [None]
-    if main:
-        try:
-            check_space(folder, needed_bytes)
-            box[0] = _new_partial(folder)
-            with _cleaned_up_on_error(box[0], folder):
-                box[0].mkdir()
-        except Exception as exc:  # noqa: BLE001 - handed to every rank
-            box[0] = exc
-    dist.broadcast_object_list(box, src=0)
-    if isinstance(box[0], Exception):
-        raise box[0]
-    partial = box[0]
     try:
         dcp.save(shards, checkpoint_id=partial)
     except CheckpointException as exc:
-        if main:
+        if dist.get_rank() == 0:
             shutil.rmtree(partial, ignore_errors=True)
         errors = [failure[0] for failure in exc.failures.values()]
         full = [e for e in errors if isinstance(e, OSError) and e.errno in DISK_FULL]
@@ -92,29 +95,18 @@ def save_sharded(folder: Path, *, shards: dict, state: dict, config: dict, extra
             raise DiskFull(f"{os.strerror(full[0].errno).lower()} writing {folder}") from None
         raise
     dist.barrier()  # every rank's shards are on disk before the marker says the folder is complete
-    box = [None]
-    if main:
-        try:
-            _complete(partial, folder, state, config, extra)
-        except Exception as exc:  # noqa: BLE001 - handed to every rank
-            box[0] = exc
-    dist.broadcast_object_list(box, src=0)
-    if box[0] is not None:
-        raise box[0]
 
 
-def check_space(folder: Path, needed_bytes: float) -> None:
-    folder = Path(folder)
+def _new_partial(folder: Path, needed_bytes: float) -> Path:
+    """The empty temporary `<name>.tmp-PID` a save writes into; DiskFull if less than `needed_bytes` is free."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder.parent).free
     if free < needed_bytes:
         raise DiskFull(f"{free / 2**20:.0f} MB free, checkpoints/{folder.name} needs ~{needed_bytes / 2**20:.0f} MB")
-
-
-def _new_partial(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
     partial = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
+    with _cleaned_up_on_error(partial, folder):
+        partial.mkdir()
     return partial
 
 
@@ -166,14 +158,10 @@ def _fsync(folder: Path) -> None:
 
 def step_of(folder: Path) -> int | None:
     """The step of a complete checkpoint folder, or None if it is not one."""
-    folder = Path(folder)
     try:
-        return json.loads((folder / MARKER).read_text())["step"]
+        return json.loads((Path(folder) / MARKER).read_text())["step"]
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    # Written before the marker existed: only ever renamed into place whole, so complete (step unknown).
-    legacy = ".tmp-" not in folder.name and (folder / "model.pt").is_file() and (folder / "state.pt").is_file()
-    return -1 if legacy and not (folder / MARKER).exists() else None
+        return None
 
 
 def _copies(folder: Path) -> list[Path]:
@@ -288,25 +276,49 @@ CHANGEABLE_ON_RESUME = ("model.dropout", "model.attention", "model.gradient_chec
                         "data.prefetch_factor", "data.cache_dir")
 
 
-def recorded_threads(saved_config: dict) -> int | None:
-    """The CPU thread count a checkpointed run trained with (its config's run.resolved.threads)."""
-    return ((saved_config.get("run") or {}).get("resolved") or {}).get("threads")
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a resumed run continues from: its folder, and the trainer state and config it was
+    saved with (its weights and optimizer state are read once the model is built, into its shards)."""
+
+    folder: Path
+    state: dict
+    config: dict
+
+    @classmethod
+    def read(cls, folder: Path) -> "Resume":
+        return cls(Path(folder), *read_state(folder))
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU thread count the run trained with (its config's run.resolved.threads)."""
+        return ((self.config.get("run") or {}).get("resolved") or {}).get("threads")
+
+    def check(self, config: dict, say) -> None:
+        """A setting of `config` the resumed run cannot honour is an error naming the key; the others
+        take effect (and are said)."""
+        # As YAML holds them (a tuple is a list there); where the run is written is the folder resumed.
+        before, now = (flatten(json.loads(json.dumps(c, default=str))) for c in (self.config, config))
+        added = _keys_added_since(before)
+        for key in dict.fromkeys([*before, *now]):  # config order: a plugin's name before its options
+            if (key.startswith("run.") or key == "train.out_dir" or key.startswith(CHANGEABLE_ON_RESUME)
+                    or before.get(key) == now.get(key) or added.get(key, object()) == now.get(key)):
+                continue
+            if key.startswith(FIXED_ON_RESUME):
+                raise ConfigError(
+                    f"cannot change when resuming (the checkpoint has {before.get(key)!r}, this run asks for "
+                    f"{now.get(key)!r}): the saved weights and data position depend on it; start a new run "
+                    "with another train.out_dir to change it", key=key)
+            say(f"  resuming with {key} = {now.get(key)!r} (was {before.get(key)!r})")
 
 
-def check_resumable(saved_config: dict, config: dict, say) -> None:
-    """A setting a resumed run cannot honour is an error naming the key; the others take effect (and are said)."""
-    # As YAML holds them (a tuple is a list there); where the run is written is the folder resumed.
-    before, now = (flatten(json.loads(json.dumps(c, default=str))) for c in (saved_config, config))
-    for key in dict.fromkeys([*before, *now]):  # config order: a plugin's name before its options
-        if (key.startswith("run.") or key == "train.out_dir" or key.startswith(CHANGEABLE_ON_RESUME)
-                or before.get(key) == now.get(key)):
-            continue
-        if key.startswith(FIXED_ON_RESUME):
-            raise ConfigError(
-                f"cannot change when resuming (the checkpoint has {before.get(key)!r}, this run asks for "
-                f"{now.get(key)!r}): the saved weights and data position depend on it; start a new run "
-                "with another train.out_dir to change it", key=key)
-        say(f"  resuming with {key} = {now.get(key)!r} (was {before.get(key)!r})")
+def _keys_added_since(before: dict) -> dict:
+    """The config keys a checkpoint made by an older b6lab lacks, at their defaults: a run that
+    leaves a newer key (model.parametrization, say) at its default resumes as it was made."""
+    from b6lab.config import RunConfig
+
+    defaults = flatten(json.loads(json.dumps(RunConfig().to_dict(), default=str)))
+    return {key: value for key, value in defaults.items() if key not in before}
 
 
 def rng_state() -> dict:

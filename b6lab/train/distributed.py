@@ -211,8 +211,9 @@ def torchrun(argv: list[str]) -> int:
     return 0
 
 
-def from_main(compute):
-    """`compute()` on rank 0, its result (or its UsageError) on every rank: choices such as the run folder."""
+def from_main(compute, errors: type[BaseException] | tuple = UsageError):
+    """`compute()` on rank 0, its result (or its error of the kinds `errors`) on every rank: choices such
+    as the run folder, the temporary folder of a sharded checkpoint."""
     ranks = current()
     if ranks.world_size == 1:
         return compute()
@@ -220,7 +221,7 @@ def from_main(compute):
     if ranks.is_main:
         try:
             box[0] = ("ok", compute())
-        except UsageError as exc:
+        except errors as exc:
             box[0] = ("error", exc)
     dist.broadcast_object_list(box, src=0)
     kind, value = box[0]
@@ -349,25 +350,25 @@ def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> d
     return {"model": model_state, "optimizer": optimizer_state}
 
 
-def load_checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder, state: dict,
+def load_checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, resume: checkpoint.Resume,
                           parallel: str) -> None:
-    """The weights and optimizer state of checkpoint `folder` (whose trainer state is `state`) into
-    this run's model, whatever the number of processes of the run that wrote it: sharded ones are
-    resharded by torch.distributed.checkpoint, a whole one is loaded by every rank (under FSDP2 each
-    keeps its shard of it)."""
+    """The weights and optimizer state of the checkpoint `resume` into this run's model, whatever the
+    number of processes of the run that wrote it: sharded ones are resharded by
+    torch.distributed.checkpoint, a whole one is loaded by every rank (under FSDP2 each keeps its
+    shard of it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    if checkpoint.is_sharded(folder):
+    if checkpoint.is_sharded(resume.folder):
         shards = sharded_state(model, optimizer)
-        checkpoint.load_shards(shards, folder)
+        checkpoint.load_shards(shards, resume.folder)
         set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
     elif parallel == "fsdp" and current().world_size > 1:
-        set_state_dict(model, optimizer, model_state_dict=checkpoint.read_weights(folder),
-                       optim_state_dict=_keyed_by_name(state["optimizer"], model, optimizer),
+        set_state_dict(model, optimizer, model_state_dict=checkpoint.read_weights(resume.folder),
+                       optim_state_dict=_keyed_by_name(resume.state["optimizer"], model, optimizer),
                        options=StateDictOptions(full_state_dict=True))
     else:
-        model.load_state_dict(checkpoint.read_weights(folder))
-        optimizer.load_state_dict(state["optimizer"])
+        model.load_state_dict(checkpoint.read_weights(resume.folder))
+        optimizer.load_state_dict(resume.state["optimizer"])
 
 
 def _keyed_by_name(optimizer_state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -170,11 +170,11 @@ def keep_freed_memory() -> bool:
     glibc's malloc takes blocks over its mmap threshold (128 KiB, raised as blocks are freed, to
     32 MiB at most) straight from the OS and returns them on free, and trims the heap's free top
     as well: a step's activations and gradients then arrive as fresh pages at every step, each
-    page a fault the kernel zeroes: 2,600 page faults a step for nanoGPT's Shakespeare recipe and
-    40,000 (160 MB) for cpu-small, 10% and 3% of their step times (benchmarks/step_profile.py;
-    figures in benchmarks/README.md). CUDA's caching allocator keeps freed blocks the same way; the cost
-    is that the process's resident memory stays at its peak. Left alone where the user tuned
-    malloc (MALLOC_* environment variables, GLIBC_TUNABLES) or the C library is not glibc."""
+    page a fault the kernel zeroes (benchmarks/step_profile.py counts them; the figures are in
+    benchmarks/README.md, "Where the time still went"). CUDA's caching allocator keeps freed
+    blocks the same way; the cost is that the process's resident memory stays at its peak. Left
+    alone where the user tuned malloc (MALLOC_* environment variables, GLIBC_TUNABLES) or the C
+    library is not glibc. One of the fast paths (fast_paths.py)."""
     if platform.libc_ver()[0] != "glibc" or "GLIBC_TUNABLES" in os.environ:
         return False
     if any(name.startswith("MALLOC_") for name in os.environ):

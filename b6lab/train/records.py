@@ -2,7 +2,8 @@
 
 Every metric goes to metrics.jsonl (one JSON object per line); wandb and TensorBoard, when
 enabled, get the same records (trackers.py). On resume the lines after the checkpoint's step
-are dropped, so the file reads as one uninterrupted run.
+are dropped, so the file reads as one uninterrupted run. How the run ended is an `Outcome`,
+summary.json's status and reason.
 """
 
 from __future__ import annotations
@@ -13,11 +14,23 @@ import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from b6lab.errors import DataError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, as summary.json says it. Decided where the run ends (a stop, or the error
+    that ends it: a Diverged, a sweep's StoppedEarly carry theirs), never read back from words."""
+
+    status: str  # completed, failed, diverged, or stopped (by a sweep's scheduler)
+    reason: str | None = None  # the user's line; None when completed
+    step: int | None = None  # where: the step of a stop, the first non-finite step of a divergence
+    say_where_to_continue: bool = False  # the reason goes on to name the checkpoints left, and what to do
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -37,6 +50,13 @@ def disk_full_line(exc: OSError, folder: Path) -> str:
     except OSError:
         free = f"in {folder}"
     return f"{os.strerror(exc.errno).lower()}{written} ({free})"
+
+
+def disk_full(exc: BaseException, folder: Path, step: int) -> Outcome:
+    """The outcome of a run the disk (or the quota) ended at `step`: failed, with the line every
+    full-disk stop says. `exc` is the OSError of a write, or checkpoint.DiskFull (its own line)."""
+    said = disk_full_line(exc, folder) if is_disk_full(exc) else exc
+    return Outcome("failed", f"disk full: {said} at step {step}", step, say_where_to_continue=True)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,11 @@ screen of plain PyTorch) of grad_accum_steps micro-batches each, logs every log_
 evaluates (and keeps the best checkpoint) every eval_interval, and writes a resumable checkpoint
 every checkpoint_interval and at the end.
 
+A Trainer's life: built inside its RunFolder (locked, tidied, the checkpoint to resume read),
+run once, closed (the folder left: run() closes at its end, `with Trainer(...) as trainer:` for
+code that only takes steps). Its `state_dict()` is what a checkpoint restores besides the
+weights and optimizer; how the run ended is an Outcome, decided where it ends.
+
 What a stop may cost, and why it costs nothing: the run folder is locked for the run's life;
 Ctrl-C or SIGTERM finishes the current step, saves and writes summary.json (a second one
 abandons the step, saving the state of the step's start); nothing non-finite is ever saved;
@@ -36,9 +41,9 @@ from b6lab.data.packing import TrainBatches, validation_batches
 from b6lab.errors import DataError, UsageError, exception_line
 from b6lab.progress import Progress, progress_mode
 from b6lab.train import checkpoint, diagnostics, distributed, hardware, provenance
-from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull
-from b6lab.train.records import MetricsFile, disk_full_line, is_disk_full, write_json
-from b6lab.train.run_folder import RunLock, holds_run
+from b6lab.train.checkpoint import TOKENIZER_FILE, DiskFull, Resume
+from b6lab.train.records import MetricsFile, Outcome, disk_full, disk_full_line, is_disk_full
+from b6lab.train.run_folder import RunFolder
 from b6lab.train.trackers import RunLog, check_wandb_login
 
 CPU_EVAL_MICRO_BATCHES = 8  # see val_batches in Trainer._setup
@@ -48,9 +53,11 @@ EvalCallback = Callable[[dict, "Path | None"], None]
 
 
 class Diverged(Exception):
+    """A loss or the weights became non-finite: the run ends diverged, naming the first such step."""
+
     def __init__(self, step: int, what: str):
         super().__init__(f"{what} at step {step}")
-        self.step = step
+        self.outcome = Outcome("diverged", str(self), step, say_where_to_continue=True)
 
 
 def train_step(model, batches, optimizer, scaler, accum: int, clip: float | None,
@@ -76,66 +83,55 @@ def train_step(model, batches, optimizer, scaler, accum: int, clip: float | None
 
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: Path, *, resume: bool = False, on_eval: EvalCallback | None = None,
-                 fault_injector: Callable[[int, int], None] | None = None, say: Callable[[str], None] = print):
-        self.cfg, self.out_dir, self.on_eval = cfg, Path(out_dir), on_eval
-        self.fault_injector, self.say = fault_injector, say
+                 say: Callable[[str], None] = print):
+        self.cfg, self.out_dir, self.on_eval, self.say = cfg, Path(out_dir), on_eval, say
         check_wandb_login(cfg.logging.wandb)  # a missing login fails now, not after the data is built
-        self.ckpt_dir = self.out_dir / "checkpoints"
         self.ranks = distributed.current()
-        # One writer per run folder: the main process holds the lock (released at the end of run(), or
-        # by the kernel if killed) and tidies what a crash mid-save left; the other ranks wait for it.
-        self.lock = RunLock(self.out_dir) if self.ranks.is_main else contextlib.nullcontext()
-        self.lock.__enter__()
+        # One writer per run folder: the main process locks it (until close(), or the kernel if killed)
+        # and tidies what a crash mid-save left; the other ranks enter it once that is done.
+        self.folder = RunFolder(self.out_dir, main=self.ranks.is_main)
+        self.ckpt_dir = self.folder.checkpoints
         try:
-            distributed.main_first(self._tidy)
-            self._setup(self._checkpoint_to_resume() if resume else None)
-        except BaseException as exc:
-            self.lock.__exit__(None, None, None)
-            if self.ranks.is_main:
-                self.lock.forget_if_unused()
+            with contextlib.ExitStack() as stack:  # the folder is left here if the set-up fails, else by close()
+                distributed.main_first(lambda: stack.enter_context(self.folder))
+                self._setup(self.folder.resume(say) if resume else None)
+                stack.callback(self.batches.close)
+                self._close = stack.pop_all()
+        except OSError as exc:
             if is_disk_full(exc):  # config.yaml, the tokenizer cache: nothing was trained yet
                 raise DiskFull(disk_full_line(exc, self.out_dir)) from None
             raise
 
-    def _tidy(self) -> None:
-        if not self.ranks.is_main:
-            return
-        for name in ("last", "best"):
-            checkpoint.tidy(self.ckpt_dir / name)  # the newest complete copy wins
-        for partial in self.out_dir.glob("*.tmp-*"):  # summary.json cut off by a crash
-            partial.unlink()
+    def close(self) -> None:
+        """Stop the data workers and leave the run folder (its lock released); run() ends with it."""
+        self._close.close()
 
-    def _checkpoint_to_resume(self):
-        found = checkpoint.find(self.ckpt_dir / "last")
-        if found is None and holds_run(self.out_dir):
-            raise UsageError(f"cannot resume {self.out_dir}: no complete checkpoint to continue from "
-                             f"({checkpoint.describe(self.ckpt_dir)}); its files are left as they are; "
-                             "start a new run with another train.out_dir")
-        if found is None:
-            self.say(f"nothing to resume in {self.out_dir}: starting a new run there")
-            return None
-        return found, *checkpoint.read_state(found)  # the weights are read once the model is built
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -----------------------------------------------------------------------------------------
     # Setup
 
-    def _setup(self, saved) -> None:
+    def _setup(self, resume: Resume | None) -> None:
         cfg = self.cfg
         _seed_everything(cfg.train.seed)
         self.source = parts.build_source(cfg.data)
         self.tokenizer = distributed.main_first(lambda: parts.build_tokenizer(cfg.data, self.source))
         model_cfg = parts.resolve_vocab(cfg.model, self.tokenizer)
         self.plan = hardware.plan(replace(cfg, model=model_cfg), _approx_params(model_cfg),
-                                  resumed_threads=checkpoint.recorded_threads(saved[2]) if saved else None)
+                                  resumed_threads=resume.threads if resume else None)
         if self.plan.threads:
             torch.set_num_threads(self.plan.threads)
         if self.plan.device == "cpu":
             hardware.keep_freed_memory()
-        state = saved[1] if saved else None
-        if saved:
-            checkpoint.check_resumable(saved[2], self.cfg.to_dict(), self.say)
-        if state:  # an out-of-memory retreat before the crash keeps its smaller micro-batch
-            self.plan.batch_size, self.plan.grad_accum_steps = distributed.resumed_micro_batch(state), state["grad_accum_steps"]
+        if resume:
+            resume.check(self.cfg.to_dict(), self.say)
+            # an out-of-memory retreat before the crash keeps its smaller micro-batch
+            self.plan.batch_size = distributed.resumed_micro_batch(resume.state)
+            self.plan.grad_accum_steps = resume.state["grad_accum_steps"]
         self.device = torch.device(self.plan.device)
         compute_dtype = self.plan.dtype
         context = AttentionContext(self.device, compute_dtype, model_cfg.head_dim, model_cfg.dropout)
@@ -152,22 +148,20 @@ class Trainer:
             torch.autocast(self.device.type, dtype=compute_dtype) if self.plan.precision != "fp32" else contextlib.nullcontext()
         )
         self.step, self.tokens, self.best_val, self.last_val, self.train_seconds = 0, 0, math.inf, None, 0.0
-        self.wandb_id, self.stopped_by, self.diverged_at = None, None, None
+        self.wandb_id, self.stopped_by, self.outcome = None, None, None
         self._window: list[torch.Tensor] = []  # each step's loss since the last logged one
         # Where the current step started (data position, RNG): what a stop in its middle saves. None
         # once the optimizer updates the weights, until the step's bookkeeping is done.
         self._boundary: dict | None = None
         self.optimizer.register_step_pre_hook(lambda *_: setattr(self, "_boundary", None))
         self.best_bpb, self.last_bpb, self.grad_norm = math.inf, None, None
-        if saved:
-            self._restore(*saved)
-        self.saved_steps = {name: checkpoint.step_of(self.ckpt_dir / name) for name in ("last", "best")
-                            if checkpoint.step_of(self.ckpt_dir / name) is not None}
+        if resume:
+            self._restore(resume)
         self.batches = TrainBatches(
             self.source, self.tokenizer, seq_len=cfg.seq_len, batch_size=self.plan.batch_size,
             shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
             prefetch_factor=cfg.data.prefetch_factor, pin_memory=self.device.type == "cuda",
-            state=state["data"] if state else None, rank=self.ranks.rank, ranks=self.ranks.world_size,
+            state=resume.state["data"] if resume else None, rank=self.ranks.rank, ranks=self.ranks.world_size,
         )
         # eval_steps global batches: the same sequences whatever the accumulation and the number of
         # processes (each evaluates its share), also after a resume on another number of processes
@@ -189,27 +183,50 @@ class Trainer:
         if self.ranks.is_main:
             dump_config(cfg, self.out_dir / "config.yaml", self.record)
 
-    def _restore(self, folder, state, _config) -> None:
+    def _restore(self, resume: Resume) -> None:
         # The optimizer's settings are this run's config (a --set optim.weight_decay takes effect);
         # its state (momenta, step counts, and the group entries it names in group_state_keys) is the checkpoint's.
         kept = ("params", *getattr(self.optimizer, "group_state_keys", ()))
         settings = [{k: v for k, v in group.items() if k not in kept} for group in self.optimizer.param_groups]
         self._optimizer_mode("train")  # loading sharded state may step the fresh optimizer (to create its state)
         try:
-            distributed.load_checkpoint_state(self.model, self.optimizer, folder, state, self.cfg.train.parallel)
+            distributed.load_checkpoint_state(self.model, self.optimizer, resume, self.cfg.train.parallel)
         except RuntimeError as exc:
             raise DataError(f"the checkpoint in {self.ckpt_dir} does not fit this run's model "
                             f"({exception_line(exc, 200)})") from None
         for group, chosen in zip(self.optimizer.param_groups, settings):
             group.update(chosen)
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val_loss"]
-        self.last_val, self.train_seconds = state.get("last_val_loss"), state["train_seconds"]
-        self.best_bpb, self.last_bpb = state.get("best_val_bpb", math.inf), state.get("last_val_bpb")
-        self.wandb_id = state.get("wandb_id")
-        self._window = [torch.tensor(v, device=self.device) for v in state.get("loss_window", [])]
-        checkpoint.restore_rng(state["rng"])
+        self.load_state_dict(resume.state)
         self._optimizer_mode("train")  # a checkpoint holds a schedule-free optimizer's eval weights
+
+    def state_dict(self) -> dict:
+        """The trainer's state between steps (mid-step: of the step's start), as a checkpoint's state.pt
+        holds it (torchtitan's Stateful: the weights and the optimizer state are their own state dicts,
+        saved beside it). Every process calls it: the loss window is averaged over them, so that every
+        rank resumes with the same window, whose mean is then the one the uninterrupted run logs."""
+        window = distributed.sum_tensor_over_ranks(torch.stack(self._window)) / self.ranks.world_size \
+            if self._window else []
+        position = self._boundary or self._position()
+        return {
+            "scaler": self.scaler.state_dict(), "step": self.step,
+            "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
+            "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb,
+            "train_seconds": self.train_seconds, "rng": position["rng"], "data": position["data"],
+            "loss_window": [loss.item() for loss in window],
+            "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
+            "world_size": self.ranks.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """state_dict()'s counters, loss window and RNG back; its data position and micro-batch are read
+        by the set-up, which builds the data stream and the plan from them."""
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens, self.train_seconds = state["step"], state["tokens"], state["train_seconds"]
+        self.best_val, self.last_val = state["best_val_loss"], state["last_val_loss"]
+        self.best_bpb, self.last_bpb = state["best_val_bpb"], state["last_val_bpb"]
+        self.wandb_id = state["wandb_id"]
+        self._window = [torch.tensor(v, device=self.device) for v in state["loss_window"]]
+        checkpoint.restore_rng(state["rng"])
 
     def _record(self) -> dict:
         """What config.yaml records beside the config: versions, plugin sources, automatic choices."""
@@ -234,6 +251,14 @@ class Trainer:
     # The loop
 
     def run(self) -> dict:
+        """Train to train.max_steps (or a stop), write summary.json, close; returns the summary. A crash,
+        an interrupt or a sweep's stop is raised again once the summary is written."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> dict:
         cfg, train = self.cfg, self.cfg.train
         resuming = self.step > 0
         main = self.ranks.is_main  # only the main process writes the run folder and prints
@@ -246,33 +271,34 @@ class Trainer:
         progress = Progress(train.max_steps, initial=self.step, description=self.out_dir.name, say=self.say,
                             mode=progress_mode(cfg.logging.progress and main, cfg.logging.quiet),
                             every_seconds=cfg.logging.plain_interval_seconds)
-        status, reason, save_last = "completed", None, False
+        outcome, save_last = Outcome("completed"), False
         start_wall, start_seconds = time.perf_counter(), self.train_seconds
         try:
             with self._stopping_on_signals():
                 self._loop(progress)
             if self.stopped_by and self.step < train.max_steps:
-                status, reason, save_last = "failed", f"stopped by {self.stopped_by} at step {self.step}", True
+                outcome = Outcome("failed", f"stopped by {self.stopped_by} at step {self.step}", self.step,
+                                  say_where_to_continue=True)
+                save_last = True
         except Diverged as exc:
-            status, reason, self.diverged_at = "diverged", str(exc), exc.step
+            outcome = exc.outcome
         except BaseException as exc:  # Ctrl-C twice, a crash, Ray stopping a trial: save if the state is whole
             if isinstance(exc, DiskFull) or is_disk_full(exc):  # a checkpoint, metrics.jsonl, TensorBoard's files
-                status, reason = "failed", self._disk_full_reason(exc)
+                outcome = disk_full(exc, self.out_dir, self.step)
             else:
-                # A crash's reason is its error alone (what the sweep tables show); an interrupt says where to go on.
-                reason = f"{type(exc).__name__}: {exc}"
+                # An error may say how the run ended (a sweep's StoppedEarly); an interrupt says where to go
+                # on; a crash's reason is its error alone (what the sweep tables show).
+                outcome = getattr(exc, "outcome", None) or Outcome("failed", f"{type(exc).__name__}: {exc}", self.step)
                 if isinstance(exc, KeyboardInterrupt):
-                    reason = f"interrupted (in step {self.step + 1})"
+                    outcome = Outcome("failed", f"interrupted (in step {self.step + 1})", self.step,
+                                      say_where_to_continue=True)
                 # Data-parallel, a crash may be another process gone (killed): the periodic checkpoint stands.
-                status, save_last = "failed", self._boundary is not None and self.ranks.world_size == 1
+                save_last = self._boundary is not None and self.ranks.world_size == 1
                 raise
         finally:
-            try:
-                progress.close()
-                self.batches.close()
-                summary = self._finish(status, reason, start_seconds + time.perf_counter() - start_wall, save_last)
-            finally:
-                self.lock.__exit__(None, None, None)
+            progress.close()
+            self.batches.close()
+            summary = self._finish(outcome, start_seconds + time.perf_counter() - start_wall, save_last)
         return summary
 
     def _loop(self, progress: Progress) -> None:
@@ -281,7 +307,7 @@ class Trainer:
         initial_rms = self._residual_rms() if self.step == 0 else None
         window_start, window_tokens = time.perf_counter(), 0
         while self.step < train.max_steps and not self.stopped_by:
-            self._boundary = {"data": self.batches.state_dict(), "rng": checkpoint.rng_state()}
+            self._boundary = self._position()
             multiplier = self.schedule(self.step)
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
                 group["lr"] = base * multiplier
@@ -362,8 +388,6 @@ class Trainer:
             if i == len(drawn):
                 drawn.append(next(self.batches))
             x, y = drawn[i]
-            if self.fault_injector:
-                self.fault_injector(self.step, x.size(0))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield x, y, Documents.from_tokens(x, self.tokenizer.eos_id) if self.cfg.data.doc_masking else None
 
@@ -484,32 +508,17 @@ class Trainer:
         rest). Raises Diverged rather than save a non-finite state, DiskFull when the disk runs out."""
         self._check_finite()
         folder, sharded = self.ckpt_dir / name, not distributed.saves_alone(self.cfg.train.parallel)
-        # Each rank's losses since the last log, as means over the ranks: every rank resumes with the
-        # same window, whose mean is then the one the uninterrupted run logs.
-        window = distributed.sum_tensor_over_ranks(torch.stack(self._window)) / self.ranks.world_size \
-            if self._window else []
-        if not (self.ranks.is_main or sharded):
-            self.saved_steps[name] = self.step
-            return None
-        needed = checkpoint.size_estimate(self.model, self.optimizer) * 1.2
-        position = self._boundary or self._position()
-        state = {
-            "scaler": self.scaler.state_dict(), "step": self.step,
-            "tokens": self.tokens, "best_val_loss": self.best_val, "last_val_loss": self.last_val,
-            "best_val_bpb": self.best_bpb, "last_val_bpb": self.last_bpb,
-            "train_seconds": self.train_seconds, "rng": position["rng"], "data": position["data"],
-            "loss_window": [loss.item() for loss in window],
-            "batch_size": self.plan.batch_size, "grad_accum_steps": self.plan.grad_accum_steps, "wandb_id": self.wandb_id,
-            "world_size": self.ranks.world_size,
-        }
-        config, extra = self.cfg.to_dict() | {"run": self.record}, {TOKENIZER_FILE: self.tokenizer}
-        if sharded:  # FSDP2 over several processes: each rank writes its shards
-            checkpoint.save_sharded(folder, shards=distributed.sharded_state(self.model, self.optimizer), state=state,
-                                    config=config, extra=extra, needed_bytes=needed)
-        else:
-            checkpoint.save(folder, model_state=self.model.state_dict(), state=state | {"optimizer": self.optimizer.state_dict()},
-                            config=config, extra=extra, needed_bytes=needed)
-        self.saved_steps[name] = self.step
+        state = self.state_dict()  # on every rank: it averages the loss window over them
+        if self.ranks.is_main or sharded:
+            if sharded:  # FSDP2 over several processes: each rank writes its shards
+                tensors = {"shards": distributed.sharded_state(self.model, self.optimizer)}
+            else:
+                tensors = {"model_state": self.model.state_dict()}
+                state["optimizer"] = self.optimizer.state_dict()
+            checkpoint.save(folder, state=state, config=self.cfg.to_dict() | {"run": self.record},
+                            extra={TOKENIZER_FILE: self.tokenizer},
+                            needed_bytes=checkpoint.size_estimate(self.model, self.optimizer) * 1.2, **tensors)
+        self.folder.saved[name] = self.step
         return folder if self.ranks.is_main else None
 
     def _log(self, record: dict) -> None:
@@ -539,73 +548,31 @@ class Trainer:
                  f"({self.tokenizer.vocab_size} ids), {cfg.seq_len} tokens per sequence")
         self.say(f"  writing to {self.out_dir}")
 
-    def _finish(self, status: str, reason: str | None, train_seconds: float, save_last: bool) -> dict:
+    def _finish(self, outcome: Outcome, train_seconds: float, save_last: bool) -> dict:
         # Under FSDP the main process cannot save alone after a crash: the other ranks hold shards.
-        if (save_last and self.step > 0 and self.saved_steps.get("last") != self.step
+        if (save_last and self.step > 0 and self.folder.saved.get("last") != self.step
                 and distributed.saves_alone(self.cfg.train.parallel)):
             try:
                 self._save("last")  # a stopped or crashed run resumes from where it stopped
             except Diverged as exc:
-                status, reason, self.diverged_at = "diverged", str(exc), exc.step
+                outcome = exc.outcome
             except DiskFull as exc:
-                status, reason = "failed", self._disk_full_reason(exc)
-        if status == "diverged" or status == "failed" and reason.startswith(("stopped", "interrupted", "disk full")):
-            reason = f"{reason}; {self._where_to_continue(status)}"
+                outcome = disk_full(exc, self.out_dir, self.step)
+        self.outcome = outcome
         summary = {
-            "status": status, "reason": reason, "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+            "status": outcome.status, "reason": self.folder.reason(outcome),
+            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
             "final_val_loss": self.last_val, "best_val_bpb": self.best_bpb if math.isfinite(self.best_bpb) else None,
             "final_val_bpb": self.last_bpb, "steps": self.step, "tokens": self.tokens, "params": self.params,
             "wall_seconds": round(train_seconds, 3), "tokens_per_sec": self.tokens / train_seconds if train_seconds else None,
             "attention": self.attention, "precision": self.plan.precision, "device": self.plan.device,
-            "checkpoints": dict(self.saved_steps),  # name -> the step it holds
+            "checkpoints": dict(self.folder.saved),  # name -> the step it holds
         }
-        if self.diverged_at is not None:
-            summary["diverged_at_step"] = self.diverged_at
-        if self.ranks.is_main:
-            self._write_records(summary)
+        if outcome.status == "diverged":
+            summary["diverged_at_step"] = outcome.step
+        if self.ranks.is_main:  # metrics.jsonl, TensorBoard and wandb closed, then summary.json
+            self.folder.finish(summary, close_logs=lambda: self.run_log.close(summary, self.ckpt_dir / "best"))
         return summary
-
-    def _disk_full_reason(self, exc: BaseException) -> str:
-        said = exc if isinstance(exc, DiskFull) else disk_full_line(exc, self.out_dir)
-        return f"disk full: {said} at step {self.step}"
-
-    def _write_records(self, summary: dict) -> None:
-        """The run's last writes: metrics.jsonl, TensorBoard and wandb closed, then summary.json. The
-        disk may run out here too (or still be full): a run that had completed is then failed for
-        it, and a summary.json that cannot be written is said in the reason (the line the user sees)."""
-
-        def ended_by(full: OSError) -> None:
-            if summary["status"] == "completed":
-                summary["status"] = "failed"
-                summary["reason"] = f"{self._disk_full_reason(full)}; {self._where_to_continue('failed')}"
-
-        try:
-            self.run_log.close(summary, self.ckpt_dir / "best")
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            ended_by(exc)
-        try:
-            write_json(self.out_dir / "summary.json", summary)
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            ended_by(exc)
-            summary["reason"] += f"; {self.out_dir / 'summary.json'} could not be written (no space left for it)"
-
-    def _where_to_continue(self, status: str) -> str:
-        """Which checkpoints survive, and what to do with them: only ones that exist are named."""
-        if not self.saved_steps:
-            return "no checkpoint was saved"
-        held = " and ".join(f"{self.ckpt_dir / name} (step {step})" for name, step in sorted(self.saved_steps.items()))
-        if status == "diverged":
-            verb = "holds" if len(self.saved_steps) == 1 else "hold"
-            then = ("resume from checkpoints/last with a lower optim.lr (`b6lab train --resume --set optim.lr=...`) "
-                    "or sample with `b6lab generate`") if "last" in self.saved_steps else "sample with `b6lab generate`"
-            return f"{held} {verb} the weights from before: {then}"
-        if "last" in self.saved_steps:
-            return f"`b6lab train --resume` continues from {self.ckpt_dir / 'last'} (step {self.saved_steps['last']})"
-        return f"{held} is kept, but there is no checkpoints/last to resume from"
 
 
 def _seed_everything(seed: int) -> None:

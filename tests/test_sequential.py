@@ -15,7 +15,7 @@ import pytest
 from scipy import integrate, stats
 
 from b6lab.sweep.sequential import (
-    ALPHA, FUTILITY, analyse, decide, design, evidence_u, fixed_design_effect, log_likelihood_ratio,
+    ALPHA, absolute_t, analyse, decide, design, fixed_design_effect, simulated_z, t_of_z, z_of_t,
 )
 
 DRAWS = 4000
@@ -64,35 +64,36 @@ def test_the_family_wise_rate_holds_for_three_and_four_values_with_unequal_sprea
     assert rate <= ALPHA + MARGIN, f"{spreads}: {rate:.3f} of null sweeps had a false 'worse'"
 
 
-def test_a_true_difference_is_found_at_80_percent_power_with_fewer_seeds_than_a_fixed_design():
+@pytest.mark.parametrize("n_fixed, most", [(10, 0.83), (20, 0.77)])
+def test_a_true_difference_is_found_at_80_percent_power_with_fewer_seeds_than_a_fixed_design(n_fixed, most):
     """At the difference a fixed paired t-test (5%) finds with 80% power at n_fixed seeds, with
-    max = 2 n_fixed: power >= 80% and, on average, these fractions of n_fixed's seeds.
+    max = 2 n_fixed: power >= 80% (less 3 Monte-Carlo errors) and, on average, at most these
+    fractions of n_fixed's seeds (simulated with 40,000 sweeps: 0.81 and 0.75).
 
-    The issue's target of <= 70% is not met: valid sequential t-tests cannot reach it at these seed
-    counts. Simulated (40,000 sweeps each, start 3): n_fixed 10 -> power 0.87 with 0.88 n_fixed
-    seeds on average; n_fixed 20 -> 0.84 with 0.79 n_fixed. Without futility the calibrated
-    boundary needed 0.9-1.1 n_fixed, an e-value test at Ville's 1/alpha 1.0-1.4; even a known
-    spread gives this test 0.67-0.70 (docs/sweeps.md has the variants tried)."""
-    for n_fixed, most in [(10, 0.92), (20, 0.82)]:
-        rng = np.random.default_rng(n_fixed)
-        plan = design(3, 2 * n_fixed)
-        effect = fixed_design_effect(n_fixed)
-        paths = decide(sweeps([effect, 0], [1, 0], 2 * n_fixed, rng), plan)  # difference: spread 1
-        found = float(((paths.worse_look < len(plan.looks)) & (paths.sign > 0)).mean())
-        average = float(seeds_used(plan, paths).mean())
-        assert found >= 0.8, f"n_fixed {n_fixed}: power {found:.3f}"
-        assert average <= most * n_fixed, f"n_fixed {n_fixed}: {average:.1f} seeds on average"
+    The issue's target of <= 70% is not met at these seed counts, by this design or by any of the
+    100-odd boundary shapes searched (the optimum is flat: docs/sweeps.md): the t statistic's few
+    degrees of freedom at the early looks cost the seeds. The same boundaries with a known spread
+    need 0.55-0.60 n_fixed."""
+    rng = np.random.default_rng(n_fixed)
+    plan = design(3, 2 * n_fixed)
+    effect = fixed_design_effect(n_fixed)
+    paths = decide(sweeps([effect, 0], [1, 0], 2 * n_fixed, rng), plan)  # difference: spread 1
+    found = float(((paths.worse_look < len(plan.looks)) & (paths.sign > 0)).mean())
+    average = float(seeds_used(plan, paths).mean())
+    assert found >= 0.8 - 3 * math.sqrt(0.8 * 0.2 / DRAWS), f"n_fixed {n_fixed}: power {found:.3f}"
+    assert average <= most * n_fixed, f"n_fixed {n_fixed}: {average:.1f} seeds on average"
 
 
 def test_with_no_difference_it_stops_early_for_futility():
-    """No difference, max 20: about 6.5 seeds on average (0.65 of the fixed design's 10), most
-    comparisons stopped for futility well before max."""
+    """No difference, max 20: about 5.4 seeds on average (0.54 of the fixed design's 10; the SPRT
+    this design replaced took 6.6), nearly every comparison stopped for futility well before max."""
     rng = np.random.default_rng(2)
     plan = design(3, 20)
     paths = decide(sweeps([0, 0], [1, 1], 20, rng), plan)
     used = seeds_used(plan, paths)
-    assert used.mean() <= 7.5
-    assert (paths.futile_look < len(plan.looks)).mean() > 0.9
+    assert used.mean() <= 5.8
+    assert (paths.futile_look < len(plan.looks)).mean() > 0.98
+    assert (used <= 18).all()  # where the boundaries meet, at 18 seeds of 20, every comparison is decided
 
 
 def test_a_difference_beyond_the_margin_is_rarely_called_equivalent():
@@ -114,16 +115,21 @@ def test_equal_values_are_shown_equivalent_when_the_spread_is_small_enough():
     assert (paths.worse_look < count).mean() <= ALPHA + MARGIN
 
 
-def test_the_likelihood_ratio_is_the_right_haar_bayes_factor():
-    """Its definition: integrate the spread out under 1/sigma, with mean +-effect * sigma."""
-    for n, t, effect in [(3, 2.0, 1.2), (10, 0.7, 0.6), (25, 4.0, 0.5)]:
-        r = math.sqrt(n) * t / math.sqrt(n - 1 + t * t)
-
-        def integral(shift):
-            return integrate.quad(lambda v: v ** (n - 1) * math.exp(-v * v / 2 + shift * v), 0, np.inf)[0]
-
-        expected = math.log((integral(effect * r) + integral(-effect * r)) / 2 / integral(0)) - n * effect**2 / 2
-        assert log_likelihood_ratio(np.array(t), np.array(n), effect) == pytest.approx(expected, abs=1e-7)
+def test_the_boundaries_read_t_on_the_normal_scale_and_the_decisions_ignore_the_spread():
+    """z is the normal quantile of |t|'s one-sided p-value: N(0, 1) at every look under no
+    difference, whatever the spread, which is why one null simulation calibrates every pair."""
+    for df, t in [(2, 4.3), (9, 2.26), (30, 0.5)]:
+        z = float(z_of_t(np.array(t), df))
+        assert stats.norm.sf(z) == pytest.approx(stats.t.sf(t, df), rel=1e-9)
+        assert float(t_of_z(np.array(z), df)) == pytest.approx(t, rel=1e-9)
+    looks = np.arange(3, 13)
+    z = np.abs(simulated_z(0.0, DRAWS, looks, np.random.default_rng(11)))
+    for i in (0, 4, 9):
+        assert stats.kstest(z[:, i], stats.halfnorm.cdf).pvalue > 0.001
+    plan = design(3, 12)
+    differences = sweeps([0.8, 0], [1, 0], 12, np.random.default_rng(12))
+    small, large = decide(0.001 * differences, plan), decide(1000 * differences, plan)
+    assert (small.worse_look == large.worse_look).all() and (small.futile_look == large.futile_look).all()
 
 
 def per_seed(values, seeds, rng, means, spread=0.01):
@@ -174,12 +180,19 @@ def test_the_decision_does_not_depend_on_when_it_is_looked_at():
             assert now.pairs[0].seeds == final.decided_at
 
 
-def test_identical_seeds_and_the_futility_boundary():
+def test_identical_seeds_and_the_boundaries():
     same = analyse({"a": {s: 1.0 for s in range(12)}, "b": {s: 1.0 for s in range(12)}}, 3, 12)
     assert same.pairs[0].decision == "undecided" and same.pairs[0].reason == "futile"
-    assert FUTILITY == pytest.approx(math.log(0.2 / 0.95))
     shifted = analyse({"a": {s: 1.0 + 0.01 * s for s in range(12)}, "b": {s: 1.1 + 0.01 * s for s in range(12)}}, 3, 12)
     assert shifted.pairs[0].decision == "worse" and shifted.pairs[0].worse == "b"
+    plan = design(3, 12, pairs=3)
+    assert (np.diff(plan.efficacy, axis=0) > 0).all()  # alpha, alpha/2, alpha/3: each stricter
+    # Where the futility boundary reaches the "worse" one the design ends: every comparison is
+    # decided there, "worse" (read first) or futile, and needs no more seeds.
+    meet = int(np.argmax(plan.futility >= plan.efficacy[-1]))
+    assert 0 < meet < len(plan.looks) - 1
+    paths = decide(sweeps([0.5, 0], [1, 0], 12, np.random.default_rng(3)), plan)
+    assert (paths.stop_look <= meet).all() and (plan.looks[paths.stop_look] < 12).all()
 
 
 def adaptive_sweep(means, spreads, start, max, rng):
@@ -203,7 +216,7 @@ def test_a_sweep_that_adds_seeds_only_where_asked_keeps_the_family_wise_rate():
     outcomes = [adaptive_sweep([0, 0, 0], [1, 2, 4], 3, 12, rng) for _ in range(draws)]
     rate = np.mean([any(p.decision == "worse" for p in verdict.pairs) for verdict, _ in outcomes])
     assert rate <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / draws), f"{rate:.3f} had a false 'worse'"
-    assert np.mean([seeds for _, seeds in outcomes]) < 6.5  # of 12 allowed: futility stops most early
+    assert np.mean([seeds for _, seeds in outcomes]) < 4.5  # of 12 allowed (3.7 in 2,000): futility stops most early
 
 
 def test_analyse_shows_equivalence_within_the_margin_and_stops_there():
@@ -233,10 +246,11 @@ def test_holm_steps_down_once_other_pairs_are_decided():
     plan = design(3, 12, pairs=3)
     rng = np.random.default_rng(8)
     candidates = rng.normal(1.2, 1.0, (DRAWS, 12))
-    ratio = plan.log_ratio(evidence_u(candidates, plan.looks))
-    futile = np.where((ratio <= FUTILITY).any(-1), (ratio <= FUTILITY).argmax(-1), ratio.shape[-1])
-    best = np.where(np.arange(ratio.shape[-1]) < futile[:, None], ratio, -np.inf).max(-1)
-    between = candidates[(best >= plan.reject[0]) & (best < plan.reject[2])][0]
+    t = absolute_t(candidates, plan.looks)
+    futile = np.where((t <= plan.futility).any(-1), (t <= plan.futility).argmax(-1), t.shape[-1])
+    upto = np.arange(t.shape[-1]) <= futile[:, None]
+    lenient, strict = ((upto & (t >= plan.efficacy[j])).any(-1) for j in (0, 2))
+    between = candidates[lenient & ~strict][0]
     clear = np.linspace(1.0, 1.2, 12)  # a large, steady difference
     count = len(plan.looks)
     alone = decide(np.stack([np.zeros(12), np.zeros(12), between]), plan)  # the others: no difference at all

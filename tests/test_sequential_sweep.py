@@ -68,7 +68,7 @@ def test_seeds_go_only_to_the_points_of_undecided_comparisons():
     labels = [{"model.norm": v} for v in ("pre", "post", "sandwich")]
     # After 5 seeds post is decided worse than both; pre against sandwich is still undecided.
     losses = {"pre": [2.02, 1.974, 2.004, 1.994, 1.995], "post": [2.998, 2.98, 2.998, 2.991, 3.033],
-              "sandwich": [2.035, 2.023, 2.024, 2.017, 2.009]}
+              "sandwich": [2.04, 2.004, 2.009, 2.024, 2.0]}
     finished = {}
     for point, value in enumerate(("pre", "post", "sandwich")):
         for seed, loss in enumerate(losses[value]):
@@ -76,6 +76,27 @@ def test_seeds_go_only_to_the_points_of_undecided_comparisons():
                                               final_val_loss=loss)
     assert points_needing_seeds(labels, list(range(12)), finished, 3, 12, None, "val_loss") == {0, 2}
     assert points_needing_seeds(labels, list(range(12)), {}, 3, 12, None, "val_loss") == {0, 1, 2}
+
+
+def test_no_seed_is_asked_for_while_a_comparison_still_waits_for_a_seed_running_elsewhere():
+    """Two keys, four points; seed 2 of the last point still running. Each value's result is its
+    mean over the cells, so the comparisons wait for it: no point gets seed 3 yet (the norm_depth
+    sweep ran 7 trials it did not need before this). Once it has finished and the comparisons are
+    still undecided, every point gets its next seed."""
+    labels = [{"a": a, "b": b} for a in ("x", "y") for b in ("p", "q")]
+    shift = [0.0, 0.03, -0.02]
+    noise = [[0.0, 0.02, -0.01, 0.01], [0.01, -0.02, 0.02, 0.0], [-0.01, 0.0, 0.01, -0.02]]
+
+    def run(point, seed):
+        value = 2.0 + 0.1 * (labels[point]["a"] == "y") + 0.08 * (labels[point]["b"] == "q")
+        return RunResult(folder=Path("x"), name="x", config={}, status="completed",
+                         final_val_loss=value + shift[seed] + noise[seed][point])
+
+    finished = {(point, seed): run(point, seed) for point in range(4) for seed in range(3) if (point, seed) != (3, 2)}
+    early = points_needing_seeds(labels, list(range(12)), finished, 3, 12, None, "val_loss", [3] * 4, {(3, 2)})
+    assert early == set()
+    finished[3, 2] = run(3, 2)
+    assert points_needing_seeds(labels, list(range(12)), finished, 3, 12, None, "val_loss", [3] * 4, set()) == {0, 1, 2, 3}
 
 
 def test_per_seed_results_average_the_same_cells_for_every_value():

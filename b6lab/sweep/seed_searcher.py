@@ -71,8 +71,9 @@ class SeedSearcher(Searcher):
                     run = read_run(folder)
                     if run.status != "incomplete":
                         finished[point, seed] = run
+        pending = set(self.running.values()) | set(self.queue)
         wanted = points_needing_seeds(self.labels, self.seeds, finished, self.start, len(self.seeds),
-                                      self.equivalence, self.metric_name)
+                                      self.equivalence, self.metric_name, self.handed, pending)
         added = []
         for point in sorted(wanted):
             if point not in busy and self.handed[point] < len(self.seeds):

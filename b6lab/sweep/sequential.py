@@ -6,21 +6,25 @@ pair of values of a key from the seeds run so far, with an error rate that holds
 the results are looked at, and says which grid points need another seed.
 
 The method, for each pair of values (a, b), on the paired differences a - b over their common
-seeds, in seed order, at every seed count n from `start` to `max`:
+seeds, in seed order, at every seed count n from `start` to `max`, reads the t statistic on the
+normal scale, z = the normal quantile of |t|'s one-sided p-value (N(0, 1) at every n under no
+difference; Jennison & Turnbull 2000, ch. 11, group-sequential t-tests), with tau = n / max:
 
-- the evidence is the scale-invariant likelihood ratio of the t-statistic: the Bayes factor for
-  "the mean difference is +-effect spreads" against "it is 0", with the unknown spread integrated
-  out under its right-Haar prior, which is the noncentral over the central t density at the
-  observed t (Rushton 1950's sequential t-test; Perez-Ortiz, Lardy, de Heide & Grunwald 2024 show
-  it is a test martingale under "no difference", whatever the spread). `effect` is the
-  standardized difference a fixed paired t-test of max/2 seeds detects with 80% power: `max` is
+- "worse" when z >= c tau^(0.35 - 1/2), Wang & Tsiatis's (1987) power family, strict at the
+  first looks (2-3 degrees of freedom) and near Pocock's flat boundary later;
+- stop for futility (binding: never "worse" afterwards) when z <= 0.8 effect sqrt(n) - a: z has
+  fallen more than a below 80% of where the design effect would have it. `effect` is the
+  standardized difference a fixed paired t-test of max/2 seeds detects with 80% power (`max` is
   the seed budget, "twice what a fixed design needs for the smallest difference that matters";
-- Wald's two boundaries on it: "worse" when it reaches the upper one, stop for futility ("no
-  difference of that size") when it falls to beta/(1 - alpha) = 0.2/0.95 (Wald 1945). The upper
-  one is calibrated exactly, by simulating 100,000 pairs with no difference: the t-statistics'
-  path has the same law for every spread, so one simulation holds for every pair. The boundary
-  keeps the chance that such a path reaches it before futility, at any seed count up to `max`,
-  at the level (less two Monte-Carlo standard errors);
+  with m pairs, the test's at alpha/m, as a fixed design with Bonferroni);
+  a is set so that the design effect is still found 80% of the time. Where the boundaries meet
+  (max 8: at 5 seeds; 12: 9; 20: 18; 40: not before max) every comparison is decided: the
+  design ends there;
+- c is calibrated by simulating 100,000 paths with no difference (the t path's law is the same
+  for every spread, so one simulation holds for every pair): they reach "worse" before futility
+  at most at the level, less two Monte-Carlo standard errors; a by simulating 40,000 at the
+  design effect. The shape (0.35, 0.8) is the one of 100-odd searched with the fewest seeds at
+  the design effect (docs/sweeps.md has the search and its numbers);
 - across the pairs of a key, Holm's step-down over those levels (alpha/m, alpha/(m-1), ...,
   with m pairs): the family-wise chance of any false "worse" stays <= alpha over all looks;
 - "equivalent" (when a margin is given): the anytime-valid confidence sequence for the mean
@@ -51,20 +55,45 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 ALPHA = 0.05
-POWER = 0.8  # of the fixed design whose effect the boundaries are tuned to
-FUTILITY = math.log((1 - POWER) / (1 - ALPHA))  # Wald's lower boundary on the log likelihood ratio
-CALIBRATION_PATHS = 100_000
+POWER = 0.8  # at the design effect: the power the futility boundary is set to keep
+NULL_PATHS = 100_000  # simulated paths with no difference: the "worse" boundaries' level
+ALTERNATIVE_PATHS = 40_000  # at the design effect: the futility boundary's power
 CALIBRATION_SEED = 23
-GRID = 2001  # points of r = sqrt(n) t / sqrt(n - 1 + t^2) in [0, sqrt(n)] where the ratio is tabulated
-METHOD = ("sequential paired t (scale-invariant likelihood ratio, Wald boundaries calibrated by "
-          "simulation), Holm across pairs; equivalence: anytime-valid t confidence sequence")
+METHOD = ("group-sequential paired t after every seed (Wang-Tsiatis efficacy and binding futility boundaries "
+          "on the t statistic, calibrated by simulation), Holm across pairs; equivalence: anytime-valid t "
+          "confidence sequence")
 
 
 # ---------------------------------------------------------------------------------------------
 # The design: boundaries for one (start, max, alpha, number of pairs)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The boundaries' shape, on z, the normal quantile of the one-sided p-value of |t| at n seeds
+    (exactly N(0, 1) at every look under no difference, about theta sqrt(n) + N(0, 1) at a
+    standardized difference theta), with tau = n / max:
+
+    - "worse" when z >= c tau^(efficacy - 1/2), from `first_efficacy` seeds on (Wang & Tsiatis
+      1987: efficacy 0 is O'Brien-Fleming's shape, 1/2 Pocock's); c is calibrated to the level;
+    - stop for futility when z <= slope * effect * sqrt(n) - a tau^(-curve): z has fallen behind
+      where the design effect would have it (slope 1: its mean) by more than a, the more so early;
+      a is set so that the design effect is found with probability POWER;
+    - the design effect: the difference a fixed paired t-test of max / ratio seeds finds with POWER.
+    """
+
+    efficacy: float = 0.35
+    slope: float = 0.8
+    curve: float = 0.0
+    first_efficacy: int = 0
+    ratio: float = 2.0
+    tilt: float = 0.0
+
+
+SHAPE = Shape()
 
 
 def fixed_design_effect(seeds: int, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -81,13 +110,13 @@ def fixed_design_effect(seeds: int, alpha: float = ALPHA, power: float = POWER) 
     return optimize.brentq(shortfall, 1e-6, 100.0)
 
 
-def log_likelihood_ratio(t: np.ndarray, n: np.ndarray, effect: float) -> np.ndarray:
-    """log of the t-statistic's density at mean difference +-effect spreads (half each) over its
-    density at 0, with n seeds: the right-Haar Bayes factor of Perez-Ortiz et al. (2024)."""
-    df = n - 1
-    noncentrality = effect * np.sqrt(n)
-    both = np.logaddexp(stats.nct.logpdf(t, df, noncentrality), stats.nct.logpdf(-t, df, noncentrality))
-    return both - math.log(2) - stats.t.logpdf(t, df)
+def z_of_t(t: np.ndarray, df) -> np.ndarray:
+    """|t| with df degrees of freedom as the normal quantile of its one-sided p-value."""
+    return -special.ndtri(special.stdtr(df, -np.abs(t)))
+
+
+def t_of_z(z: np.ndarray, df) -> np.ndarray:
+    return -special.stdtrit(df, special.ndtr(-z))
 
 
 def confidence_multiplier(n: np.ndarray, alpha: float, mixing: float) -> np.ndarray:
@@ -108,20 +137,24 @@ class Design:
     max: int
     alpha: float
     pairs: int
-    effect: float  # standardized difference the boundaries are tuned to
+    shape: Shape
+    effect: float  # the standardized difference the futility boundary keeps POWER at
     looks: np.ndarray  # seed counts start..max
-    table: np.ndarray  # (looks, GRID): log likelihood ratio at r = grid * sqrt(n)
-    reject: np.ndarray  # (pairs,): upper boundary at level alpha / j for j = 1..pairs
+    efficacy: np.ndarray  # (pairs, looks): "worse" when |t| >= it, at level alpha / j for j = 1..pairs (NaN: never)
+    futility: np.ndarray  # (looks,): stop for futility when |t| <= it (NaN: never), binding
+    power: float  # simulated, at the design effect and level alpha / pairs
     equivalence_multiplier: np.ndarray  # (looks,)
 
-    def log_ratio(self, u: np.ndarray) -> np.ndarray:
-        """The log likelihood ratio at each look, from u = r^2 / n in [0, 1] (..., looks)."""
-        grid = np.linspace(0.0, 1.0, GRID)
-        return np.stack([np.interp(np.sqrt(u[..., i]), grid, self.table[i]) for i in range(len(self.looks))], -1)
+
+def simulated_z(effect: float, paths: int, looks: np.ndarray, rng) -> np.ndarray:
+    """(paths, looks) z of paired differences N(effect, 1), signed by the mean's sign."""
+    differences = effect + rng.standard_normal((paths, int(looks[-1])))
+    sign = np.sign(np.cumsum(differences, axis=-1)[:, looks - 1])
+    return sign * z_of_t(absolute_t(differences, looks), looks - 1)
 
 
 @functools.lru_cache(maxsize=32)
-def design(start: int, max: int, alpha: float = ALPHA, pairs: int = 1) -> Design:
+def design(start: int, max: int, alpha: float = ALPHA, pairs: int = 1, shape: Shape = SHAPE) -> Design:
     if not (isinstance(start, (int, np.integer)) and start >= 2):
         raise ValueError(f"seeds.start: {start!r} is not accepted; a whole number >= 2 is (a t-test needs 2 seeds)")
     if not (isinstance(max, (int, np.integer)) and max >= start):
@@ -129,48 +162,84 @@ def design(start: int, max: int, alpha: float = ALPHA, pairs: int = 1) -> Design
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha: {alpha!r} is not accepted; a level between 0 and 0.5 is")
     looks = np.arange(start, max + 1)
-    effect = fixed_design_effect(builtins.max(2, max // 2), alpha)  # `max`: the sweep file's name
-    # r = sqrt(n) t / sqrt(n - 1 + t^2) is bounded, and the ratio is smooth in it; the last point
-    # stands in for t = infinity (all seeds' differences equal).
-    fraction = np.linspace(0.0, 1.0, GRID)
-    fraction[-1] = 1 - 1e-9
-    n = looks[:, None]
-    r = fraction[None, :] * np.sqrt(n)
-    t = r * np.sqrt((n - 1) / (n - r**2))
-    table = log_likelihood_ratio(t, n, effect)
-    table = np.maximum.accumulate(table, axis=1)  # it rises with |t|; this only removes rounding
-    # (The table's interpolation error changes only the boundary's shape, not its level: the
-    # calibration reads the same table.)
-    partial = Design(start, max, alpha, pairs, effect, looks, table, np.empty(0), np.empty(0))
-    reject = calibrate(partial, [alpha / j for j in range(1, pairs + 1)])
+    levels = np.array([alpha / j for j in range(1, pairs + 1)])
+    effect = fixed_design_effect(builtins.max(2, int(max / shape.ratio)), alpha / pairs)  # `max`: the file's name
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    boundaries = Boundaries(looks, effect, shape, np.abs(simulated_z(0.0, NULL_PATHS, looks, rng)),
+                            simulated_z(effect, ALTERNATIVE_PATHS, looks, rng))
+    offset = boundaries.offset_for_power(POWER, levels[-1])
+    scale = boundaries.scales(offset, levels)
+    df = looks - 1
+    futility_z = boundaries.futility_z(offset)
+    efficacy_t = t_of_z(scale[:, None] * boundaries.efficacy_z[None, :] + boundaries.tilt, df)
+    futility_t = np.where(futility_z > 0, t_of_z(np.maximum(futility_z, 0), df), np.nan)
     # The mixture's width: the one that makes the interval narrowest at max seeds, where
     # equivalence (a narrow interval) is most often shown.
     narrowest = optimize.minimize_scalar(
         lambda g: min(float(confidence_multiplier(np.array(max), alpha, math.exp(g))), 1e9), bounds=(-8, 4),
         method="bounded")
-    mixing = narrowest.x
-    return Design(start, max, alpha, pairs, effect, looks, table, reject,
-                  confidence_multiplier(looks, alpha, math.exp(mixing)))
+    return Design(start, max, alpha, pairs, shape, effect, looks, efficacy_t, futility_t,
+                  boundaries.power(offset, scale[-1]), confidence_multiplier(looks, alpha, math.exp(narrowest.x)))
 
 
-def calibrate(design: Design, levels: list[float]) -> np.ndarray:
-    """Upper boundaries that paths with no difference reach before futility, by `max`, at most at
-    each level, less two Monte-Carlo standard errors (so the simulation's error errs on the safe side)."""
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    highest = []  # per null path: the highest log ratio before futility (-inf: futile at once)
-    for _ in range(CALIBRATION_PATHS // 10_000):
-        differences = rng.standard_normal((10_000, design.max))
-        ratio = design.log_ratio(evidence_u(differences, design.looks))
-        futile = first(ratio <= FUTILITY)
-        before = np.arange(len(design.looks)) < futile[:, None]
-        highest.append(np.where(before, ratio, -np.inf).max(axis=-1))
-    highest = np.sort(np.concatenate(highest))[::-1]
-    boundaries = []
-    for level in levels:
-        allowed = level - 2 * math.sqrt(level * (1 - level) / len(highest))
-        crossing = int(math.floor(allowed * len(highest)))  # paths allowed to reach the boundary
-        boundaries.append(np.nextafter(highest[crossing], np.inf))
-    return np.array(boundaries)
+class Boundaries:
+    """The boundaries of one shape read on simulated z paths: null (|z|, no difference) and
+    alternative (signed z at the design effect)."""
+
+    def __init__(self, looks, effect, shape: Shape, null, alternative):
+        self.looks, self.effect, self.shape = looks, effect, shape
+        fraction = looks / looks[-1]
+        self.efficacy_z = np.where(looks >= shape.first_efficacy, fraction ** (shape.efficacy - 0.5), np.nan)
+        self.tilt = shape.tilt * effect * np.sqrt(looks)
+        self.null, self.alternative = null, alternative
+        with np.errstate(invalid="ignore"):
+            self.null_ratio = np.nan_to_num((null - self.tilt) / self.efficacy_z, nan=-np.inf)
+            self.alternative_ratio = np.nan_to_num((alternative - self.tilt) / self.efficacy_z, nan=-np.inf)
+            self.alternative_either = np.nan_to_num((np.abs(alternative) - self.tilt) / self.efficacy_z, nan=-np.inf)
+
+    def futility_z(self, offset: float) -> np.ndarray:
+        fraction = self.looks / self.looks[-1]
+        return self.shape.slope * self.effect * np.sqrt(self.looks) - offset * fraction ** (-self.shape.curve)
+
+    def highest(self, ratio, z, offset):
+        """Per path: the highest z / efficacy shape up to and including the look it stops for futility
+        (a path at both boundaries at once is "worse": efficacy is read first)."""
+        futile = first(np.abs(z) <= self.futility_z(offset))
+        upto = np.arange(len(self.looks)) <= futile[:, None]
+        return np.where(upto, ratio, -np.inf).max(axis=-1), futile
+
+    def scales(self, offset: float, levels) -> np.ndarray:
+        """The efficacy scale c per level: null paths reach it before futility at most at the level,
+        less two Monte-Carlo standard errors (so the simulation's error errs on the safe side)."""
+        highest = np.sort(self.highest(self.null_ratio, self.null, offset)[0])[::-1]
+        scales = []
+        for level in levels:
+            allowed = level - 2 * math.sqrt(level * (1 - level) / len(highest))
+            crossing = int(math.floor(allowed * len(highest)))  # paths allowed to reach the boundary
+            scales.append(np.nextafter(highest[crossing], np.inf))
+        return np.array(scales)
+
+    def power(self, offset: float, scale: float) -> float:
+        return float(np.mean(self.highest(self.alternative_ratio, self.alternative, offset)[0] >= scale))
+
+    def seeds(self, offset: float, scale: float) -> float:
+        """Mean seeds at the design effect."""
+        futile = first(np.abs(self.alternative) <= self.futility_z(offset))
+        worse = first(self.alternative_either >= scale)
+        return float(self.looks[np.minimum(np.minimum(worse, futile), len(self.looks) - 1)].mean())
+
+    def offset_for_power(self, power: float, level: float) -> float:
+        """The futility offset a at which the design effect is found with `power` (plus two
+        Monte-Carlo standard errors), at `level`; no futility (inf) when even that falls short."""
+        target = power + 2 * math.sqrt(power * (1 - power) / len(self.alternative))
+        found = lambda offset: self.power(offset, self.scales(offset, [level])[0])  # noqa: E731
+        low, high = -10.0, 10.0 + self.shape.slope * self.effect * math.sqrt(self.looks[-1])
+        if found(high) < target:
+            return math.inf
+        for _ in range(16):  # a larger offset: less futility, more power
+            middle = (low + high) / 2
+            low, high = (middle, high) if found(middle) < target else (low, middle)
+        return high
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +259,13 @@ def evidence_u(differences: np.ndarray, looks: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         u = total**2 / (looks * squares)
     return np.clip(np.nan_to_num(u, nan=0.0), 0.0, 1.0)
+
+
+def absolute_t(differences: np.ndarray, looks: np.ndarray) -> np.ndarray:
+    """|t| of the paired differences at each look (inf where they are all equal and not 0, 0 where all 0)."""
+    u = evidence_u(differences, looks)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt((looks - 1) * u / (1 - u))
 
 
 @dataclass
@@ -213,17 +289,17 @@ def decide(differences: np.ndarray, design: Design, equivalence: float | None = 
     looks = design.looks
     seeds = np.full(differences.shape[:-1], differences.shape[-1]) if seeds is None else np.asarray(seeds)
     seen = looks <= seeds[..., None]  # (..., pairs, looks)
-    ratio = np.where(seen, design.log_ratio(evidence_u(differences, looks)), np.nan)
-    futile = first(ratio <= FUTILITY)
-    # First crossing of each Holm level's boundary before futility: (levels, ..., pairs).
-    crossings = np.stack([np.where(first(ratio >= a) < futile, first(ratio >= a), count) for a in design.reject])
-    # (a path that falls to the futility boundary first is never "worse" later: the boundaries
-    # were calibrated with futility binding)
+    t = np.where(seen, absolute_t(differences, looks), np.nan)
+    futile = first(t <= design.futility)
+    # First crossing of each Holm level's boundary, up to the futility stop: (levels, ..., pairs).
+    # (a path that stops for futility is never "worse" later: the boundaries were calibrated with
+    # futility binding)
+    crossings = np.stack([np.where(first(t >= b) <= futile, first(t >= b), count) for b in design.efficacy])
     pairs = differences.shape[-2]
     rejected = np.zeros(differences.shape[:-1], dtype=bool)
     for _ in range(pairs):  # Holm's step-down: each rejection lets the rest be tested at a larger level
         others = np.minimum(rejected.sum(axis=-1, keepdims=True), pairs - 1)  # r: rejected so far (all: any)
-        level = pairs - others - 1  # the index of alpha / (m - r) in design.reject
+        level = pairs - others - 1  # the index of alpha / (m - r) in design.efficacy
         worse = np.take_along_axis(crossings, np.broadcast_to(level, rejected.shape)[None], axis=0)[0]
         rejected = worse < count
     totals = np.cumsum(differences, axis=-1)[..., looks - 1]

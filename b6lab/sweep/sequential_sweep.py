@@ -15,10 +15,10 @@ from b6lab.sweep.folders import RunResult
 from b6lab.sweep.sequential import SequentialResult, analyse
 from b6lab.sweep.verdicts import KeySummary, outcome_table
 
-METHOD_WORDS = ("sequential paired t over seeds (scale-invariant likelihood ratio with Wald's boundaries "
-                "calibrated so that the chance of any false 'worse' among a key's values stays at most {alpha:.0%} "
-                "however often it is looked at; Holm across pairs), seeds added only where a comparison was "
-                "undecided")
+METHOD_WORDS = ("sequential paired t over seeds (group-sequential boundaries on the t statistic after every seed, "
+                "'worse' and binding futility, calibrated so that the chance of any false 'worse' among a key's "
+                "values stays at most {alpha:.0%} however often it is looked at; Holm across pairs), seeds added "
+                "only where a comparison was undecided")
 
 
 def per_seed_results(runs: list[RunResult], key: str, metric: str) -> dict[str, dict]:
@@ -44,21 +44,41 @@ def analyse_key(runs: list[RunResult], key: str, metric: str, start: int, max_se
 
 
 def points_needing_seeds(labels: list[dict[str, str]], seeds: list, finished: dict[tuple[int, int], RunResult],
-                         start: int, max_seeds: int, equivalence: float | None, metric: str) -> set[int]:
+                         start: int, max_seeds: int, equivalence: float | None, metric: str,
+                         handed: list[int] | None = None, pending: set[tuple[int, int]] = frozenset()) -> set[int]:
     """The grid points (indices into `labels`) whose next seed an undecided comparison needs.
-    finished: (point, seed index) -> the run read back from its folder."""
+    finished: (point, seed index) -> the run read back from its folder; handed: the seeds given to
+    each point so far; pending: the (point, seed index) running or queued.
+
+    A value's result at a seed is its mean over cells, so it is read only once none of that value's
+    points still has the seed pending (a mean over the cells finished first is not the result the
+    comparison will have). And a point's next seed is needed only once an undecided comparison has
+    read as many seeds as the point was given, or every seed before it has finished: until then
+    another point's seed may decide the comparison, and asking earlier runs seeds it does not need."""
     runs = []
     for (point, seed), run in finished.items():
         run.grid, run.seed = dict(labels[point]), seeds[seed]
         runs.append(run)
+    settled = min((seed for _, seed in pending), default=len(seeds))  # every seed below has finished
     wanted: set[int] = set()
     for key in (labels[0] if labels else {}):
         values = {label[key] for label in labels}
         results = per_seed_results(runs, key, metric) if runs else {}
+        for point, seed in pending:
+            results.get(labels[point][key], {}).pop(seeds[seed], None)
         for value in values:  # a value nothing finished for yet still needs its start seeds
             results.setdefault(value, {})
-        needs = analyse(results, start, max_seeds, equivalence).needs_seeds
-        wanted |= {i for i, label in enumerate(labels) if label[key] in needs}
+        verdict = analyse(results, start, max_seeds, equivalence)
+        read = {}  # value -> the most seeds an undecided comparison it is in has read
+        for pair in verdict.pairs:
+            if pair.reason in ("needs seeds", "too few seeds"):
+                for value in (pair.first, pair.second):
+                    read[value] = max(read.get(value, 0), pair.seeds)
+        for i, label in enumerate(labels):
+            given = len(seeds) if handed is None else handed[i]
+            if label[key] in verdict.needs_seeds and (handed is None or given <= read.get(label[key], 0)
+                                                      or given <= settled):
+                wanted.add(i)
     return wanted
 
 

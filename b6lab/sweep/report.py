@@ -212,7 +212,7 @@ def key_rows(summary: KeySummary, metric: str) -> list[dict]:
             "seeds": str(v.seeds),
             "runs": str(v.runs),
             "diverged": f"{v.diverged}/{v.runs + v.diverged}" if v.diverged else "",
-            ("vs reference [anytime CI]" if summary.method else "vs reference [Holm CI]"):
+            ("vs reference [sequential CI]" if summary.method else "vs reference [Holm CI]"):
                 "" if v.delta is None or is_reference else _delta(v),
             "p (Holm)": "" if v.p is None else _p(v.p),
             "verdict": v.verdict,
@@ -232,8 +232,8 @@ def sequential_sentences(summary: KeySummary) -> list[str]:
     for v in summary.values:
         if reference is None or v is reference:
             continue
-        ci = (f"anytime-valid {1 - summary.alpha:.0%} CI {v.ci[0]:+.4f} to {v.ci[1]:+.4f}; " if v.ci else
-              "its anytime-valid interval is still unbounded at this seed count; ")
+        ci = (f"repeated {1 - summary.alpha:.0%} CI at the deciding look {v.ci[0]:+.4f} to {v.ci[1]:+.4f}; " if v.ci
+              else "its interval is still unbounded at this seed count; ")
         seeds = f"{v.test_seeds} seeds" + (f", decided at {v.decided_at}" if v.decided_at else "")
         if v.verdict == "worse":
             lines.append(f"{summary.key}: {v.value} is worse than {reference.value} by {v.delta:.4f} ({ci}{seeds})")
@@ -345,8 +345,9 @@ def rule_sentence(alpha: float, family: str = "key") -> str:
 def sequential_rule(alpha: float) -> str:
     return (f"Verdicts: each value against the reference of its key by the sequential analysis above, which holds "
             f"a {alpha:.0%} chance of any false 'worse' among a key's values however often the sweep looked; "
-            "`equivalent`: its anytime-valid interval lies inside the sweep's margin; `best` only when every other "
-            "value is worse (docs/sweeps.md, sequential seeds).")
+            "each interval is the test's repeated confidence interval at the look that decided it, so it excludes 0 "
+            "exactly when `worse` was decided; `equivalent`: its anytime-valid interval lies inside the sweep's "
+            "margin; `best` only when every other value is worse (docs/sweeps.md, sequential seeds).")
 
 
 def _ci_words(v: ValueSummary) -> str:
@@ -378,7 +379,7 @@ def _needed(v: ValueSummary) -> str:
 def _delta(v: ValueSummary) -> str:
     text = f"{v.delta:+.4f}" if v.delta is not None else "-"
     if v.ci is None and v.test == "sequential paired t":
-        return text + " [unbounded yet]"  # an anytime-valid interval needs a few seeds to be finite
+        return text + " [unbounded yet]"  # a sequential interval needs a few seeds to be finite
     return text + (f" [{v.ci[0]:+.4f}, {v.ci[1]:+.4f}]" if v.ci is not None else "")
 
 

@@ -278,6 +278,7 @@ class Paths:
     equivalent_look: np.ndarray  # the look at which equivalence was shown
     stop_look: np.ndarray  # the look from which the pair needs no more seeds
     sign: np.ndarray  # sign of the mean difference at the worse look (+1: the first value is worse)
+    level: np.ndarray  # the Holm level each pair is tested at: an index into design.efficacy
 
 
 def decide(differences: np.ndarray, design: Design, equivalence: float | None = None,
@@ -319,7 +320,7 @@ def decide(differences: np.ndarray, design: Design, equivalence: float | None = 
         out_of_reach = np.abs(mean) + design.equivalence_multiplier[-1] * spread / math.sqrt(design.max) >= equivalence
         both_futile = seen & (np.arange(count) >= futile[..., None]) & out_of_reach
         stop = np.minimum(np.minimum(worse, equivalent), first(both_futile))
-    return Paths(worse, futile, equivalent, np.minimum(stop, count - 1), sign)
+    return Paths(worse, futile, equivalent, np.minimum(stop, count - 1), sign, np.broadcast_to(level, worse.shape))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,8 +337,8 @@ class PairDecision:
     seeds: int  # common seeds compared
     decided_at: int | None  # the seed count of the look that decided it (or stopped it for futility)
     mean_difference: float | None  # first - second, over the common seeds
-    interval: tuple[float, float] | None  # anytime-valid (1 - alpha) confidence sequence of it, now
-    # (None: too few seeds for a finite one)
+    interval: tuple[float, float] | None  # the interval the verdict rests on (repeated_interval);
+    # None: too few seeds for a finite one
 
 
 @dataclass
@@ -376,10 +377,6 @@ def analyse(per_seed: dict, start: int, max: int, equivalence: float | None = No
         n = int(lengths[row])
         seen = int(np.sum(plan.looks <= n))  # looks so far
         mean = float(np.mean(differences[row, :n])) if n else None
-        interval = None
-        if seen and math.isfinite(plan.equivalence_multiplier[seen - 1]):
-            half = plan.equivalence_multiplier[seen - 1] * np.std(differences[row, :n], ddof=1) / math.sqrt(n)
-            interval = (mean - float(half), mean + float(half))
         look = lambda index: int(plan.looks[index])  # noqa: E731
         worse = None
         # The first decision reached is the one kept: the pair got no seeds after it.
@@ -396,7 +393,32 @@ def analyse(per_seed: dict, start: int, max: int, equivalence: float | None = No
             decision, reason, at = "undecided", "max reached", None
         else:
             decision, reason, at = "undecided", "needs seeds", None
+        if decision == "equivalent":  # shown by the confidence sequence: that is its interval
+            read = path.equivalent_look[row]
+            interval = _interval(differences[row, :look(read)], plan.equivalence_multiplier[read])
+        elif seen:  # the repeated interval at the look that decided (or stopped) it, else the last
+            read = {"worse": path.worse_look[row], "futile": path.stop_look[row]}.get(
+                decision if decision == "worse" else reason, seen - 1)
+            interval = _interval(differences[row, :look(read)], plan.efficacy[path.level[row], read])
+        else:
+            interval = None
         if reason in ("needs seeds", "too few seeds"):
             needs.update(v for v in (a, b) if len(per_seed[v]) <= n)  # those without the next common seed
         decisions.append(PairDecision(a, b, decision, worse, reason, n, at, mean, interval))
     return SequentialResult(decisions, [v for v in values if v in needs], start, max, alpha, equivalence, plan.effect)
+
+
+def _interval(differences: np.ndarray, multiplier: float) -> tuple[float, float] | None:
+    """mean +- multiplier * s / sqrt(n) of the paired differences; None where it is not finite.
+
+    With the efficacy boundary of the look (at the pair's Holm level) as the multiplier, this is
+    the repeated confidence interval of the group-sequential test (Jennison & Turnbull 2000, ch. 9):
+    it excludes 0 exactly when that look's |t| crossed the boundary, so it never contradicts the
+    verdict beside it. Its coverage is the design's level at no difference; elsewhere it is
+    approximate, since the boundaries were calibrated with futility binding and under the null."""
+    n = len(differences)
+    if n < 2 or not math.isfinite(multiplier):
+        return None
+    mean = float(np.mean(differences))
+    half = float(multiplier * np.std(differences, ddof=1) / math.sqrt(n))
+    return (mean - half, mean + half)

@@ -86,7 +86,7 @@ def sequential_verdicts(summary: KeySummary, runs: list[RunResult], metric: str,
                         equivalence: float | None) -> SequentialResult:
     """Replace the fixed-n tests of `summary` (invalid after optional stopping) by the sequential
     analysis: each value against the reference, `worse`, `equivalent` or `not distinguishable`
-    (undecided, with why), with the anytime-valid interval of the difference."""
+    (undecided, with why), with the test's repeated confidence interval of the difference."""
     result = analyse_key(runs, summary.key, metric, start, max_seeds, equivalence)
     reference = summary.reference
     summary.method = (METHOD_WORDS.format(alpha=summary.alpha)

@@ -2,7 +2,7 @@
 
 Fake plugins are registered through the `register_plugin` fixture and unregistered after the
 test, so no test's plugins leak into another's. A run short enough for a test comes from the
-`tiny_run` fixture.
+`tiny_run` fixture (tests/tiny.py, which test modules import directly).
 """
 
 import os
@@ -20,6 +20,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import pytest  # noqa: E402
 
 from b6lab import registry  # noqa: E402
+from tests.tiny import TinyRun  # noqa: E402
 
 
 @pytest.fixture
@@ -36,39 +37,6 @@ def register_plugin():
     yield register
     for name in names:
         registry.unregister_plugin(name)
-
-
-class TinyRun:
-    """Runs of the `tiny` preset short enough for a test (seconds on a CPU): `max_steps` steps, an
-    evaluation of `eval_steps` batches every `eval_interval` steps (None: the preset's), no
-    progress bar, then each `--set` text given.
-
-        cfg = tiny_run.config("model.norm=post", max_steps=6, eval_interval=3)   # its RunConfig
-        summary = tiny_run.train(folder, "model.norm=post", max_steps=6)          # trained here
-    """
-
-    @staticmethod
-    def sets(*overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
-             eval_steps: int | None = 2) -> list[str]:
-        length = {"max_steps": max_steps, "eval_interval": eval_interval, "eval_steps": eval_steps}
-        return ["logging.progress=false", *(f"train.{key}={n}" for key, n in length.items() if n is not None), *overrides]
-
-    @classmethod
-    def config(cls, *overrides: str, **length):
-        from b6lab.config import load_config
-
-        return load_config(preset="tiny", overrides=cls.sets(*overrides, **length))
-
-    @classmethod
-    def train(cls, out, *overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
-              eval_steps: int | None = 2, fault_injector=None, **trainer_options) -> dict:
-        """The run trained in this process into `out`, quietly unless given a `say`; its summary.
-        `fault_injector(step, micro_batch)` is called before each micro-batch (tests/fault_hook.py)."""
-        from b6lab.train.trainer import Trainer
-        from tests.fault_hook import inject
-
-        cfg = cls.config(*overrides, max_steps=max_steps, eval_interval=eval_interval, eval_steps=eval_steps)
-        return inject(Trainer(cfg, out, **{"say": lambda line: None} | trainer_options), fault_injector).run()
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,11 @@ import yaml
 import b6lab
 from b6lab.cli import main
 from b6lab.train.records import read_metrics
+from tests import tiny
+from tests.tiny import TinyRun
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"train.max_steps": 6, "train.eval_interval": 3, "train.eval_steps": 1, "train.log_interval": 3,
-        "logging.progress": False}
+TINY = TinyRun.settings(max_steps=6, eval_interval=3, eval_steps=1, log_interval=3, **{"logging.progress": False})
 
 
 def test_importing_b6lab_imports_neither_torch_nor_ray():
@@ -88,8 +89,7 @@ def test_sweep_returns_the_results_rows_and_points_to_tensorboard(tmp_path, caps
     sweep = {"name": "api", "base": {"preset": "tiny", "set": TINY | {"logging.tensorboard": True, "logging.progress": True}},
              "grid": {"model.norm": ["pre", "post"]}, "seeds": [0], "storage": str(tmp_path / "sweep"),
              "resources": {"cpu": 1}}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    path = tiny.write_sweep(tmp_path, **sweep)
     rows = b6lab.sweep(path)
     assert sorted((row["model.norm"], row["seed"], row["status"], row["steps"]) for row in rows) == [
         ("post", 0, "completed", 6), ("pre", 0, "completed", 6)]

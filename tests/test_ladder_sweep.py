@@ -12,16 +12,16 @@ from b6lab.errors import ConfigError
 from b6lab.sweep.comparison import build, compare
 from b6lab.sweep.experiment import load_experiment
 from b6lab.sweep.trials import resolve_trials
+from tests import tiny
+from tests.tiny import TinyRun
 
-BASE = {"preset": "tiny", "set": {"train.eval_interval": 10, "train.eval_steps": 2, "data.tokenizer": "byte"}}
+# No max_steps: each rung sets the trial's length.
+BASE = {"preset": "tiny", "set": TinyRun.settings(max_steps=None, eval_interval=10, **{"data.tokenizer": "byte"})}
 
 
 def write_sweep(folder: Path, ladder, **keys) -> Path:
-    sweep = {"name": "lad", "base": BASE, "grid": {"model.norm": ["pre", "post"]}, "ladder": ladder,
-             "seeds": [0], "storage": str(folder / "sweep")} | keys
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
+    return tiny.write_sweep(folder, **{"name": "lad", "base": BASE, "grid": {"model.norm": ["pre", "post"]},
+                                       "ladder": ladder, "seeds": [0], "storage": str(folder / "sweep")} | keys)
 
 
 def test_rungs_become_a_grid_axis_and_the_budget_sets_each_rungs_steps(tmp_path):

@@ -5,7 +5,6 @@ CPU that stops before `max` on a clear difference."""
 from pathlib import Path
 
 import pytest
-import yaml
 
 from b6lab.cli import main
 from b6lab.errors import ConfigError
@@ -13,17 +12,16 @@ from b6lab.sweep.comparison import Comparison, compare
 from b6lab.sweep.experiment import load_experiment
 from b6lab.sweep.folders import RunResult
 from b6lab.sweep.sequential_sweep import per_seed_results, points_needing_seeds
+from tests import tiny
+from tests.tiny import TinyRun
 
-TINY = {"train.max_steps": 24, "train.eval_interval": 12, "train.eval_steps": 2, "train.log_interval": 12,
-        "train.threads": 1}
+TINY = TinyRun.settings(max_steps=24, eval_interval=12, log_interval=12, **{"train.threads": 1})
 
 
 def write_sweep(folder: Path, **keys) -> Path:
-    sweep = {"name": "seq", "base": {"preset": "tiny", "set": TINY}, "grid": {"optim.lr": [3.0e-3, 1.0e-6]},
-             "seeds": {"start": 3, "max": 8}, "max_concurrent": 2, "storage": str(folder / "sweep")} | keys
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
+    return tiny.write_sweep(folder, **{
+        "name": "seq", "base": {"preset": "tiny", "set": TINY}, "grid": {"optim.lr": [3.0e-3, 1.0e-6]},
+        "seeds": {"start": 3, "max": 8}, "max_concurrent": 2, "storage": str(folder / "sweep")} | keys)
 
 
 def test_sequential_seeds_in_a_sweep_file(tmp_path):

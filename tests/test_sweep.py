@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from b6lab import registry
 from b6lab.cli import main
@@ -17,16 +16,16 @@ from b6lab.errors import ConfigError
 from b6lab.sweep import folders
 from b6lab.sweep.experiment import load_experiment
 from b6lab.sweep.trials import resolve_trials
+from tests import tiny
+from tests.tiny import TinyRun
 
-TINY = {"train.max_steps": 12, "train.eval_interval": 6, "train.eval_steps": 2, "train.log_interval": 3}
+TINY = TinyRun.settings(log_interval=3)
 
 
 def write_sweep(folder: Path, **keys) -> Path:
-    sweep = {"name": "test", "base": {"preset": "tiny", "set": TINY}, "grid": {"model.norm": ["pre", "post"]},
-             "seeds": [0], "storage": str(folder / "sweep")} | keys
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
+    return tiny.write_sweep(folder, **{"name": "test", "base": {"preset": "tiny", "set": TINY},
+                                       "grid": {"model.norm": ["pre", "post"]}, "seeds": [0],
+                                       "storage": str(folder / "sweep")} | keys)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,18 +14,17 @@ from b6lab.errors import ConfigError
 from b6lab.sweep.comparison import compare
 from b6lab.sweep.experiment import load_experiment
 from b6lab.sweep.grid import point_key
+from tests import tiny
+from tests.tiny import TinyRun
 
-TINY = {"train.max_steps": 12, "train.eval_interval": 6, "train.eval_steps": 2, "train.log_interval": 6,
-        "train.threads": 1}
+TINY = TinyRun.settings(log_interval=6, **{"train.threads": 1})
 
 
 def write_sweep(folder: Path, **keys) -> Path:
-    sweep = {"name": "tuned", "base": {"preset": "tiny", "set": TINY}, "grid": {"model.norm": ["pre", "post"]},
-             "tune": {"keys": {"optim.lr": [1.0e-4, 1.0e-2, "log"]}, "trials": 2, "seeds": [100]},
-             "seeds": [0, 1], "max_concurrent": 2, "storage": str(folder / "sweep")} | keys
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
+    return tiny.write_sweep(folder, **{
+        "name": "tuned", "base": {"preset": "tiny", "set": TINY}, "grid": {"model.norm": ["pre", "post"]},
+        "tune": {"keys": {"optim.lr": [1.0e-4, 1.0e-2, "log"]}, "trials": 2, "seeds": [100]},
+        "seeds": [0, 1], "max_concurrent": 2, "storage": str(folder / "sweep")} | keys)
 
 
 def test_the_tune_section_is_read_into_tuned_keys(tmp_path):

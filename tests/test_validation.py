@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from b6lab.config import ModelConfig, RunConfig, WandbConfig, load_config
 from b6lab.cpu_bf16 import cpu_flags, cpu_info
 from b6lab.errors import ConfigError, unknown
 from b6lab.sweep.experiment import load_experiment
 from b6lab.train.hardware import peak_memory
+from tests import tiny
 
 
 def test_the_config_is_the_plain_dataclasses_and_unpickles_in_another_process():
@@ -51,10 +51,7 @@ def test_a_wrong_type_is_one_line_naming_the_key_and_where_it_was_set(override, 
 
 
 def write_sweep(folder: Path, **keys) -> Path:
-    sweep = {"name": "t", "base": {"preset": "tiny"}, "grid": {"model.norm": ["pre", "post"]}} | keys
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    return path
+    return tiny.write_sweep(folder, **{"name": "t", "base": {"preset": "tiny"}, "grid": {"model.norm": ["pre", "post"]}} | keys)
 
 
 def test_a_sweep_may_minimise_bits_per_byte(tmp_path):

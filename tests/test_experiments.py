@@ -82,9 +82,11 @@ def test_example_plugins_experiment_uses_both_example_plugins(unload_new_plugins
     assert all(Path(p).is_absolute() for p in trials[0].config["plugins"])
 
 
-def test_norm_depth_asks_xiongs_question_deep_with_and_without_warmup_under_both_inits_over_five_seeds():
+def test_norm_depth_asks_xiongs_question_deep_with_and_without_warmup_under_both_inits_with_sequential_seeds():
     trials = trials_of("norm_depth")
-    assert len(trials) == 40
+    assert len(trials) == 8 * 8  # every trial it may run: 3 seeds to start, at most 8 (issue 23)
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "norm_depth.yaml")
+    assert (exp.sequential.start, exp.sequential.max) == (3, 8)
     assert {t.config["model"]["norm"] for t in trials} == {"pre", "post"}
     assert {t.config["schedule"]["warmup_steps"] for t in trials} == {0, 100}
     assert {t.config["model"]["init"] for t in trials} == {"gpt2", "xavier"}

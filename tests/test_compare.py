@@ -10,13 +10,12 @@ import pytest
 import yaml
 
 from b6lab.cli import main
-from b6lab.config import load_config
 from b6lab.sweep.comparison import Comparison, build, compare
 from b6lab.sweep.folders import RunResult, collect
 from b6lab.sweep.report import verdict_sentences
 from b6lab.sweep.stats import holm
 from b6lab.sweep.verdicts import summarize_key
-from b6lab.train.trainer import Trainer
+from tests.tiny import TinyRun
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +24,8 @@ def train_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for norm in ("pre", "post"):
         for seed in (0, 1):
-            cfg = load_config(preset="tiny", overrides=[
-                f"model.norm={norm}", f"train.seed={seed}", "train.max_steps=8", "train.eval_interval=4",
-                "train.eval_steps=2", "train.log_interval=4", "logging.progress=false",
-            ])
-            Trainer(cfg, root / f"{norm}-{seed}", say=lambda _: None).run()
+            TinyRun.train(root / f"{norm}-{seed}", f"model.norm={norm}", f"train.seed={seed}",
+                          max_steps=8, eval_interval=4, eval_steps=2, log_interval=4)
     return root
 
 
@@ -299,7 +295,7 @@ def test_the_sweep_report_shows_the_first_two_grid_keys_together():
     assert result.interaction.cells["y", "q"].mean == pytest.approx(2.105)
 
 
-def write_sweep(folder: Path, optim: dict | None, shift: float) -> Path:
+def write_finished_sweep(folder: Path, optim: dict | None, shift: float) -> Path:
     """A finished sweep of model.norm x 2 seeds, as `b6lab sweep` leaves it (sweep.json, trials/)."""
     trials = []
     for norm in ("pre", "post"):
@@ -315,8 +311,8 @@ def write_sweep(folder: Path, optim: dict | None, shift: float) -> Path:
 
 
 def test_two_sweeps_of_one_grid_give_one_finding_per_choice(tmp_path, capsys):
-    lion = write_sweep(tmp_path / "lion", None, 0.0)
-    adamw = write_sweep(tmp_path / "adamw", ADAMW, 0.2)
+    lion = write_finished_sweep(tmp_path / "lion", None, 0.0)
+    adamw = write_finished_sweep(tmp_path / "adamw", ADAMW, 0.2)
     result = build([lion, adamw])
     assert result.keys == ["model.norm", "optim.name"]  # the grid key, then what differs between the sweeps
     assert sorted(result.beside["optim.name"]) == ["optim.eps", "optim.lr"]
@@ -327,7 +323,7 @@ def test_two_sweeps_of_one_grid_give_one_finding_per_choice(tmp_path, capsys):
 
 
 def test_compare_json_of_a_sweep_writes_nothing_into_its_folder(tmp_path, monkeypatch, capsys):
-    sweep = write_sweep(tmp_path / "sweep", None, 0.0)
+    sweep = write_finished_sweep(tmp_path / "sweep", None, 0.0)
     monkeypatch.chdir(tmp_path)  # where runs/compare would go
     before = sorted(p for p in tmp_path.rglob("*"))
     assert main(["compare", str(sweep), "--json"]) == 0

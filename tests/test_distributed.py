@@ -22,13 +22,13 @@ from b6lab.config import load_config
 from b6lab.data.packing import TrainBatches
 from b6lab.train import checkpoint
 from b6lab.train.trainer import Trainer
+from tests.tiny import TinyRun, write_sweep
 
 STEPS = 16
-SETTINGS = [
-    "logging.progress=false", "model.dropout=0", "train.precision=fp32", f"train.max_steps={STEPS}",
-    "train.log_interval=1", "train.eval_interval=8", "train.eval_steps=2", "train.checkpoint_interval=2",
-    "train.threads=1",
-]
+LENGTH = {"max_steps": STEPS, "eval_interval": 8, "eval_steps": 2, "log_interval": 1}
+# No dropout, fp32, one thread: what makes 2 processes' losses equal one process's to rounding.
+EXACT = {"model.dropout": 0, "train.precision": "fp32", "train.checkpoint_interval": 2, "train.threads": 1}
+SETTINGS = TinyRun.sets(*(f"{key}={value}" for key, value in EXACT.items()), **LENGTH)
 TOLERANCE = 1e-4
 
 
@@ -137,13 +137,10 @@ def test_fsdp_checkpoints_are_sharded_and_resume_on_another_number_of_processes(
 
 
 def sweep_file(folder: Path, workers: int) -> Path:
-    settings = dict(s.split("=") for s in [*SETTINGS, "train.batch_size=4"])
-    sweep = {"name": "workers", "base": {"preset": "tiny", "set": {k: yaml.safe_load(v) for k, v in settings.items()}},
-             "grid": {"model.norm": ["pre"]}, "seeds": [0], "resources": {"workers": workers, "cpu": 1},
-             "storage": str(folder / "sweep")}
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return path
+    return write_sweep(folder, name="workers",
+                       base={"preset": "tiny", "set": TinyRun.settings(**LENGTH, **EXACT, **{"train.batch_size": 4})},
+                       grid={"model.norm": ["pre"]}, seeds=[0], resources={"workers": workers, "cpu": 1},
+                       storage=str(folder / "sweep"))
 
 
 @pytest.mark.slow
@@ -243,10 +240,10 @@ def test_multi_worker_trials_resume_retry_and_stop_early_under_asha(tmp_path):
     (tmp_path / "flaky_parts.py").write_text(FLAKY_PARTS)
     storage, marker = tmp_path / "sweep", tmp_path / "flaky"
     good = storage / "trials" / "trial=good,seed=0"
-    settings = dict(s.split("=") for s in [*SETTINGS, "train.batch_size=4", "train.max_steps=12", "train.eval_interval=4",
-                                           "train.checkpoint_interval=4", "train.eval_steps=1"])
+    settings = TinyRun.settings(**LENGTH | {"max_steps": 12, "eval_interval": 4, "eval_steps": 1},
+                                **EXACT | {"train.checkpoint_interval": 4}, **{"train.batch_size": 4})
     sweep = {
-        "name": "workers", "base": {"preset": "tiny", "set": {k: yaml.safe_load(v) for k, v in settings.items()}},
+        "name": "workers", "base": {"preset": "tiny", "set": settings},
         "plugins": ["flaky_parts.py"], "seeds": [0], "storage": str(storage),
         "grid": {"trial": [
             {"label": "good", "model.attention": "flaky", "model.marker": str(marker),

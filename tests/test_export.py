@@ -20,16 +20,14 @@ from b6lab.attention import AttentionContext
 from b6lab.cli import main
 from b6lab.config import config_from_dict, load_config
 from b6lab.generate import load_for_sampling, sample
-from b6lab.train.trainer import Trainer
+from tests.tiny import TinyRun
 
 TEXT = "def main():\n    print('h\u00e9llo \u2713 <|endoftext|>')\n    return 0\n"
 
 
 def train(root, *overrides):
     """A tiny run of two steps in fp32: export needs a checkpoint, not a good model."""
-    cfg = load_config(preset="tiny", overrides=["logging.progress=false", "train.max_steps=2", "train.eval_interval=2",
-                                                "train.eval_steps=1", "train.precision=fp32", *overrides])
-    Trainer(cfg, root, say=lambda message: None).run()
+    TinyRun.train(root, "train.precision=fp32", *overrides, max_steps=2, eval_interval=2, eval_steps=1)
     return root
 
 

@@ -20,24 +20,26 @@ import torch
 
 from b6lab.cli import main
 from b6lab.commands.train import choose_out_dir
-from b6lab.config import load_config
 from b6lab.errors import ConfigError, DataError, UsageError
 from b6lab.train import checkpoint
 from b6lab.train.records import MetricsFile, read_metrics
 from b6lab.train.trainer import Trainer
 from tests.fault_hook import inject
+from tests.tiny import TinyRun
 
-SETTINGS = ["logging.progress=false", "train.max_steps=12", "train.eval_interval=4", "train.eval_steps=1",
-            "train.log_interval=3", "train.checkpoint_interval=2", "model.dropout=0.1", "train.precision=fp32",
-            "train.threads=1"]
+# Every fault run: 12 steps, a checkpoint every 2, in fp32 on one thread, with dropout on so that a
+# resume must restore the random state too.
+LENGTH = {"max_steps": 12, "eval_interval": 4, "eval_steps": 1, "log_interval": 3}
+FAULT_RUN = ("train.checkpoint_interval=2", "model.dropout=0.1", "train.precision=fp32", "train.threads=1")
+SETTINGS = TinyRun.sets(*FAULT_RUN, **LENGTH)  # as `--set` texts, for the runs started from the command line
 
 
 def config(*overrides):
-    return load_config(preset="tiny", overrides=[*SETTINGS, *overrides])
+    return TinyRun.config(*FAULT_RUN, *overrides, **LENGTH)
 
 
 def train_in_process(out, *overrides, fault_injector=None, **options):
-    return inject(Trainer(config(*overrides), out, say=lambda m: None, **options), fault_injector).run()
+    return TinyRun.train(out, *FAULT_RUN, *overrides, fault_injector=fault_injector, **LENGTH, **options)
 
 
 @pytest.fixture(scope="module")

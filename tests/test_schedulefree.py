@@ -15,6 +15,7 @@ from b6lab.errors import PluginError
 from b6lab.train import checkpoint
 from b6lab.train.records import read_metrics
 from b6lab.train.trainer import Trainer
+from tests.tiny import TinyRun
 
 schedulefree = pytest.importorskip("schedulefree")  # the [schedulefree] extra; [dev] installs it
 
@@ -23,11 +24,9 @@ OPTIONS = dict(lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05, warmup_steps=2, ep
 
 
 def config(*overrides):
-    return load_config(preset="tiny", overrides=[
-        "logging.progress=false", "train.eval_interval=4", "train.checkpoint_interval=4", "train.eval_steps=2",
-        "train.log_interval=1", "train.precision=fp32", "optim.name=adamw-schedulefree", "optim.lr=3e-3",
-        "optim.warmup_steps=3", "schedule.name=constant", *overrides,
-    ])
+    return TinyRun.config("train.checkpoint_interval=4", "train.precision=fp32", "optim.name=adamw-schedulefree",
+                          "optim.lr=3e-3", "optim.warmup_steps=3", "schedule.name=constant", *overrides,
+                          max_steps=None, eval_interval=4, eval_steps=2, log_interval=1)
 
 
 def test_the_plugin_steps_as_adamw_schedulefree_on_the_same_groups():

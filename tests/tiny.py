@@ -12,8 +12,8 @@ import yaml
 
 class TinyRun:
     """Runs of the `tiny` preset short enough for a test (seconds on a CPU): `max_steps` steps, an
-    evaluation of `eval_steps` batches every `eval_interval` steps (None: the preset's), no
-    progress bar, then each `--set` text given.
+    evaluation of `eval_steps` batches every `eval_interval` steps, a log line every
+    `log_interval` (None: the preset's), no progress bar, then each `--set` text given.
 
         cfg = tiny_run.config("model.norm=post", max_steps=6, eval_interval=3)   # its RunConfig
         summary = tiny_run.train(folder, "model.norm=post", max_steps=6)          # trained here
@@ -22,8 +22,9 @@ class TinyRun:
 
     @staticmethod
     def sets(*overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
-             eval_steps: int | None = 2) -> list[str]:
-        length = {"max_steps": max_steps, "eval_interval": eval_interval, "eval_steps": eval_steps}
+             eval_steps: int | None = 2, log_interval: int | None = None) -> list[str]:
+        length = {"max_steps": max_steps, "eval_interval": eval_interval, "eval_steps": eval_steps,
+                  "log_interval": log_interval}
         return ["logging.progress=false", *(f"train.{key}={n}" for key, n in length.items() if n is not None), *overrides]
 
     @staticmethod
@@ -43,13 +44,15 @@ class TinyRun:
 
     @classmethod
     def train(cls, out, *overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
-              eval_steps: int | None = 2, fault_injector=None, **trainer_options) -> dict:
+              eval_steps: int | None = 2, log_interval: int | None = None, fault_injector=None,
+              **trainer_options) -> dict:
         """The run trained in this process into `out`, quietly unless given a `say`; its summary.
         `fault_injector(step, micro_batch)` is called before each micro-batch (tests/fault_hook.py)."""
         from b6lab.train.trainer import Trainer
         from tests.fault_hook import inject
 
-        cfg = cls.config(*overrides, max_steps=max_steps, eval_interval=eval_interval, eval_steps=eval_steps)
+        cfg = cls.config(*overrides, max_steps=max_steps, eval_interval=eval_interval, eval_steps=eval_steps,
+                         log_interval=log_interval)
         return inject(Trainer(cfg, out, **{"say": lambda line: None} | trainer_options), fault_injector).run()
 
 

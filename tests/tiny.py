@@ -20,12 +20,11 @@ class TinyRun:
         base_set = TinyRun.settings(log_interval=3)                              # a sweep's base.set
     """
 
-    @staticmethod
-    def sets(*overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
+    @classmethod
+    def sets(cls, *overrides: str, max_steps: int = 12, eval_interval: int | None = 6,
              eval_steps: int | None = 2, log_interval: int | None = None) -> list[str]:
-        length = {"max_steps": max_steps, "eval_interval": eval_interval, "eval_steps": eval_steps,
-                  "log_interval": log_interval}
-        return ["logging.progress=false", *(f"train.{key}={n}" for key, n in length.items() if n is not None), *overrides]
+        length = cls.settings(max_steps, eval_interval, eval_steps, log_interval)
+        return ["logging.progress=false", *(f"{key}={n}" for key, n in length.items()), *overrides]
 
     @staticmethod
     def settings(max_steps: int | None = 12, eval_interval: int | None = 6, eval_steps: int | None = 2,

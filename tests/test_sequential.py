@@ -12,10 +12,12 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import stats
 
+from b6lab.sweep.optimal_boundaries import optimal_test
 from b6lab.sweep.sequential import (
-    ALPHA, absolute_t, analyse, decide, design, fixed_design_effect, simulated_z, t_of_z, z_of_t,
+    ALPHA, absolute_t, analyse, decide, design, first, fixed_design_effect, simulated_sweep, simulated_z, t_of_z,
+    z_of_t,
 )
 
 DRAWS = 4000
@@ -64,16 +66,16 @@ def test_the_family_wise_rate_holds_for_three_and_four_values_with_unequal_sprea
     assert rate <= ALPHA + MARGIN, f"{spreads}: {rate:.3f} of null sweeps had a false 'worse'"
 
 
-@pytest.mark.parametrize("n_fixed, most", [(10, 0.83), (20, 0.77)])
+@pytest.mark.parametrize("n_fixed, most", [(10, 0.81), (20, 0.755)])
 def test_a_true_difference_is_found_at_80_percent_power_with_fewer_seeds_than_a_fixed_design(n_fixed, most):
     """At the difference a fixed paired t-test (5%) finds with 80% power at n_fixed seeds, with
     max = 2 n_fixed: power >= 80% (less 3 Monte-Carlo errors) and, on average, at most these
-    fractions of n_fixed's seeds (simulated with 40,000 sweeps: 0.81 and 0.75).
+    fractions of n_fixed's seeds (simulated with 40,000 sweeps: 0.787 and 0.733).
 
-    The issue's target of <= 70% is not met at these seed counts, by this design or by any of the
-    100-odd boundary shapes searched (the optimum is flat: docs/sweeps.md): the t statistic's few
-    degrees of freedom at the early looks cost the seeds. The same boundaries with a known spread
-    need 0.55-0.60 n_fixed."""
+    The issue's target of <= 70% is met from n_fixed 40 (0.698); below, no test whose error rates
+    are the same at every spread can meet it: the fewest seeds any such test needs at exactly 5%
+    and 80% is 0.766 n_fixed at n_fixed 10 and 0.710 at 20 (the optimum this design is built
+    from, before its level is made exact by simulation; benchmarks/sequential_seeds.py)."""
     rng = np.random.default_rng(n_fixed)
     plan = design(3, 2 * n_fixed)
     effect = fixed_design_effect(n_fixed)
@@ -86,14 +88,13 @@ def test_a_true_difference_is_found_at_80_percent_power_with_fewer_seeds_than_a_
 
 def test_with_no_difference_it_stops_early_for_futility():
     """No difference, max 20: about 5.4 seeds on average (0.54 of the fixed design's 10; the SPRT
-    this design replaced took 6.6), nearly every comparison stopped for futility well before max."""
+    of two designs ago took 6.6), nearly every comparison stopped for futility well before max."""
     rng = np.random.default_rng(2)
     plan = design(3, 20)
     paths = decide(sweeps([0, 0], [1, 1], 20, rng), plan)
     used = seeds_used(plan, paths)
     assert used.mean() <= 5.8
     assert (paths.futile_look < len(plan.looks)).mean() > 0.98
-    assert (used <= 18).all()  # where the boundaries meet, at 18 seeds of 20, every comparison is decided
 
 
 def test_a_difference_beyond_the_margin_is_rarely_called_equivalent():
@@ -186,34 +187,34 @@ def test_identical_seeds_and_the_boundaries():
     shifted = analyse({"a": {s: 1.0 + 0.01 * s for s in range(12)}, "b": {s: 1.1 + 0.01 * s for s in range(12)}}, 3, 12)
     assert shifted.pairs[0].decision == "worse" and shifted.pairs[0].worse == "b"
     plan = design(3, 12, pairs=3)
-    assert (np.diff(plan.efficacy, axis=0) > 0).all()  # alpha, alpha/2, alpha/3: each stricter
-    # Where the futility boundary reaches the "worse" one the design ends: every comparison is
-    # decided there, "worse" (read first) or futile, and needs no more seeds.
-    meet = int(np.argmax(plan.futility >= plan.efficacy[-1]))
-    assert 0 < meet < len(plan.looks) - 1
-    paths = decide(sweeps([0.5, 0], [1, 0], 12, np.random.default_rng(3)), plan)
-    assert (paths.stop_look <= meet).all() and (plan.looks[paths.stop_look] < 12).all()
+    finite = np.isfinite(plan.efficacy[0])
+    assert (np.diff(plan.efficacy[:, finite], axis=0) > 0).all()  # alpha, alpha/2, alpha/3: each stricter
+    assert (plan.futility < plan.efficacy[-1])[:-1].all()  # a pair between the two takes another seed
 
 
-def adaptive_sweep(means, spreads, start, max, rng):
-    """A sweep as issue 23 runs it: `start` seeds of every value, then one more seed of each value
-    that analyse() says is needed, until none is. Returns the last verdict and each value's seeds."""
-    full = np.asarray(means)[:, None] + np.asarray(spreads)[:, None] * rng.standard_normal((len(means), max))
-    full += rng.standard_normal(max)  # the seed's own effect
-    seeds = [start] * len(means)
-    while True:
-        verdict = analyse({v: {s: full[v, s] for s in range(seeds[v])} for v in range(len(means))}, start, max)
-        if not verdict.needs_seeds:
-            return verdict, seeds
-        for value in verdict.needs_seeds:
-            seeds[value] += 1
+def test_the_optimal_test_on_its_grid_is_what_simulation_finds():
+    """The backward induction's own figures (level, power and mean seeds of its optimum, computed
+    on the grid) against 20,000 simulated paths of the boundaries it returns: the grid's
+    arithmetic (the likelihood ratio of t, the kernel from one seed to the next) is right."""
+    effect = fixed_design_effect(6)
+    best = optimal_test(3, 12, effect, ALPHA, 0.8)
+    rng = np.random.default_rng(41)
+    found = {}
+    for name, difference in (("null", 0.0), ("effect", effect)):
+        t = absolute_t(difference + rng.standard_normal((20_000, 12)), best.looks)
+        futile, worse = first(t <= best.futility_t), first(t >= best.efficacy_t)
+        found[name] = (worse <= futile).mean(), best.looks[np.minimum(np.minimum(worse, futile), len(best.looks) - 1)]
+    assert found["null"][0] == pytest.approx(best.level, abs=0.005)
+    assert found["effect"][0] == pytest.approx(best.power, abs=0.015)
+    assert found["effect"][1].mean() == pytest.approx(best.mean_seeds, rel=0.01)
+    assert best.mean_seeds < 0.86 * 6  # 0.843 n_fixed: the fewest seeds any such test needs here
 
 
 def test_a_sweep_that_adds_seeds_only_where_asked_keeps_the_family_wise_rate():
     """The real loop over analyse(), 1,500 null sweeps of 3 values with spreads 1:2:4, max 12."""
     rng = np.random.default_rng(10)
     draws = 1500
-    outcomes = [adaptive_sweep([0, 0, 0], [1, 2, 4], 3, 12, rng) for _ in range(draws)]
+    outcomes = [simulated_sweep([0, 0, 0], [1, 2, 4], 3, 12, rng) for _ in range(draws)]
     rate = np.mean([any(p.decision == "worse" for p in verdict.pairs) for verdict, _ in outcomes])
     assert rate <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / draws), f"{rate:.3f} had a false 'worse'"
     assert np.mean([seeds for _, seeds in outcomes]) < 4.5  # of 12 allowed (3.7 in 2,000): futility stops most early
@@ -263,18 +264,21 @@ def test_holm_steps_down_once_other_pairs_are_decided():
 def test_the_interval_beside_a_verdict_never_contradicts_it_and_covers_the_difference(effect_of):
     """The repeated confidence interval at the deciding look: it excludes 0 exactly when the pair is
     'worse' (in every one of 400 adaptive sweeps), and holds the true difference >= 95% of the time
-    (less the Monte-Carlo margin; 96-98% simulated)."""
+    (less the Monte-Carlo margin). A pair stopped for futility at 3 seeds of 12 has none: the test
+    could not have said "worse" there, so its interval is the whole line (None)."""
     rng = np.random.default_rng(31 + int(effect_of))
     effect = effect_of * fixed_design_effect(6)
     draws, contradictions, covered, shown = 400, 0, 0, 0
     for _ in range(draws):
-        verdict, _ = adaptive_sweep([effect, 0], [1, 1], 3, 12, rng)
+        verdict, _ = simulated_sweep([effect, 0], [1, 1], 3, 12, rng)
         pair = verdict.pairs[0]
-        if pair.interval is None:
+        if pair.interval is None:  # the whole line: it covers, and says nothing against the verdict
+            assert pair.decision != "worse" and pair.decided_at == 3
+            covered += 1
             continue
         low, high = pair.interval
         shown += 1
         contradictions += (low > 0 or high < 0) != (pair.decision == "worse")
         covered += low <= effect <= high
-    assert shown > 0.9 * draws and contradictions == 0
-    assert covered / shown >= 1 - ALPHA - 3 * math.sqrt(ALPHA * (1 - ALPHA) / shown)
+    assert shown > 0.25 * draws and contradictions == 0  # with no difference most stop at 3 seeds
+    assert covered / draws >= 1 - ALPHA - 3 * math.sqrt(ALPHA * (1 - ALPHA) / draws)

@@ -6,25 +6,23 @@ pair of values of a key from the seeds run so far, with an error rate that holds
 the results are looked at, and says which grid points need another seed.
 
 The method, for each pair of values (a, b), on the paired differences a - b over their common
-seeds, in seed order, at every seed count n from `start` to `max`, reads the t statistic on the
-normal scale, z = the normal quantile of |t|'s one-sided p-value (N(0, 1) at every n under no
-difference; Jennison & Turnbull 2000, ch. 11, group-sequential t-tests), with tau = n / max:
+seeds, in seed order, at every seed count n from `start` to `max`: a group-sequential paired
+t-test looking after every seed (Jennison & Turnbull 2000, ch. 11), which says "worse" when |t|
+reaches an upper boundary and stops for futility (binding: never "worse" afterwards) when |t|
+falls below a lower one. The boundaries are not picked from a family: they are the test with the
+fewest seeds on average at the design effect among all tests at the level with 80% power there
+whose error rates are the same at every spread, computed by backward induction over t
+(optimal_boundaries.py). `effect` is the standardized difference a fixed paired t-test of max/2
+seeds detects with 80% power (`max` is the seed budget, "twice what a fixed design needs for the
+smallest difference that matters"; with m pairs, the test's at alpha/m, as a fixed design with
+Bonferroni would be).
 
-- "worse" when z >= c tau^(0.35 - 1/2), Wang & Tsiatis's (1987) power family, strict at the
-  first looks (2-3 degrees of freedom) and near Pocock's flat boundary later;
-- stop for futility (binding: never "worse" afterwards) when z <= 0.8 effect sqrt(n) - a: z has
-  fallen more than a below 80% of where the design effect would have it. `effect` is the
-  standardized difference a fixed paired t-test of max/2 seeds detects with 80% power (`max` is
-  the seed budget, "twice what a fixed design needs for the smallest difference that matters";
-  with m pairs, the test's at alpha/m, as a fixed design with Bonferroni);
-  a is set so that the design effect is still found 80% of the time. Where the boundaries meet
-  (max 8: at 5 seeds; 12: 9; 20: 18; 40: not before max) every comparison is decided: the
-  design ends there;
-- c is calibrated by simulating 100,000 paths with no difference (the t path's law is the same
-  for every spread, so one simulation holds for every pair): they reach "worse" before futility
-  at most at the level, less two Monte-Carlo standard errors; a by simulating 40,000 at the
-  design effect. The shape (0.35, 0.8) is the one of 100-odd searched with the fewest seeds at
-  the design effect (docs/sweeps.md has the search and its numbers);
+- The optimum's "worse" boundary, on the normal scale of |t| (z, the normal quantile of its
+  one-sided p-value: N(0, 1) at every look under no difference), is scaled by simulating 100,000
+  paths with no difference (the t path's law is the same for every spread, so one simulation
+  holds for every pair): they reach it before futility at most at the level, less two
+  Monte-Carlo standard errors. 40,000 paths at the design effect check the power (at least 80%,
+  plus two errors; the grid is asked for more where it falls short);
 - across the pairs of a key, Holm's step-down over those levels (alpha/m, alpha/(m-1), ...,
   with m pairs): the family-wise chance of any false "worse" stays <= alpha over all looks;
 - "equivalent" (when a margin is given): the anytime-valid confidence sequence for the mean
@@ -55,45 +53,26 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, stats
+
+from b6lab.sweep.optimal_boundaries import optimal_test, t_of_z, z_of_t
 
 ALPHA = 0.05
-POWER = 0.8  # at the design effect: the power the futility boundary is set to keep
+POWER = 0.8  # at the design effect: the power the boundaries are built to have
 NULL_PATHS = 100_000  # simulated paths with no difference: the "worse" boundaries' level
-ALTERNATIVE_PATHS = 40_000  # at the design effect: the futility boundary's power
+ALTERNATIVE_PATHS = 40_000  # at the design effect: the check of that power
 CALIBRATION_SEED = 23
-METHOD = ("group-sequential paired t after every seed (Wang-Tsiatis efficacy and binding futility boundaries "
-          "on the t statistic, calibrated by simulation), Holm across pairs; equivalence: anytime-valid t "
-          "confidence sequence")
+METHOD = ("group-sequential paired t after every seed (the boundaries with the fewest seeds at the design effect, "
+          "by backward induction on the t statistic, with binding futility, their level set by simulation), Holm "
+          "across pairs; equivalence: anytime-valid t confidence sequence")
 
 
 # ---------------------------------------------------------------------------------------------
 # The design: boundaries for one (start, max, alpha, number of pairs)
 
 
-@dataclass(frozen=True)
-class Shape:
-    """The boundaries' shape, on z, the normal quantile of the one-sided p-value of |t| at n seeds
-    (exactly N(0, 1) at every look under no difference, about theta sqrt(n) + N(0, 1) at a
-    standardized difference theta), with tau = n / max:
-
-    - "worse" when z >= c tau^(efficacy - 1/2), from `first_efficacy` seeds on (Wang & Tsiatis
-      1987: efficacy 0 is O'Brien-Fleming's shape, 1/2 Pocock's); c is calibrated to the level;
-    - stop for futility when z <= slope * effect * sqrt(n) - a tau^(-curve): z has fallen behind
-      where the design effect would have it (slope 1: its mean) by more than a, the more so early;
-      a is set so that the design effect is found with probability POWER;
-    - the design effect: the difference a fixed paired t-test of max / ratio seeds finds with POWER.
-    """
-
-    efficacy: float = 0.35
-    slope: float = 0.8
-    curve: float = 0.0
-    first_efficacy: int = 0
-    ratio: float = 2.0
-    tilt: float = 0.0
-
-
-SHAPE = Shape()
+MAX_OVER_FIXED = 2  # `max` is about twice the seeds a fixed design needs: the design effect is that of max / 2
+GRID_POWER_MARGIN = 0.01  # the grid's optimum is asked this much more power: simulated, it finds 0.004-0.012 less
 
 
 def fixed_design_effect(seeds: int, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -107,16 +86,7 @@ def fixed_design_effect(seeds: int, alpha: float = ALPHA, power: float = POWER) 
         reached = stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
         return np.nan_to_num(reached, nan=1.0) - power  # scipy's NaN: far in the tail, where power is 1
 
-    return optimize.brentq(shortfall, 1e-6, 100.0)
-
-
-def z_of_t(t: np.ndarray, df) -> np.ndarray:
-    """|t| with df degrees of freedom as the normal quantile of its one-sided p-value."""
-    return -special.ndtri(special.stdtr(df, -np.abs(t)))
-
-
-def t_of_z(z: np.ndarray, df) -> np.ndarray:
-    return -special.stdtrit(df, special.ndtr(-z))
+    return optimize.brentq(shortfall, 1e-6, 1e4)
 
 
 def confidence_multiplier(n: np.ndarray, alpha: float, mixing: float) -> np.ndarray:
@@ -137,11 +107,10 @@ class Design:
     max: int
     alpha: float
     pairs: int
-    shape: Shape
-    effect: float  # the standardized difference the futility boundary keeps POWER at
+    effect: float  # the standardized difference the boundaries are optimal at, found with POWER
     looks: np.ndarray  # seed counts start..max
-    efficacy: np.ndarray  # (pairs, looks): "worse" when |t| >= it, at level alpha / j for j = 1..pairs (NaN: never)
-    futility: np.ndarray  # (looks,): stop for futility when |t| <= it (NaN: never), binding
+    efficacy: np.ndarray  # (pairs, looks): "worse" when |t| >= it, at level alpha / j for j = 1..pairs (inf: never)
+    futility: np.ndarray  # (looks,): stop for futility when |t| <= it (-inf: never), binding
     power: float  # simulated, at the design effect and level alpha / pairs
     equivalence_multiplier: np.ndarray  # (looks,)
 
@@ -154,7 +123,7 @@ def simulated_z(effect: float, paths: int, looks: np.ndarray, rng) -> np.ndarray
 
 
 @functools.lru_cache(maxsize=32)
-def design(start: int, max: int, alpha: float = ALPHA, pairs: int = 1, shape: Shape = SHAPE) -> Design:
+def design(start: int, max: int, alpha: float = ALPHA, pairs: int = 1) -> Design:
     if not (isinstance(start, (int, np.integer)) and start >= 2):
         raise ValueError(f"seeds.start: {start!r} is not accepted; a whole number >= 2 is (a t-test needs 2 seeds)")
     if not (isinstance(max, (int, np.integer)) and max >= start):
@@ -162,84 +131,50 @@ def design(start: int, max: int, alpha: float = ALPHA, pairs: int = 1, shape: Sh
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha: {alpha!r} is not accepted; a level between 0 and 0.5 is")
     looks = np.arange(start, max + 1)
-    levels = np.array([alpha / j for j in range(1, pairs + 1)])
-    effect = fixed_design_effect(builtins.max(2, int(max / shape.ratio)), alpha / pairs)  # `max`: the file's name
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    boundaries = Boundaries(looks, effect, shape, np.abs(simulated_z(0.0, NULL_PATHS, looks, rng)),
-                            simulated_z(effect, ALTERNATIVE_PATHS, looks, rng))
-    offset = boundaries.offset_for_power(POWER, levels[-1])
-    scale = boundaries.scales(offset, levels)
     df = looks - 1
-    futility_z = boundaries.futility_z(offset)
-    efficacy_t = t_of_z(scale[:, None] * boundaries.efficacy_z[None, :] + boundaries.tilt, df)
-    futility_t = np.where(futility_z > 0, t_of_z(np.maximum(futility_z, 0), df), np.nan)
+    levels = np.array([alpha / j for j in range(1, pairs + 1)])
+    effect = fixed_design_effect(builtins.max(2, int(max / MAX_OVER_FIXED)), alpha / pairs)  # `max`: the file's name
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    null = np.abs(simulated_z(0.0, NULL_PATHS, looks, rng))
+    alternative = simulated_z(effect, ALTERNATIVE_PATHS, looks, rng)  # signed: "worse" the right way round
+    wanted = POWER + 2 * math.sqrt(POWER * (1 - POWER) / ALTERNATIVE_PATHS)  # in simulation, plus two errors
+    asked = wanted + GRID_POWER_MARGIN
+    for _ in range(2):  # where the grid's optimum falls short in simulation, ask it for the difference once more
+        optimal = optimal_test(start, max, effect, levels[-1], builtins.min(asked, 0.999))
+        # The optimum's "worse" boundary, on the z scale, is the shape; one scale per Holm level is
+        # set by simulation, which makes each level exact (the grid's is approximate) and keeps
+        # the levels nested (a pair "worse" at alpha / j is "worse" at every larger level).
+        shape = z_of_t(optimal.efficacy_t, df)
+        futility_z = np.where(np.isfinite(optimal.futility_t), z_of_t(optimal.futility_t, df), -np.inf)
+        null_futile, alternative_futile = first(null <= futility_z), first(np.abs(alternative) <= futility_z)
+        scale = np.array([calibrated_scale(null / shape, null_futile, level) for level in levels])
+        power = float(np.mean(highest_before(alternative / shape, alternative_futile) >= scale[-1]))
+        if power >= wanted or optimal.power < asked - 1e-3:  # enough, or no more to be had
+            break
+        asked += wanted - power
+    efficacy_t = t_of_z(scale[:, None] * shape[None, :], df)
     # The mixture's width: the one that makes the interval narrowest at max seeds, where
     # equivalence (a narrow interval) is most often shown.
     narrowest = optimize.minimize_scalar(
         lambda g: min(float(confidence_multiplier(np.array(max), alpha, math.exp(g))), 1e9), bounds=(-8, 4),
         method="bounded")
-    return Design(start, max, alpha, pairs, shape, effect, looks, efficacy_t, futility_t,
-                  boundaries.power(offset, scale[-1]), confidence_multiplier(looks, alpha, math.exp(narrowest.x)))
+    return Design(start, max, alpha, pairs, effect, looks, efficacy_t, optimal.futility_t, power,
+                  confidence_multiplier(looks, alpha, math.exp(narrowest.x)))
 
 
-class Boundaries:
-    """The boundaries of one shape read on simulated z paths: null (|z|, no difference) and
-    alternative (signed z at the design effect)."""
+def highest_before(ratio: np.ndarray, futile: np.ndarray) -> np.ndarray:
+    """Per path: the highest z / shape up to and including the look it stops for futility (a path
+    at both boundaries at once is "worse": efficacy is read first)."""
+    upto = np.arange(ratio.shape[-1]) <= futile[:, None]
+    return np.where(upto, ratio, -np.inf).max(axis=-1)
 
-    def __init__(self, looks, effect, shape: Shape, null, alternative):
-        self.looks, self.effect, self.shape = looks, effect, shape
-        fraction = looks / looks[-1]
-        self.efficacy_z = np.where(looks >= shape.first_efficacy, fraction ** (shape.efficacy - 0.5), np.nan)
-        self.tilt = shape.tilt * effect * np.sqrt(looks)
-        self.null, self.alternative = null, alternative
-        with np.errstate(invalid="ignore"):
-            self.null_ratio = np.nan_to_num((null - self.tilt) / self.efficacy_z, nan=-np.inf)
-            self.alternative_ratio = np.nan_to_num((alternative - self.tilt) / self.efficacy_z, nan=-np.inf)
-            self.alternative_either = np.nan_to_num((np.abs(alternative) - self.tilt) / self.efficacy_z, nan=-np.inf)
 
-    def futility_z(self, offset: float) -> np.ndarray:
-        fraction = self.looks / self.looks[-1]
-        return self.shape.slope * self.effect * np.sqrt(self.looks) - offset * fraction ** (-self.shape.curve)
-
-    def highest(self, ratio, z, offset):
-        """Per path: the highest z / efficacy shape up to and including the look it stops for futility
-        (a path at both boundaries at once is "worse": efficacy is read first)."""
-        futile = first(np.abs(z) <= self.futility_z(offset))
-        upto = np.arange(len(self.looks)) <= futile[:, None]
-        return np.where(upto, ratio, -np.inf).max(axis=-1), futile
-
-    def scales(self, offset: float, levels) -> np.ndarray:
-        """The efficacy scale c per level: null paths reach it before futility at most at the level,
-        less two Monte-Carlo standard errors (so the simulation's error errs on the safe side)."""
-        highest = np.sort(self.highest(self.null_ratio, self.null, offset)[0])[::-1]
-        scales = []
-        for level in levels:
-            allowed = level - 2 * math.sqrt(level * (1 - level) / len(highest))
-            crossing = int(math.floor(allowed * len(highest)))  # paths allowed to reach the boundary
-            scales.append(np.nextafter(highest[crossing], np.inf))
-        return np.array(scales)
-
-    def power(self, offset: float, scale: float) -> float:
-        return float(np.mean(self.highest(self.alternative_ratio, self.alternative, offset)[0] >= scale))
-
-    def seeds(self, offset: float, scale: float) -> float:
-        """Mean seeds at the design effect."""
-        futile = first(np.abs(self.alternative) <= self.futility_z(offset))
-        worse = first(self.alternative_either >= scale)
-        return float(self.looks[np.minimum(np.minimum(worse, futile), len(self.looks) - 1)].mean())
-
-    def offset_for_power(self, power: float, level: float) -> float:
-        """The futility offset a at which the design effect is found with `power` (plus two
-        Monte-Carlo standard errors), at `level`; no futility (inf) when even that falls short."""
-        target = power + 2 * math.sqrt(power * (1 - power) / len(self.alternative))
-        found = lambda offset: self.power(offset, self.scales(offset, [level])[0])  # noqa: E731
-        low, high = -10.0, 10.0 + self.shape.slope * self.effect * math.sqrt(self.looks[-1])
-        if found(high) < target:
-            return math.inf
-        for _ in range(16):  # a larger offset: less futility, more power
-            middle = (low + high) / 2
-            low, high = (middle, high) if found(middle) < target else (low, middle)
-        return high
+def calibrated_scale(null_ratio: np.ndarray, futile: np.ndarray, level: float) -> float:
+    """The scale of the "worse" shape that null paths reach before futility at most at `level`,
+    less two Monte-Carlo standard errors (so the simulation's error errs on the safe side)."""
+    highest = np.sort(highest_before(null_ratio, futile))[::-1]
+    allowed = level - 2 * math.sqrt(level * (1 - level) / len(highest))
+    return float(np.nextafter(highest[int(math.floor(allowed * len(highest)))], np.inf))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,3 +357,20 @@ def _interval(differences: np.ndarray, multiplier: float) -> tuple[float, float]
     mean = float(np.mean(differences))
     half = float(multiplier * np.std(differences, ddof=1) / math.sqrt(n))
     return (mean - half, mean + half)
+
+
+def simulated_sweep(means, spreads, start: int, max: int, rng) -> tuple[SequentialResult, list[int]]:
+    """A sweep of one key on simulated results, as `b6lab sweep` runs it: `start` seeds of every
+    value, then one more seed of each value that analyse() asks for, until none is asked for.
+    Value v's result at a seed is N(means[v], spreads[v]) plus a seed effect N(0, 1) shared by all
+    values (which pairing removes). Returns the last verdict and each value's seeds. For the
+    simulations in tests/test_sequential.py and benchmarks/sequential_seeds.py."""
+    results = np.asarray(means)[:, None] + np.asarray(spreads)[:, None] * rng.standard_normal((len(means), max))
+    results += rng.standard_normal(max)
+    seeds = [start] * len(means)
+    while True:
+        verdict = analyse({v: {s: results[v, s] for s in range(seeds[v])} for v in range(len(means))}, start, max)
+        if not verdict.needs_seeds:
+            return verdict, seeds
+        for value in verdict.needs_seeds:
+            seeds[value] += 1

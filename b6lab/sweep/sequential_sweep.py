@@ -16,8 +16,9 @@ from b6lab.sweep.sequential import SequentialResult, analyse
 from b6lab.sweep.verdicts import KeySummary, outcome_table
 
 METHOD_WORDS = ("sequential paired t over seeds (group-sequential boundaries on the t statistic after every seed, "
-                "'worse' and binding futility, calibrated so that the chance of any false 'worse' among a key's "
-                "values stays at most {alpha:.0%} however often it is looked at; Holm across pairs), seeds added "
+                "those with the fewest seeds at the design's difference: 'worse' and binding futility, calibrated "
+                "so that the chance of any false 'worse' among a key's values stays at most {alpha:.0%} however "
+                "often it is looked at; Holm across pairs), seeds added "
                 "only where a comparison was undecided")
 
 

@@ -59,7 +59,9 @@ def build(cls, data: dict, where: Callable[[str], str | None], verb: str = "expe
         if loc is None:
             return result
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt key is the cause of the required key it leaves missing: name it first.
+        first = next((e for e in errors if e["type"] in ("extra_forbidden", "unexpected_keyword_argument")), errors[0])
         loc, error = first["loc"], first["type"]
     path, annotation, owner = _place(cls, loc)
     key = prefix + ".".join(path)
@@ -67,6 +69,8 @@ def build(cls, data: dict, where: Callable[[str], str | None], verb: str = "expe
         message = unknown(path[-1], [f.name for f in dataclasses.fields(owner)], (names or {}).get(".".join(path[:-1]), "key"))
     elif error == "value_error":  # a `within` check: its own words
         message = str(first["ctx"]["error"])
+    elif error in ("missing", "missing_argument"):
+        message = f"is missing: {verb} {type_name(annotation)}"
     else:
         message = f"{verb} {type_name(annotation)}, got {_value_at(data, path)!r}"
     raise ConfigError(message, key=key, file=where(key))

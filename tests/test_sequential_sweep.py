@@ -35,7 +35,8 @@ def test_sequential_seeds_in_a_sweep_file(tmp_path):
 @pytest.mark.parametrize("seeds, message", [
     ({"start": 3, "max": 2}, "max 2 is below start 3"),
     ({"start": 1, "max": 5}, "seeds.start"),
-    ({"start": 3}, "seeds.max"),
+    ({"start": 3}, "seeds.max.*is missing"),
+    ({"start": 3, "maxx": 8}, "seeds.maxx.*did you mean 'max'"),  # the misspelling, not the key it leaves missing
     ({"start": 3, "max": 5, "equivalence": -1}, "seeds.equivalence"),
     ({"start": 3, "max": 5, "stop": 1}, "stop"),
 ])
@@ -126,7 +127,7 @@ def test_a_real_sequential_sweep_stops_before_max_on_a_clear_difference(tmp_path
     assert "1e-06 is worse than 0.003" in out and "decided at 3" in out
     doc = compare([tmp_path / "sweep"])
     values = doc["keys"]["optim.lr"]["values"]
-    assert doc["sequential"] == {"start": 3, "max": 8, "equivalence": None}
+    assert doc["sequential"] == {"start": 3, "max": 8, "equivalence": None, "seeds_used": 3}
     assert [v["verdict"] for v in values] == ["best", "worse"] and values[1]["decided_at"] == 3
     assert doc["keys"]["optim.lr"]["method"].startswith("sequential paired t")
 

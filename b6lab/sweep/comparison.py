@@ -39,6 +39,14 @@ def rule(family: str = "key") -> str:
     return RULE.format(family=FAMILY_WORDS[family])
 
 
+def sequential_rule(alpha: float) -> str:
+    return (f"Verdicts: each value against the reference of its key by the sequential analysis (each key's method), which holds "
+            f"a {alpha:.0%} chance of any false 'worse' among a key's values however often the sweep looked; "
+            "each interval is the test's repeated confidence interval at the look that decided it, so it excludes 0 "
+            "exactly when `worse` was decided; `equivalent`: its anytime-valid interval lies inside the sweep's "
+            "margin; `best` only when every other value is worse (docs/sweeps.md, sequential seeds).")
+
+
 @dataclass
 class Comparison:
     runs: list[RunResult]
@@ -230,14 +238,16 @@ def _determines(runs: list[RunResult], key: str, other: str) -> bool:
 
 
 def document(comparison: Comparison) -> dict:
+    from b6lab.sweep.sequential_sweep import used_seeds  # imported where used, as in Comparison above
+
     metric = comparison.metric
     doc = {
         "metric": metric,
         "alpha": comparison.alpha,
         "family": comparison.family,
-        "sequential": comparison.sequential,
+        "sequential": comparison.sequential and {**comparison.sequential, "seeds_used": used_seeds(comparison.runs)},
         "ci_level": 1 - comparison.alpha,  # of the two-way cells; each difference's own level is beside it
-        "rule": rule(comparison.family),
+        "rule": sequential_rule(comparison.alpha) if comparison.sequential else rule(comparison.family),
         "warnings": comparison.warnings,
         "keys": {summary.key: _key_document(summary) for summary in comparison.summaries},
         "pooled": comparison.pooled,

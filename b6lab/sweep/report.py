@@ -9,7 +9,7 @@ from pathlib import Path
 
 from b6lab.sweep.grid import short_name
 from b6lab.sweep.folders import RunResult
-from b6lab.sweep.comparison import Comparison, rule
+from b6lab.sweep.comparison import Comparison, rule, sequential_rule
 from b6lab.sweep.verdicts import KeySummary, TwoWay, ValueSummary
 
 
@@ -340,14 +340,6 @@ def rule_sentence(alpha: float, family: str = "key") -> str:
             "worse, else the reference is the `lowest mean`; `inconclusive`: fewer than 2 seeds or no spread between "
             "them. Each interval is at the level Holm tested its pair at, so it excludes 0 exactly when the losses "
             "decided `worse`. Adding seeds to these runs after looking and testing again is not covered (docs/sweeps.md).")
-
-
-def sequential_rule(alpha: float) -> str:
-    return (f"Verdicts: each value against the reference of its key by the sequential analysis above, which holds "
-            f"a {alpha:.0%} chance of any false 'worse' among a key's values however often the sweep looked; "
-            "each interval is the test's repeated confidence interval at the look that decided it, so it excludes 0 "
-            "exactly when `worse` was decided; `equivalent`: its anytime-valid interval lies inside the sweep's "
-            "margin; `best` only when every other value is worse (docs/sweeps.md, sequential seeds).")
 
 
 def _ci_words(v: ValueSummary) -> str:

@@ -40,8 +40,8 @@ def rule(family: str = "key") -> str:
 
 
 def sequential_rule(alpha: float) -> str:
-    return (f"Verdicts: each value against the reference of its key by the sequential analysis (each key's method), which holds "
-            f"a {alpha:.0%} chance of any false 'worse' among a key's values however often the sweep looked; "
+    return (f"Verdicts: each value against the reference of its key by the sequential analysis (each key's "
+            f"method), which holds a {alpha:.0%} chance of any false 'worse' among a key's values however often the sweep looked; "
             "each interval is the test's repeated confidence interval at the look that decided it, so it excludes 0 "
             "exactly when `worse` was decided; `equivalent`: its anytime-valid interval lies inside the sweep's "
             "margin; `best` only when every other value is worse (docs/sweeps.md, sequential seeds).")

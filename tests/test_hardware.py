@@ -113,8 +113,8 @@ print(kept, sum(faults[2:]))  # the later steps'
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_memory_is_kept_for_the_next_step_instead_of_faulted_in_again():
-    """Without it every step's 32 MiB of activations are ~8,000 fresh pages from the OS (each a page
-    fault); with it, later steps reuse the memory the earlier ones freed."""
+    """Without it a step's 32 MiB of activations are usually ~8,000 fresh pages from the OS (each a
+    page fault); with it, later steps reuse the memory the earlier ones freed."""
     env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
 
     def faults(mode):
@@ -122,12 +122,12 @@ def test_freed_memory_is_kept_for_the_next_step_instead_of_faulted_in_again():
         kept, count = out.stdout.split()
         return kept, int(count)
 
-    default = faults("default")[1]
-    assert default > 4 * 4_000  # four steps, each faulting its activations in again
     kept, count = faults("keep")
-    # Now and then one block is faulted in once more (1,024 pages in about 1 run of 6): a tenth of
-    # the default's faults is still the difference, and does not depend on that.
-    assert kept == "True" and count < default / 10
+    # Four later steps touch 32,768 pages of activations; kept, they fault none of them in again,
+    # or now and then one 4 MiB block (1,024 pages, about 1 run in 6). Without it glibc usually
+    # faults them all again (32,760), but not always: whether its trim reaches the freed blocks
+    # depends on what else sits at the heap's top, so the default is shown, not asserted.
+    assert kept == "True" and count < 2_500, f"{count} faults kept, {faults('default')[1]} by default"
     # a user's own malloc tuning is left alone
     env["MALLOC_ARENA_MAX"] = "2"
     assert faults("keep")[0] == "False"

@@ -8,7 +8,6 @@ removes.
 """
 
 import math
-from itertools import combinations
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from scipy import stats
 
 from b6lab.sweep.optimal_boundaries import optimal_test
 from b6lab.sweep.sequential import (
-    ALPHA, absolute_t, analyse, decide, design, first, fixed_design_effect, simulated_sweep, simulated_z, t_of_z,
-    z_of_t,
+    ALPHA, absolute_t, analyse, decide, design, first, fixed_design_effect, simulated_differences, simulated_sweep,
+    simulated_z, t_of_z, z_of_t,
 )
 
 DRAWS = 4000
@@ -27,10 +26,7 @@ MARGIN = 3 * math.sqrt(ALPHA * (1 - ALPHA) / DRAWS)
 
 def sweeps(means, spreads, seeds, rng):
     """(DRAWS, pairs, seeds) paired differences of every pair of values (first minus second)."""
-    means, spreads = np.asarray(means, float), np.asarray(spreads, float)
-    results = means[:, None] + spreads[:, None] * rng.standard_normal((DRAWS, len(means), seeds))
-    results += 2.0 * rng.standard_normal((DRAWS, 1, seeds))  # the seed's own effect, shared by all values
-    return np.stack([results[:, a] - results[:, b] for a, b in combinations(range(len(means)), 2)], axis=1)
+    return simulated_differences(means, spreads, seeds, DRAWS, rng)
 
 
 def any_worse(paths, count) -> float:

@@ -75,18 +75,20 @@ MAX_OVER_FIXED = 2  # `max` is about twice the seeds a fixed design needs: the d
 GRID_POWER_MARGIN = 0.01  # the grid's optimum is asked this much more power: simulated, it finds 0.004-0.012 less
 
 
-def fixed_design_effect(seeds: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The standardized difference (mean / spread of the paired differences) a two-sided paired
-    t-test at `alpha` with `seeds` seeds detects with `power`."""
+def fixed_design_power(effect: float, seeds: int, alpha: float = ALPHA) -> float:
+    """The chance a two-sided paired t-test at `alpha` with `seeds` seeds finds a standardized
+    difference `effect` (mean / spread of the paired differences)."""
     df = seeds - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
+    noncentrality = effect * math.sqrt(seeds)
+    reached = stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
+    return float(np.nan_to_num(reached, nan=1.0))  # scipy's NaN: far in the tail, where power is 1
 
-    def shortfall(effect):
-        noncentrality = effect * math.sqrt(seeds)
-        reached = stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
-        return np.nan_to_num(reached, nan=1.0) - power  # scipy's NaN: far in the tail, where power is 1
 
-    return optimize.brentq(shortfall, 1e-6, 1e4)
+def fixed_design_effect(seeds: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The standardized difference a two-sided paired t-test at `alpha` with `seeds` seeds detects
+    with `power`."""
+    return optimize.brentq(lambda effect: fixed_design_power(effect, seeds, alpha) - power, 1e-6, 1e4)
 
 
 def confidence_multiplier(n: np.ndarray, alpha: float, mixing: float) -> np.ndarray:
@@ -357,6 +359,17 @@ def _interval(differences: np.ndarray, multiplier: float) -> tuple[float, float]
     mean = float(np.mean(differences))
     half = float(multiplier * np.std(differences, ddof=1) / math.sqrt(n))
     return (mean - half, mean + half)
+
+
+def simulated_differences(means, spreads, seeds: int, draws: int, rng) -> np.ndarray:
+    """(draws, pairs, seeds) paired differences (first minus second) of every pair of values, each
+    value's result at a seed N(means[v], spreads[v]) plus a seed effect N(0, 2^2) shared by all
+    values (which pairing removes). For the simulations in tests/test_sequential.py and
+    benchmarks/sequential_seeds.py."""
+    means, spreads = np.asarray(means, float), np.asarray(spreads, float)
+    results = means[:, None] + spreads[:, None] * rng.standard_normal((draws, len(means), seeds))
+    results += 2.0 * rng.standard_normal((draws, 1, seeds))
+    return np.stack([results[:, a] - results[:, b] for a, b in combinations(range(len(means)), 2)], axis=1)
 
 
 def simulated_sweep(means, spreads, start: int, max: int, rng) -> tuple[SequentialResult, list[int]]:
